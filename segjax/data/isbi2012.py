@@ -1,0 +1,186 @@
+"""ISBI 2012 EM membrane segmentation, prepared from a manual directory.
+
+Expected layout (as in the U-Net repository's copy of the challenge data):
+
+  <manual_dir>/train/image/N.png  grayscale images, N = 0, 1, ...
+  <manual_dir>/train/label/N.png  label maps: 0 = membrane, 255 = cell
+  <manual_dir>/test/N.png         grayscale images without labels
+
+Labels are remapped at prepare time to class ids 0 (membrane) and 1 (cell).
+The unlabelled test images get a label map filled with IGNORE_LABEL so they are
+valid examples that add no pixels to losses or metrics.
+"""
+
+import io
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+CLASS_NAMES = ("membrane", "cell")
+# Same look as the source label maps: dark membranes, bright cells.
+PALETTE = ((0, 0, 0), (255, 255, 255))
+IGNORE_LABEL = 255
+# Source label value -> class id.
+SOURCE_TO_CLASS = {0: 0, 255: 1}
+LAYOUT = "train/image/N.png, train/label/N.png and test/N.png"
+MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
+
+
+_FIX = (f"pass {MANUAL_DIR_FLAG}=/path/to/isbi2012-membrane laid out as "
+        f"{LAYOUT} (or manual_dir= to segjax.data.datasets.get_builder).")
+
+
+def _numeric_key(path: pathlib.Path):
+  # Files are named 0.png .. 29.png: sort 2 before 10.
+  return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.stem)
+
+
+def _pngs(folder: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(folder.glob("*.png"), key=_numeric_key)
+
+
+def check_manual_dir(manual_dir) -> pathlib.Path:
+  """Checks the manual directory's layout.
+
+  Args:
+    manual_dir: directory holding the ISBI 2012 data, or None.
+
+  Returns:
+    The directory as a Path.
+
+  Raises:
+    ValueError: naming what is missing and how to fix it.
+  """
+  if manual_dir is None:
+    raise ValueError(f"ISBI 2012 needs its files on disk: {_FIX}")
+  root = pathlib.Path(os.fspath(manual_dir)).expanduser()
+  if not root.is_dir():
+    raise ValueError(
+        f"ISBI 2012 manual_dir {root} does not exist or is not a directory: "
+        f"{_FIX}")
+  for sub in ("train/image", "train/label", "test"):
+    folder = root / sub
+    if not folder.is_dir():
+      raise ValueError(
+          f"ISBI 2012 manual_dir {root} has no {sub}/ folder: {_FIX}")
+    if not _pngs(folder):
+      raise ValueError(
+          f"ISBI 2012 folder {folder} holds no .png files: {_FIX}")
+  images = {p.name for p in _pngs(root / "train/image")}
+  labels = {p.name for p in _pngs(root / "train/label")}
+  if images != labels:
+    unpaired = sorted(images ^ labels)[:5]
+    raise ValueError(
+        f"ISBI 2012 manual_dir {root}: train/image and train/label do not "
+        f"pair up (e.g. {unpaired} is in only one of them); every "
+        "train/image/N.png needs a train/label/N.png.")
+  return root
+
+
+def _png(array: np.ndarray) -> bytes:
+  # tfds encodes numpy images through TensorFlow: hand it PNG bytes instead.
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _read_image(path: pathlib.Path) -> tuple[bytes, tuple[int, int]]:
+  """PNG bytes of an 8-bit grayscale image and its (height, width)."""
+  with Image.open(path) as img:
+    if img.format == "PNG" and img.mode == "L":
+      return path.read_bytes(), (img.height, img.width)  # Already right.
+    array = np.asarray(img.convert("L"))
+  return _png(array), array.shape
+
+
+def read_label(path) -> np.ndarray:
+  """Reads a source label map and maps it to class ids.
+
+  Args:
+    path: a train/label/N.png file.
+
+  Returns:
+    uint8 [H, W] class ids (0 = membrane, 1 = cell).
+
+  Raises:
+    ValueError: if a value other than 0 or 255 occurs.
+  """
+  with Image.open(path) as img:
+    source = np.asarray(img)
+  if source.ndim != 2:
+    raise ValueError(
+        f"ISBI 2012 label {path} has shape {source.shape}; expected a "
+        "single-channel 8-bit image.")
+  values = np.unique(source)
+  bad = [int(v) for v in values if int(v) not in SOURCE_TO_CLASS]
+  if bad:
+    raise ValueError(
+        f"ISBI 2012 label {path} contains value {bad[0]} (all unexpected "
+        f"values: {bad[:10]}); expected only 0 (membrane) and 255 (cell).")
+  lut = np.zeros(256, np.uint8)
+  for value, cls in SOURCE_TO_CLASS.items():
+    lut[value] = cls
+  return lut[source]
+
+
+class Isbi2012Membrane(tfds.core.GeneratorBasedBuilder):
+  """ISBI 2012 EM membranes: 30 labelled train, 30 unlabelled test images."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Place the ISBI 2012 challenge data (e.g. from the U-Net repository's "
+      f"data/membrane folder) in the manual dir laid out as {LAYOUT}.")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(
+            "ISBI 2012 EM segmentation challenge (serial-section TEM of the "
+            "Drosophila ventral nerve cord). Labels: 0 = membrane, 1 = cell; "
+            f"the unlabelled test split has labels filled with {IGNORE_LABEL} "
+            "(ignore)."),
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(
+                shape=(None, None, 1), encoding_format="png"),
+            "label": tfds.features.Image(
+                shape=(None, None, 1), encoding_format="png"),
+            "filename": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        homepage="https://imagej.net/events/isbi-2012-segmentation-challenge",
+        citation=(
+            "Arganda-Carreras et al., Crowdsourcing the creation of image "
+            "segmentation algorithms for connectomics, Frontiers in "
+            "Neuroanatomy 2015."),
+        # Keep the numeric file order: record i is N.png with N = i.
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    try:
+      manual_dir = dl_manager.manual_dir
+    except AssertionError as e:  # tfds' "does not exist or is empty".
+      raise ValueError(f"ISBI 2012: {e}\n{_FIX}") from e
+    root = check_manual_dir(manual_dir)
+    return {
+        "train": self._generate_examples(root / "train/image", labelled=True),
+        "test": self._generate_examples(root / "test", labelled=False),
+    }
+
+  def _generate_examples(self, folder: pathlib.Path, labelled: bool):
+    for key, path in enumerate(_pngs(folder)):
+      image, shape = _read_image(path)
+      if labelled:
+        label_path = folder.parent / "label" / path.name
+        label = read_label(label_path)
+        if label.shape != shape:
+          raise ValueError(
+              f"ISBI 2012 label {label_path} is {label.shape} but its image "
+              f"{path} is {shape}.")
+      else:
+        label = np.full(shape, IGNORE_LABEL, np.uint8)
+      yield key, {"image": image, "label": _png(label), "filename": path.stem}

@@ -1,0 +1,110 @@
+"""train_and_evaluate: the one training loop behind train.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import tqdm
+
+from segjax import evaluate, metrics, sharding
+from segjax.data import datasets, pipeline
+from segjax.train import checkpoint as checkpoint_lib
+from segjax.train import setup as setup_lib
+from segjax.train import state as state_lib
+from segjax.train import steps
+
+log = logging.getLogger(__name__)
+
+
+class MetricsWriter:
+  """Appends one JSON object per line to DIR/metrics.jsonl (process 0 only), so a resumed run continues it."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.enabled = jax.process_index() == 0
+    self.path = workdir / "metrics.jsonl"
+
+  def write(self, record: dict[str, Any]) -> None:
+    if self.enabled:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                       progress: bool = True, devices=None) -> state_lib.TrainState:
+  """Trains per `config`, checkpointing to `workdir` and resuming from its latest checkpoint.
+
+  Returns:
+    The final train state (replicated on the mesh).
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  exp = setup_lib.build(config, devices)
+  sharding.check_batch_divisible(config.batch_size, exp.mesh)
+  source = datasets.data_source(config.dataset.name, config.dataset.train_split,
+                                data_dir=config.dataset.data_dir, manual_dir=config.dataset.manual_dir)
+  loader = pipeline.train_loader(source, spec=exp.spec, batch_size=config.batch_size,
+                                 crop_size=config.dataset.crop_size, hflip=config.dataset.hflip, seed=config.seed,
+                                 worker_count=config.dataset.worker_count)
+  data_iter = iter(loader)
+
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  start = ckpt.latest_step()
+  if start is None:
+    state, start = exp.init_state(), 0
+  else:
+    state = ckpt.restore(start, exp.abstract_state(), data_iterator=data_iter)
+    log.info("Resumed from %s at step %d", ckpt.directory, start)
+    if start >= config.num_train_steps:
+      ckpt.close()
+      return state
+
+  train_fn = steps.jit_train_step(
+      exp.mesh, model=exp.model, seed=config.seed, mean=exp.mean, std=exp.std, ce_weight=config.loss.ce_weight,
+      dice_weight=config.loss.dice_weight,
+      class_weights=None if config.loss.class_weights is None else tuple(config.loss.class_weights))
+  schedule = state_lib.make_schedule(config.optimizer, config.num_train_steps)
+  data_sharding = sharding.batch_sharding(exp.mesh)
+  writer = MetricsWriter(workdir)
+  bar = tqdm.tqdm(total=config.num_train_steps, initial=start, desc="train", dynamic_ncols=True,
+                  disable=not progress or jax.process_index() != 0)
+  last_time, last_step = time.perf_counter(), start
+  for step in range(start + 1, config.num_train_steps + 1):
+    batch = pipeline.to_global(next(data_iter), data_sharding)
+    state, train_metrics = train_fn(state, batch)
+    bar.update(1)
+    final = step == config.num_train_steps
+    if step % config.log_every_steps == 0 or final or step == start + 1:
+      values = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
+      now = time.perf_counter()
+      record = {"step": step, "loss": values["loss"], "learning_rate": float(schedule(step - 1)),
+                "train_pixel_accuracy": values["pixel_accuracy"], "grad_norm": values["grad_norm"],
+                # The first logged step includes compilation; its throughput is reported but not representative.
+                "images_per_second": (step - last_step) * config.batch_size / (now - last_time),
+                "time": time.time()}
+      writer.write(record)
+      bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{record['images_per_second']:.1f}")
+      last_time, last_step = time.perf_counter(), step
+    if step % config.checkpoint_every_steps == 0 or final:
+      ckpt.save(step, state, data_iter, config)
+    if config.eval_every_steps and (step % config.eval_every_steps == 0 or final):
+      _evaluate_during_training(exp, state, step, writer, progress)
+      last_time = time.perf_counter()
+  bar.close()
+  ckpt.wait()
+  ckpt.close()
+  return state
+
+
+def _evaluate_during_training(exp, state, step, writer, progress) -> None:
+  cm, _ = evaluate.evaluate(exp, state, exp.config.eval_split, progress=progress)
+  result = metrics.compute_metrics(cm, exp.spec.class_names)
+  keys = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "mean_dice")
+  writer.write({"step": step, **{f"eval/{k}": result[k] for k in keys}})
+  tqdm.tqdm.write(f"step {step}: {exp.config.eval_split} mIoU {result['mean_iou']:.4f}, "
+                  f"pixel accuracy {result['pixel_accuracy']:.4f}")

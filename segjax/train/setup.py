@@ -1,0 +1,61 @@
+"""What train and eval build alike from a recipe: dataset spec, model, mesh, optimiser and the state's shape."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax
+import jax
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from segjax import config as config_lib
+from segjax import models, sharding
+from segjax.data import datasets
+from segjax.train import state as state_lib
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ml_collections.ConfigDict
+  spec: datasets.DatasetSpec
+  model: flax.linen.Module
+  mesh: Mesh
+  tx: optax.GradientTransformation
+
+  @property
+  def mean(self) -> tuple[float, ...]:
+    return tuple(self.config.dataset.mean)
+
+  @property
+  def std(self) -> tuple[float, ...]:
+    return tuple(self.config.dataset.std)
+
+  def init_shape(self) -> tuple[int, int, int, int]:
+    # Parameter shapes of a fully convolutional net do not depend on the input size; any valid size works.
+    d = models.size_divisor(self.model)
+    return (1, d, d, self.spec.num_channels)
+
+  def init_state(self) -> state_lib.TrainState:
+    """Fresh state, created directly replicated on the mesh."""
+    key = jax.random.key(self.config.seed)
+    init = functools.partial(state_lib.create_train_state, self.model, self.tx, input_shape=self.init_shape())
+    return jax.jit(init, out_shardings=sharding.replicated(self.mesh))(key)
+
+  def abstract_state(self) -> state_lib.TrainState:
+    """Shapes, dtypes and target shardings of the state, for restoring a checkpoint onto this mesh."""
+    shapes = jax.eval_shape(functools.partial(state_lib.create_train_state, self.model, self.tx,
+                                              input_shape=self.init_shape()), jax.random.key(0))
+    rep = sharding.replicated(self.mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+
+
+def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
+  config_lib.validate(config)
+  spec = datasets.get_spec(config.dataset.name)
+  model = models.build_model(config.model.name, spec.num_classes, **models.model_kwargs(config.model))
+  mesh = sharding.make_mesh(config.mesh.data, devices)
+  tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
+  return Experiment(config=config, spec=spec, model=model, mesh=mesh, tx=tx)
