@@ -49,7 +49,7 @@ def evaluate(exp: setup_lib.Experiment, state, split: str, *, num_visualizations
   eval_fn = steps.jit_eval_step(exp.mesh, model=exp.model, num_classes=exp.spec.num_classes, mean=exp.mean,
                                 std=exp.std)
   data_sharding = sharding.batch_sharding(exp.mesh)
-  acc = metrics.ConfusionAccumulator()
+  acc = metrics.ConfusionAccumulator(exp.spec.num_classes)
   samples = []
   num_batches = pipeline.num_eval_batches(len(source), config.eval_batch_size, jax.process_count())
   batches = pipeline.eval_batches(source, spec=exp.spec, batch_size=config.eval_batch_size, size=size)

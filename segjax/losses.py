@@ -77,11 +77,11 @@ def dice_loss(
   dice_c = (2 sum p_c g_c + smooth) / (sum p_c + sum g_c + smooth), with
   p = softmax(logits), g = one_hot(labels) and the sums running over every
   valid pixel of the batch (batch-wise Dice, nnU-Net's `batch_dice`): one
-  ratio per class for the whole batch rather than per image, so a class that is
-  small or absent in one image does not give that image a noisy ratio. Pixel weights
-  multiply p and g; ignored pixels contribute nothing. A class absent from
-  both prediction and ground truth gets dice_c close to 1 via `smooth`; with
-  smooth = 0 it gets exactly 1.
+  ratio per class for the whole batch rather than per image, so a class that
+  is small or absent in one image does not give that image a noisy ratio.
+  Pixel weights multiply p and g; ignored pixels contribute nothing. A class
+  with no ground-truth pixel gets dice_c = smooth / (sum p_c + smooth), near 1
+  only if it is hardly predicted. With no valid pixel at all the loss is 0.
 
   Args:
     logits: [B, H, W, K], any float dtype; computed in at least float32.

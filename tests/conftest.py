@@ -19,3 +19,38 @@ def shared_dataset(name: str) -> pathlib.Path:
   if not path.is_dir():
     pytest.skip(f"{path} is absent: real-data tests need ../shared/data/{name} beside the checkout")
   return path
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(tmp_path_factory) -> str:
+  """A tfds data_dir with the built-in shapes dataset prepared once per test session (~10 s)."""
+  from segjax.data import datasets  # pylint: disable=import-outside-toplevel  (after XLA_FLAGS is set)
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  datasets.get_builder("shapes", data_dir=data_dir)
+  return data_dir
+
+
+def tiny_config(data_dir: str, **overrides):
+  """The quickstart recipe shrunk to a U-Net that trains a step in milliseconds."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+
+  spec = importlib.util.spec_from_file_location("quickstart", REPO / "configs" / "quickstart.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.dataset.data_dir = data_dir
+  config.dataset.crop_size = (32, 32)
+  config.model.depth = 2
+  config.model.base_features = 4
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_train_steps = 4
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 2
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config

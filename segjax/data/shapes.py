@@ -38,7 +38,7 @@ SPLIT_SIZES = {"train": 2000, "validation": 200, "test": 200}
 _SEED = 20120
 # Fixed ids rather than hash(split): str hashes are salted per process.
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
-_MIN_SHAPES, _MAX_SHAPES = 2, 5
+_MIN_SHAPES, _MAX_SHAPES = 2, 4
 # Each shape placed keeps at least this share of every earlier shape visible,
 # so heavy occlusion cannot turn, say, a disk into an unrecognisable sliver.
 _MIN_VISIBLE = 0.6
@@ -80,21 +80,21 @@ def _sample_shape(rng: np.random.Generator, cls: int):
     of the shape.
   """
   # Bounding radius first, so the whole shape stays inside the image.
-  if cls == 1:  # disk, 8-24 px across
-    r = rng.uniform(4.0, 12.0)
+  if cls == 1:  # disk, 12-28 px across
+    r = rng.uniform(6.0, 14.0)
     bound = r
-  elif cls == 2:  # square, side 8-18 px (diagonal up to 25 px)
-    h = rng.uniform(4.0, 9.0)
+  elif cls == 2:  # square, side 10-20 px (diagonal up to 28 px)
+    h = rng.uniform(5.0, 10.0)
     bound = h * math.sqrt(2.0)
-  elif cls == 3:  # equilateral triangle, side about 10-23 px
-    r = rng.uniform(6.0, 13.0)  # circumradius
+  elif cls == 3:  # equilateral triangle, side about 14-26 px
+    r = rng.uniform(8.0, 15.0)  # circumradius
     bound = r
-  elif cls == 4:  # ring, 12-24 px across, band >= 3 px, hole >= 6 px across
-    r = rng.uniform(6.0, 12.0)
-    thickness = rng.uniform(3.0, r - 3.0)
+  elif cls == 4:  # ring, 16-28 px across, band >= 3 px, hole >= 6 px across
+    r = rng.uniform(8.0, 14.0)
+    thickness = rng.uniform(3.0, r - 4.0)
     bound = r
-  elif cls == 5:  # plus sign, 12-24 px across, arms >= 3.5 px wide
-    arm = rng.uniform(6.0, 12.0)  # half span
+  elif cls == 5:  # plus sign, 16-28 px across, arms >= 3.5 px wide
+    arm = rng.uniform(8.0, 14.0)  # half span
     half_width = rng.uniform(1.75, max(1.75, arm / 3.0))
     bound = math.sqrt(arm * arm + half_width * half_width)
   else:
@@ -198,8 +198,8 @@ def _png(array: np.ndarray) -> bytes:
 class SegjaxShapes(tfds.core.GeneratorBasedBuilder):
   """Deterministic synthetic shapes (6 classes, 64x64 RGB)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Larger shapes (12-28 px), 2-4 per image."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
