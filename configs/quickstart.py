@@ -11,7 +11,7 @@ def get_config():
   c = config_lib.default_config()
   c.dataset.name = "shapes"
   c.dataset.crop_size = (64, 64)
-  c.num_train_steps = 1000
+  c.num_train_steps = 1800
   c.batch_size = 8
   c.eval_batch_size = 50
   c.log_every_steps = 25

@@ -168,7 +168,7 @@ def eval_batches(source, *, spec: datasets.DatasetSpec, batch_size: int, size: S
 
   ds = grain.MapDataset.range(start, stop).map(lambda i: (i, source[i])).map(prepare)
   ds = ds.batch(local_bs, drop_remainder=False)
-  it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2)))
+  it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, num_threads))))
   channels = spec.num_channels
   for _ in range(num_eval_batches(n, batch_size, process_count)):
     batch = next(it, None)

@@ -1,6 +1,6 @@
 """Synthetic shapes: a built-in segmentation dataset that needs no download.
 
-Each 64x64 RGB image holds 2-5 shapes (disk, square, triangle, ring, cross) on
+Each 64x64 RGB image holds 2-4 shapes (disk, square, triangle, ring, cross) on
 a background. Colours are uniform random for every shape and for the
 background (which also gets a random linear gradient), so only the shape tells
 the class apart. Later shapes occlude earlier ones and the label map shows the
