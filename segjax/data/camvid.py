@@ -15,13 +15,14 @@ in the data as is. The source PNG bytes are stored unchanged when they are
 already 8-bit RGB / single-channel PNGs.
 """
 
-import io
 import os
 import pathlib
 
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+
+from segjax.data import png
 
 CLASS_NAMES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree",
                "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist")
@@ -133,22 +134,6 @@ def list_pairs(root: pathlib.Path, split: str):
   return pairs
 
 
-def _png(array: np.ndarray) -> bytes:
-  # tfds encodes numpy images through TensorFlow: hand it PNG bytes instead.
-  buf = io.BytesIO()
-  Image.fromarray(array).save(buf, format="PNG")
-  return buf.getvalue()
-
-
-def _read_image(path: pathlib.Path) -> tuple[bytes, tuple[int, int]]:
-  """PNG bytes of an 8-bit RGB image and its (height, width)."""
-  with Image.open(path) as img:
-    if img.format == "PNG" and img.mode == "RGB":
-      return path.read_bytes(), (img.height, img.width)  # Store as is.
-    array = np.asarray(img.convert("RGB"))
-  return _png(array), array.shape[:2]
-
-
 def _read_label(path: pathlib.Path) -> tuple[bytes, np.ndarray]:
   """PNG bytes of a label map and its ids; rejects ids above IGNORE_LABEL."""
   with Image.open(path) as img:
@@ -165,7 +150,7 @@ def _read_label(path: pathlib.Path) -> tuple[bytes, np.ndarray]:
     raise ValueError(
         f"CamVid label {path} contains id {top}; ids must be 0-10 (classes) "
         f"or {IGNORE_LABEL} (void).")
-  return (path.read_bytes() if as_is else _png(ids)), ids
+  return (path.read_bytes() if as_is else png.encode(ids)), ids
 
 
 class Camvid(tfds.core.GeneratorBasedBuilder):
@@ -212,7 +197,7 @@ class Camvid(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, pairs):
     for key, (image_path, label_path) in enumerate(pairs):
-      image, shape = _read_image(image_path)
+      image, shape = png.read_image(image_path, "RGB")
       label, ids = _read_label(label_path)
       if ids.shape != shape:
         raise ValueError(

@@ -11,13 +11,14 @@ The unlabelled test images get a label map filled with IGNORE_LABEL so they are
 valid examples that add no pixels to losses or metrics.
 """
 
-import io
 import os
 import pathlib
 
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+
+from segjax.data import png
 
 CLASS_NAMES = ("membrane", "cell")
 # Same look as the source label maps: dark membranes, bright cells.
@@ -78,22 +79,6 @@ def check_manual_dir(manual_dir) -> pathlib.Path:
         f"pair up (e.g. {unpaired} is in only one of them); every "
         "train/image/N.png needs a train/label/N.png.")
   return root
-
-
-def _png(array: np.ndarray) -> bytes:
-  # tfds encodes numpy images through TensorFlow: hand it PNG bytes instead.
-  buf = io.BytesIO()
-  Image.fromarray(array).save(buf, format="PNG")
-  return buf.getvalue()
-
-
-def _read_image(path: pathlib.Path) -> tuple[bytes, tuple[int, int]]:
-  """PNG bytes of an 8-bit grayscale image and its (height, width)."""
-  with Image.open(path) as img:
-    if img.format == "PNG" and img.mode == "L":
-      return path.read_bytes(), (img.height, img.width)  # Already right.
-    array = np.asarray(img.convert("L"))
-  return _png(array), array.shape
 
 
 def read_label(path) -> np.ndarray:
@@ -173,7 +158,7 @@ class Isbi2012Membrane(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, folder: pathlib.Path, labelled: bool):
     for key, path in enumerate(_pngs(folder)):
-      image, shape = _read_image(path)
+      image, shape = png.read_image(path, "L")
       if labelled:
         label_path = folder.parent / "label" / path.name
         label = read_label(label_path)
@@ -183,4 +168,4 @@ class Isbi2012Membrane(tfds.core.GeneratorBasedBuilder):
               f"{path} is {shape}.")
       else:
         label = np.full(shape, IGNORE_LABEL, np.uint8)
-      yield key, {"image": image, "label": _png(label), "filename": path.stem}
+      yield key, {"image": image, "label": png.encode(label), "filename": path.stem}

@@ -13,12 +13,12 @@ normalised random vectors rather than sin/cos, whose last bit may differ
 between libm builds and would flip boundary pixels on other machines.
 """
 
-import io
 import math
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
+
+from segjax.data import png
 
 CLASS_NAMES = ("background", "disk", "square", "triangle", "ring", "cross")
 # Distinct display colours (Trubetskoy's palette); not used to draw the data.
@@ -187,14 +187,6 @@ def generate_example(split: str, index: int) -> dict[str, np.ndarray]:
   return {"image": image, "label": label[..., None]}
 
 
-def _png(array: np.ndarray) -> bytes:
-  # tfds encodes numpy images through TensorFlow: hand it PNG bytes instead.
-  # Noisy pixels barely compress: the fastest level is nearly as small.
-  buf = io.BytesIO()
-  Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-  return buf.getvalue()
-
-
 class SegjaxShapes(tfds.core.GeneratorBasedBuilder):
   """Deterministic synthetic shapes (6 classes, 64x64 RGB)."""
 
@@ -230,7 +222,8 @@ class SegjaxShapes(tfds.core.GeneratorBasedBuilder):
     for index in range(num_examples):
       example = generate_example(split, index)
       yield index, {
-          "image": _png(example["image"]),
-          "label": _png(example["label"][..., 0]),
+          # Noisy pixels barely compress: the fastest level is nearly as small.
+          "image": png.encode(example["image"], compress_level=1),
+          "label": png.encode(example["label"][..., 0], compress_level=1),
           "filename": f"{split}_{index:06d}",
       }
