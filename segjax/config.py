@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from segjax.data import datasets
+from segjax import models
 from segjax.models import MODELS
 
 
@@ -40,19 +41,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.std = (127.5,)
   c.dataset.worker_count = 0  # grain worker processes for decoding; 0 decodes in the main process
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "unet"
-  c.model.depth = 4
-  c.model.base_features = 64
-  c.model.batch_norm = True
-  c.model.dropout_rate = 0.0
-  c.model.upsample = "transpose"
-  c.model.dtype = "float32"
+  # The chosen model's constructor options (see segjax.models); a recipe for another model replaces the block
+  # with `models.model_config(name, ...)`.
+  c.model = models.model_config("unet")
 
   c.loss = ml_collections.ConfigDict()
   c.loss.ce_weight = 1.0
   c.loss.dice_weight = 0.0
   c.loss.class_weights = ml_collections.FieldReference(None, field_type=tuple)
+  c.loss.aux_weight = 0.4  # weight of auxiliary heads' losses (PSPNet: 0.4, as in the paper)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"  # adamw | adam | sgd
@@ -66,6 +63,35 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # devices on the "data" axis; -1: all devices
+  return c
+
+
+def use_dataset(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets `c.dataset` (and the evaluation split) to the project's standard setup for dataset `name`.
+
+  Recipes for several models on one dataset share these values, so a fix here reaches all of them. Paths are
+  relative to the repository root, where the README runs the commands; override with
+  `--config.dataset.manual_dir`.
+  """
+  d = c.dataset
+  d.name = name
+  if name == "shapes":
+    d.crop_size, d.mean, d.std = (64, 64), (127.5,), (127.5,)
+    c.eval_split = "validation"
+  elif name == "camvid":
+    d.manual_dir = "../shared/data/camvid"
+    d.train_split, c.eval_split = "train", "validation"
+    d.crop_size = (360, 480)  # whole frames, as SegNet trains; random horizontal flips
+    # Per-channel mean/std of the 367 CamVid training images in 0..255 (RGB), computed with numpy.
+    d.mean, d.std = (105.0, 108.4, 110.3), (78.3, 79.5, 78.3)
+    d.worker_count = 2
+  elif name == "isbi2012":
+    d.manual_dir = "../shared/data/isbi2012-membrane"
+    # The challenge's test labels are withheld: train on 25 of the 30 labelled images, evaluate on 5.
+    d.train_split, c.eval_split = "train[:25]", "train[25:]"
+    d.crop_size, d.mean, d.std = (256, 256), (127.5,), (127.5,)
+  else:
+    raise ValueError(f"use_dataset: no preset for dataset {name!r}; set config.dataset.* directly")
   return c
 
 
@@ -94,6 +120,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("optimizer.name", config.optimizer.name, "choose adamw, adam or sgd")
   if config.optimizer.schedule not in ("cosine", "constant", "poly"):
     fail("optimizer.schedule", config.optimizer.schedule, "choose cosine, constant or poly")
+  if config.loss.aux_weight < 0:
+    fail("loss.aux_weight", config.loss.aux_weight, "must be >= 0")
   if config.loss.ce_weight < 0 or config.loss.dice_weight < 0 or (
       config.loss.ce_weight == 0 and config.loss.dice_weight == 0):
     fail("loss", (config.loss.ce_weight, config.loss.dice_weight), "ce_weight and dice_weight must be >= 0, "

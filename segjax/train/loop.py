@@ -66,7 +66,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   train_fn = steps.jit_train_step(
       exp.mesh, model=exp.model, seed=config.seed, mean=exp.mean, std=exp.std, ce_weight=config.loss.ce_weight,
-      dice_weight=config.loss.dice_weight,
+      dice_weight=config.loss.dice_weight, aux_weight=config.loss.aux_weight,
       class_weights=None if config.loss.class_weights is None else tuple(config.loss.class_weights))
   schedule = state_lib.make_schedule(config.optimizer, config.num_train_steps)
   data_sharding = sharding.batch_sharding(exp.mesh)

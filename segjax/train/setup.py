@@ -35,7 +35,7 @@ class Experiment:
 
   def init_shape(self) -> tuple[int, int, int, int]:
     # Parameter shapes of a fully convolutional net do not depend on the input size; any valid size works.
-    d = models.size_divisor(self.model)
+    d = models.init_size(self.model)
     return (1, d, d, self.spec.num_channels)
 
   def init_state(self) -> state_lib.TrainState:
@@ -56,6 +56,11 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
   config_lib.validate(config)
   spec = datasets.get_spec(config.dataset.name)
   model = models.build_model(config.model.name, spec.num_classes, **models.model_kwargs(config.model))
+  for side in config.dataset.crop_size:
+    try:
+      models.output_size(model, side)
+    except ValueError as e:
+      raise ValueError(f"config.dataset.crop_size={tuple(config.dataset.crop_size)}: {e}") from None
   mesh = sharding.make_mesh(config.mesh.data, devices)
   tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
   return Experiment(config=config, spec=spec, model=model, mesh=mesh, tx=tx)

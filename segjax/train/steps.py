@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from segjax import losses, metrics, sharding
+from segjax import losses, metrics, models, sharding
 from segjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -28,34 +28,68 @@ def _variables(state: TrainState, params) -> dict[str, Any]:
   return variables
 
 
+def center_crop(x: jax.Array, height: int, width: int) -> jax.Array:
+  """The central height x width window of [B, H, W, ...] (the valid-convolution U-Net's output region)."""
+  top, left = (x.shape[1] - height) // 2, (x.shape[2] - width) // 2
+  if top < 0 or left < 0:
+    raise ValueError(f"cannot crop {x.shape[1]}x{x.shape[2]} to {height}x{width}")
+  return x[:, top:top + height, left:left + width]
+
+
 def train_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, seed: int,
                mean: Sequence[float], std: Sequence[float], ce_weight: float, dice_weight: float,
-               class_weights: Sequence[float] | None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimiser step on a global batch. Randomness is `fold_in(key(seed), step)`: no hidden RNG state."""
+               class_weights: Sequence[float] | None,
+               aux_weight: float = 0.4) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimiser step on a global batch. Randomness is `fold_in(key(seed), step)`: no hidden RNG state.
+
+  A valid-convolution net predicts only the centre of its input; labels and weights are centre-cropped to the
+  logits (the U-Net paper's 572 -> 388 tiles). Auxiliary logits a model sows into the "aux" collection add
+  `aux_weight` times the same loss.
+  """
   step_key = jax.random.fold_in(jax.random.key(seed), state.step)
   images = normalize(batch["image"], mean, std)
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+  loss_of = functools.partial(losses.segmentation_loss, ce_weight=ce_weight, dice_weight=dice_weight,
+                              class_weights=cw)
 
   def loss_fn(params):
     logits, updates = model.apply(_variables(state, params), images, train=True,
-                                  rngs={"dropout": step_key}, mutable=["batch_stats"])
-    loss = losses.segmentation_loss(logits, batch["label"], batch["weight"], ce_weight=ce_weight,
-                                    dice_weight=dice_weight, class_weights=cw)
-    return loss, (logits, updates)
+                                  rngs={"dropout": step_key}, mutable=["batch_stats", "aux"])
+    labels, weight = batch["label"], batch["weight"]
+    if logits.shape[1:3] != labels.shape[1:3]:
+      labels, weight = (center_crop(a, *logits.shape[1:3]) for a in (labels, weight))
+    loss = main_loss = loss_of(logits, labels, weight)
+    for aux_logits in jax.tree.leaves(updates.get("aux", {})):
+      loss = loss + aux_weight * loss_of(aux_logits, labels, weight)
+    return loss, (logits, labels, weight, main_loss, updates)
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, labels, weight, main_loss, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
-  weight = batch["weight"]
-  correct = (jnp.argmax(logits, -1) == batch["label"]) * weight
+  correct = (jnp.argmax(logits, -1) == labels) * weight
   out = {"loss": loss, "pixel_accuracy": correct.sum() / jnp.maximum(weight.sum(), 1.0),
          "grad_norm": jax.numpy.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads)))}
+  if "aux" in updates:
+    out["main_loss"] = main_loss
   return new_state, out
 
 
 def predict(state: TrainState, images: jax.Array, *, model: flax.linen.Module, mean: Sequence[float],
             std: Sequence[float]) -> jax.Array:
-  """Logits [B, H, W, K] float32 in inference mode (BatchNorm running averages, no dropout)."""
-  return model.apply(_variables(state, state.params), normalize(images, mean, std), train=False)
+  """Logits [B, H, W, K] float32 in inference mode (BatchNorm running averages, no dropout).
+
+  A valid-convolution net sees the image mirror-padded by its margin (and up to its next valid input size),
+  the U-Net paper's overlap-tile strategy for a single tile; its output is cropped back to H x W.
+  """
+  x = normalize(images, mean, std)
+  if not models.is_valid_conv(model):
+    return model.apply(_variables(state, state.params), x, train=False)
+  h, w = x.shape[1:3]
+  margin = int(model.input_margin)
+  size_h, size_w = model.input_size_for(h), model.input_size_for(w)
+  x = jnp.pad(x, ((0, 0), (margin, size_h - h - margin), (margin, size_w - w - margin), (0, 0)), mode="reflect")
+  logits = model.apply(_variables(state, state.params), x, train=False)
+  return logits[:, :h, :w]
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, num_classes: int,
