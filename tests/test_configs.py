@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from segjax import config as config_lib
+from segjax import models
 from segjax.train import setup
 from tests.conftest import REPO
 
@@ -22,6 +23,10 @@ def load(path):
 
 def test_the_readme_recipes_exist():
   assert {"quickstart", "unet_isbi2012", "unet_camvid"} <= {p.stem for p in RECIPES}
+
+
+def test_every_registry_model_has_a_recipe():
+  assert {load(p).model.name for p in RECIPES} == set(models.MODELS)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -42,7 +47,7 @@ def test_recipe_builds(path):
 def test_validate_names_key_value_and_fix():
   config = load(REPO / "configs" / "quickstart.py")
   config.model.name = "unet2"
-  with pytest.raises(ValueError, match=r"config.model.name='unet2': choose one of \['unet'\]"):
+  with pytest.raises(ValueError, match=r"config.model.name='unet2': choose one of \[.*'unet', 'unet_valid'"):
     config_lib.validate(config)
   config = load(REPO / "configs" / "quickstart.py")
   config.loss.class_weights = (1.0, 2.0)

@@ -17,13 +17,30 @@ import numpy as np
 import optax
 import pytest
 
-from segjax import models, sharding
+from segjax import losses, models, sharding
 from segjax.train import state as state_lib
 from segjax.train import steps
 
 # Constructor options that make one step cheap on CPU. Every registry entry must be listed.
+NARROW_VGG = ((4, 2), (8, 2), (8, 3), (16, 3), (16, 3))  # VGG16's 13 convs at 1/16 .. 1/32 of the width
 SMALL: dict[str, dict] = {
+    "patch_classifier": dict(patch_size=15, features=(4, 4), kernel_sizes=(3, 3), hidden=8, stride=2),
+    "fcn_nearest": dict(base_features=4),
+    "fcn_skip_concat": dict(base_features=4, upsample="bilinear"),
+    "fcn_transposed_skip": dict(base_features=4),
+    "fcn32s": dict(stages=NARROW_VGG, fc_features=16),
+    "fcn16s": dict(stages=NARROW_VGG, fc_features=16),
+    "fcn8s": dict(stages=NARROW_VGG, fc_features=16, learn_upsampling=True),
+    "segnet": dict(base_features=4),
+    "segnet_basic": dict(features=8, kernel_size=3),
+    "deconvnet": dict(base_features=4, fc_features=16),
     "unet": dict(depth=2, base_features=8),
+    "unet_valid": dict(depth=2, base_features=4),
+    "unet_vgg16": dict(num_filters=4),
+    "deeplab_largefov": dict(stages=NARROW_VGG, fc_features=16),
+    "dilated_context": dict(stages=NARROW_VGG, fc_features=16, context="large"),
+    "pspnet": dict(width=4, stem_width=4),
+    "tied_conv_deconv": dict(spec="C8k5s2-C8k5s2"),
 }
 # Input sizes (height, width) checked for every model; valid-conv nets map each to their next valid input.
 SIZES = [(32, 32), (64, 96)]
@@ -92,3 +109,70 @@ def test_one_train_step_on_8_devices(name):
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, new_state.params)
   assert any(jax.tree.leaves(changed))
   chex.assert_trees_all_equal_shapes(before, new_state.params)
+
+
+def _init(model, h, w):
+  return state_lib.create_train_state(model, optax.sgd(0.1), jax.random.key(0), input_shape=(1, h, w, 3))
+
+
+def test_aux_head_loss_is_added_with_its_weight():
+  model = _build("pspnet")
+  state = _init(model, 24, 24)
+  rng = np.random.default_rng(1)
+  batch = {"image": rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8),
+           "label": rng.integers(0, NUM_CLASSES, (2, 24, 24)).astype(np.int32),
+           "weight": (rng.random((2, 24, 24)) > 0.2).astype(np.float32)}
+  kwargs = dict(model=model, seed=3, mean=(127.5,), std=(127.5,), ce_weight=1.0, dice_weight=0.0,
+                class_weights=None)
+  _, out = steps.train_step(state, batch, aux_weight=0.4, **kwargs)
+  # Independent recomputation: the same forward pass (same dropout key) with the aux collection exposed.
+  key = jax.random.fold_in(jax.random.key(3), 0)
+  logits, updates = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                                steps.normalize(batch["image"], (127.5,), (127.5,)), train=True,
+                                rngs={"dropout": key}, mutable=["batch_stats", "aux"])
+  (aux_logits,) = updates["aux"]["logits"]
+  main = losses.cross_entropy(logits, batch["label"], batch["weight"])
+  aux = losses.cross_entropy(aux_logits, batch["label"], batch["weight"])
+  np.testing.assert_allclose(out["main_loss"], main, rtol=1e-5)
+  np.testing.assert_allclose(out["loss"], main + 0.4 * aux, rtol=1e-5)
+  assert abs(float(aux) - float(main)) > 1e-4  # the two heads really differ
+
+
+def test_valid_conv_training_crops_labels_and_inference_mirror_pads():
+  model = _build("unet_valid")  # depth 2: 20 pixels lost at each border
+  margin = model.input_margin
+  h, w = 20, 28
+  state = _init(model, model.input_size_for(1), model.input_size_for(1))
+  rng = np.random.default_rng(2)
+  images = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+  logits = steps.predict(state, images, model=model, mean=(127.5,), std=(127.5,))
+  assert logits.shape == (2, h, w, NUM_CLASSES)
+  # Reference: numpy mirror padding (reflect about the border pixel, as the U-Net paper's Fig. 2) to the
+  # next valid input size, the model applied once, the top-left h x w of its output.
+  x = (images.astype(np.float32) - 127.5) / 127.5
+  size_h, size_w = model.input_size_for(h), model.input_size_for(w)
+  rows = np.abs(np.arange(size_h) - margin)
+  rows = np.where(rows > h - 1, 2 * (h - 1) - rows, rows)
+  cols = np.abs(np.arange(size_w) - margin)
+  cols = np.where(cols > w - 1, 2 * (w - 1) - cols, cols)
+  padded = x[:, rows][:, :, cols]
+  ref = model.apply({"params": state.params}, padded, train=False)[:, :h, :w]
+  np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=2e-4)  # XLA conv summation order
+
+  # Training on a valid crop: the loss covers exactly the centre output region of the labels.
+  side = model.input_size_for(8)
+  out_side = model.output_size(side)
+  labels = rng.integers(0, NUM_CLASSES, (2, side, side)).astype(np.int32)
+  weight = np.zeros((2, side, side), np.float32)
+  batch = {"image": rng.integers(0, 256, (2, side, side, 3), dtype=np.uint8), "label": labels, "weight": weight}
+  kwargs = dict(model=model, seed=0, mean=(127.5,), std=(127.5,), ce_weight=1.0, dice_weight=0.0,
+                class_weights=None)
+  _, out = steps.train_step(state, batch, **kwargs)
+  assert float(out["loss"]) == 0.0  # nothing weighted
+  m = (side - out_side) // 2
+  weight[:, m:m + out_side, m:m + out_side] = 1.0
+  _, inside = steps.train_step(state, dict(batch, weight=weight.copy()), **kwargs)
+  weight[:, m:m + out_side, m:m + out_side] = 0.0
+  weight[:, :m] = 1.0  # only the border the output does not cover
+  _, border = steps.train_step(state, dict(batch, weight=weight), **kwargs)
+  assert float(inside["loss"]) > 0.0 and float(border["loss"]) == 0.0

@@ -20,10 +20,36 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from segjax.models.unet import UNet
+from segjax.models.context import ContextNet
+from segjax.models.deconvnet import DeconvNet
+from segjax.models.deeplab import DeepLabLargeFOV
+from segjax.models.fcn import FCN8s, FCN16s, FCN32s
+from segjax.models.patch_classifier import PatchClassifier
+from segjax.models.pspnet import PSPNet
+from segjax.models.segnet import SegNet, SegNetBasic
+from segjax.models.small_fcn import FCNNearest, FCNSkipConcat, FCNTransposedSkip
+from segjax.models.tied import TiedConvDeconv
+from segjax.models.unet import UNet, UNetValid
+from segjax.models.unet_vgg import UNetVGG16
 
 MODELS: dict[str, type[nn.Module]] = {
+    "patch_classifier": PatchClassifier,
+    "fcn_nearest": FCNNearest,
+    "fcn_skip_concat": FCNSkipConcat,
+    "fcn_transposed_skip": FCNTransposedSkip,
+    "fcn32s": FCN32s,
+    "fcn16s": FCN16s,
+    "fcn8s": FCN8s,
+    "segnet": SegNet,
+    "segnet_basic": SegNetBasic,
+    "deconvnet": DeconvNet,
     "unet": UNet,
+    "unet_valid": UNetValid,
+    "unet_vgg16": UNetVGG16,
+    "deeplab_largefov": DeepLabLargeFOV,
+    "dilated_context": ContextNet,
+    "pspnet": PSPNet,
+    "tied_conv_deconv": TiedConvDeconv,
 }
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

@@ -1,10 +1,15 @@
-"""U-Net (Ronneberger, Fischer, Brox, MICCAI 2015), same-padded variant.
+"""U-Net (Ronneberger, Fischer, Brox, MICCAI 2015): a same-padded variant and the paper's unpadded original.
 
 The contracting path halves the resolution `depth` times; every level is two 3x3 convolutions (each optionally
 followed by BatchNorm) and a ReLU. The expanding path upsamples, concatenates the skip connection and applies
 two more 3x3 convolutions. With `depth=4, base_features=64` and transposed-convolution upsampling this is the
-paper's 31.0 M parameter network, except that the convolutions are 'SAME'-padded so the output has the input's
-height and width (the input must be divisible by 2**depth).
+paper's 31.0 M parameter network.
+
+`UNet` 'SAME'-pads the convolutions so the output has the input's height and width (the input must be divisible
+by 2**depth). `UNetValid` is the network of the paper's Fig. 1: unpadded convolutions, so every 3x3 convolution
+loses a pixel at each border, the skip connections are centre-cropped to the decoder's size, and a 572x572 tile
+yields 388x388 logits. Images larger than one tile are segmented with the overlap-tile strategy (mirror-pad by
+`input_margin`, tile), which `output_size`, `input_size_for` and `input_margin` support.
 """
 
 from __future__ import annotations
@@ -146,6 +151,159 @@ class UNet(nn.Module):
         x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear")
         x = conv(features, (3, 3), name=f"upconv{level}")(x)
       x = jnp.concatenate([skips[level], x], axis=-1)
+      x = block(features, name=f"up{level}")(x, train=train)
+    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="classifier")(x)
+    return logits.astype(jnp.float32)
+
+
+def center_crop(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """The centre `size` = (h, w) window of [B, H, W, ...] `x`; with an odd margin the extra row/column is
+  dropped at the bottom/right."""
+  big_h, big_w = x.shape[1:3]
+  h, w = size
+  if h > big_h or w > big_w:
+    raise ValueError(f"cannot centre-crop a {big_h}x{big_w} map to {h}x{w}")
+  top, left = (big_h - h) // 2, (big_w - w) // 2
+  return x[:, top:top + h, left:left + w]
+
+
+def valid_unet_output_size(size: int, depth: int) -> int | None:
+  """Output side of the unpadded U-Net for an input side, or None when `size` is not a valid input.
+
+  Every level of the contracting path loses 4 pixels to two unpadded 3x3 convolutions and then halves, which
+  needs an even map; the bottleneck loses 4 more; every level of the expanding path doubles and loses 4.
+  """
+  s = size
+  for _ in range(depth):
+    s -= 4
+    if s < 2 or s % 2:
+      return None
+    s //= 2
+  s -= 4
+  if s < 1:
+    return None
+  for _ in range(depth):
+    s = 2 * s - 4
+    if s < 1:
+      return None
+  return s
+
+
+class UNetValid(nn.Module):
+  """The unpadded U-Net of the paper's Fig. 1: [B, H, W, C] -> logits [B, output_size(H), output_size(W), K].
+
+  Differences from `UNet`: 'VALID' 3x3 convolutions, the skip maps are centre-cropped to the decoder's size
+  before the concatenation, and there is no BatchNorm by default (the 2015 network has none). The parameters
+  have the same names and shapes as `UNet`'s (padding adds none), so the two can load each other's weights.
+
+  Only some sizes are valid: every map before a pooling must be even. For depth 4 the valid sides are
+  16 t + 60 for t >= 8 (188, 204, ..., 572, ...), giving 16 t - 124 output pixels; `input_margin` pixels are
+  lost at each border. Train on valid crops with the labels centre-cropped to the logits; segment a large
+  image by mirror-padding it by `input_margin` and tiling (the paper's overlap-tile strategy, Fig. 2).
+
+  Dropout follows the authors' Caffe release (phseg_v5-train.prototxt, layers dropout_d3c and dropout_d4c,
+  ratio 0.5), which implements the paper's "drop-out layers at the end of the contracting path": after the
+  deepest encoder level (its output feeds both the pooling and the skip) and after the bottleneck. The up-conv
+  has no ReLU, as in the paper's text (the release adds one; it changes no parameter).
+
+  Attributes:
+    num_classes: K, number of output channels.
+    depth: number of 2x2 poolings (paper: 4).
+    base_features: channels at full resolution, doubled at every level (paper: 64).
+    batch_norm: BatchNorm after every 3x3 convolution (not in the paper).
+    dropout_rate: rate of the two dropout layers at the end of the contracting path (paper: 0.5).
+    dtype: compute dtype; parameters stay `param_dtype`.
+    param_dtype: parameter dtype.
+  """
+
+  num_classes: int
+  depth: int = 4
+  base_features: int = 64
+  batch_norm: bool = False
+  dropout_rate: float = 0.5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @property
+  def input_margin(self) -> int:
+    """Pixels lost at each border: (input - output) / 2, the same for every valid input (92 for depth 4)."""
+    return 6 * 2**self.depth - 4
+
+  @property
+  def min_input_size(self) -> int:
+    """The smallest valid input side (188 for depth 4)."""
+    return self.input_size_for(1)
+
+  def _valid_input(self, t: int) -> int:
+    # Input side whose map entering the bottleneck has side t: undo `depth` times (pool, two convs).
+    return 2**self.depth * t + 4 * (2**self.depth - 1)
+
+  def output_size(self, size: int) -> int:
+    """Output side for input side `size`.
+
+    Raises:
+      ValueError: `size` is not a valid input, naming the nearest valid sizes.
+    """
+    out = valid_unet_output_size(size, self.depth)
+    if out is not None:
+      return out
+    lower, upper = None, None
+    t = 1
+    while True:
+      candidate = self._valid_input(t)
+      if valid_unet_output_size(candidate, self.depth) is not None:
+        if candidate < size:
+          lower = candidate
+        else:
+          upper = candidate
+          break
+      t += 1
+    nearest = f"{lower} or {upper}" if lower is not None else f"{upper} (the smallest valid size)"
+    raise ValueError(
+        f"UNetValid(depth={self.depth}) cannot take an input side of {size}: every map before a 2x2 pooling "
+        f"must be even and positive. Nearest valid sizes: {nearest}; `input_size_for(n)` gives the smallest "
+        f"input producing n output pixels.")
+
+  def input_size_for(self, min_output: int) -> int:
+    """The smallest valid input side whose output side is at least `min_output`."""
+    t = 1
+    while True:
+      size = self._valid_input(t)
+      out = valid_unet_output_size(size, self.depth)
+      if out is not None and out >= min_output:
+        return size
+      t += 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if x.ndim != 4:
+      raise ValueError(f"UNetValid expects images [B, H, W, C], got shape {x.shape}")
+    if self.depth < 1:
+      raise ValueError(f"UNetValid.depth must be >= 1, got {self.depth}")
+    for side in x.shape[1:3]:
+      self.output_size(side)  # raises, naming the nearest valid sizes
+    conv = functools.partial(nn.Conv, padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = None
+    if self.batch_norm:
+      norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                               param_dtype=self.param_dtype)
+    block = functools.partial(ConvBlock, conv=conv, norm=norm)
+
+    x = x.astype(self.dtype)
+    skips = []
+    for level in range(self.depth):
+      x = block(self.base_features * 2**level, name=f"down{level}")(x, train=train)
+      if level == self.depth - 1:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout_encoder")(x)
+      skips.append(x)
+      x = max_pool_2x2(x)
+    x = block(self.base_features * 2**self.depth, name="bottleneck")(x, train=train)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout_bottleneck")(x)
+    for level in reversed(range(self.depth)):
+      features = self.base_features * 2**level
+      x = UpConv2x2(features, dtype=self.dtype, param_dtype=self.param_dtype, name=f"upconv{level}")(x)
+      x = jnp.concatenate([center_crop(skips[level], x.shape[1:3]), x], axis=-1)
       x = block(features, name=f"up{level}")(x, train=train)
     logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
                      name="classifier")(x)

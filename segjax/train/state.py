@@ -54,9 +54,15 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Grad
 
 def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation, key: jax.Array,
                        input_shape: tuple[int, ...]) -> TrainState:
-  """Initialises parameters for inputs of `input_shape` ([B, H, W, C]); pure, so it can run under jit."""
+  """Initialises parameters for inputs of `input_shape` ([B, H, W, C]); pure, so it can run under jit.
+
+  Parameters are drawn with the non-partitionable threefry formulation: XLA:CPU compiles it about 5x faster
+  (one threefry program per parameter shape: 25 s -> 5 s for a small FCN, ~70 s for PSPNet-50), and the
+  parameters are replicated, so there is nothing to partition. Values stay a function of the key alone.
+  """
   params_key, dropout_key = jax.random.split(key)
-  variables = model.init({"params": params_key, "dropout": dropout_key}, jnp.zeros(input_shape, jnp.float32),
-                         train=False)
+  with jax.threefry_partitionable(False):
+    variables = model.init({"params": params_key, "dropout": dropout_key}, jnp.zeros(input_shape, jnp.float32),
+                           train=False)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats", {}))

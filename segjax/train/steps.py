@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from segjax import losses, metrics, models, sharding
+from segjax.models import unet
 from segjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -26,14 +27,6 @@ def _variables(state: TrainState, params) -> dict[str, Any]:
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
   return variables
-
-
-def center_crop(x: jax.Array, height: int, width: int) -> jax.Array:
-  """The central height x width window of [B, H, W, ...] (the valid-convolution U-Net's output region)."""
-  top, left = (x.shape[1] - height) // 2, (x.shape[2] - width) // 2
-  if top < 0 or left < 0:
-    raise ValueError(f"cannot crop {x.shape[1]}x{x.shape[2]} to {height}x{width}")
-  return x[:, top:top + height, left:left + width]
 
 
 def train_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, seed: int,
@@ -57,7 +50,7 @@ def train_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, see
                                   rngs={"dropout": step_key}, mutable=["batch_stats", "aux"])
     labels, weight = batch["label"], batch["weight"]
     if logits.shape[1:3] != labels.shape[1:3]:
-      labels, weight = (center_crop(a, *logits.shape[1:3]) for a in (labels, weight))
+      labels, weight = (unet.center_crop(a, logits.shape[1:3]) for a in (labels, weight))
     loss = main_loss = loss_of(logits, labels, weight)
     for aux_logits in jax.tree.leaves(updates.get("aux", {})):
       loss = loss + aux_weight * loss_of(aux_logits, labels, weight)

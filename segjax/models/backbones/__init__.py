@@ -1,0 +1,1 @@
+"""Backbone networks that return multi-scale feature maps for segmentation heads."""

@@ -1,0 +1,193 @@
+"""SegNet and SegNet-Basic (Badrinarayanan, Kendall, Cipolla, "SegNet: A Deep Convolutional Encoder-Decoder
+Architecture for Image Segmentation", IEEE TPAMI 2017).
+
+The encoder's max-pooling layers remember where every maximum came from; each decoder stage writes its input
+back to exactly those positions ("max unpooling", zeros elsewhere) and densifies the sparse map with trainable
+convolutions. No upsampling is learned and no encoder feature map is kept, only the indices.
+
+Layer tables follow the reference Caffe models of alexgkendall/SegNet-Tutorial (Models/segnet_train.prototxt
+and Models/segnet_basic_train.prototxt):
+
+* SegNet: the 13 3x3 convolutions of VGG16, each followed by BatchNorm and ReLU (VGG16-BN), with 2x2/2 max
+  pooling after every stage; the decoder mirrors them with 13 3x3 convolutions `conv5_3_D` ... `conv1_1_D`, the
+  last of which is the classifier (num_classes outputs, no BatchNorm, no ReLU; there is no separate 1x1
+  classifier). 29,449,355 parameters for CamVid's 11 classes, the "29.5M" of the paper's Table 6.
+* SegNet-Basic: an LRN of the input, four encoders of 7x7 conv (64) + BN + ReLU + 2x2/2 max pooling, four
+  decoders of unpooling + 7x7 conv (64) + BN with *no* ReLU (the prototxt has none in the decoder), and a 1x1
+  classifier.
+
+Caffe pools with "ceil" rounding, so odd sizes work: CamVid's 360x480 pools to 45x60 -> 23x30 at pool4, and the
+decoder unpools back to the recorded 45x60. Every convolution keeps its bias as in the Caffe models (redundant
+before BatchNorm, but it keeps the published parameter count and lets ImageNet VGG16 weights, which have
+biases, load by name into `encoder/conv1_1` ... `encoder/conv5_3`). Weights are initialised with Caffe's
+"msra" filler (He normal, fan-in), as in the prototxts.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from segjax.models.backbones.vgg import VGG16_STAGES, conv_init, vgg_stage
+from segjax.ops import max_pool_with_argmax, max_unpool
+
+Dtype = Any
+
+
+def scaled_stages(base_features: int) -> tuple[tuple[int, int], ...]:
+  """`VGG16_STAGES` (channels, convolutions) with widths scaled so that stage 1 has `base_features` channels."""
+  if base_features < 1:
+    raise ValueError(f"base_features must be positive, got {base_features}")
+  return tuple((max(1, c * base_features // 64), n) for c, n in VGG16_STAGES)
+
+
+def local_response_norm(x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 1.0) -> jax.Array:
+  """Caffe's across-channel LRN: x / (k + alpha / size * sum of x**2 over `size` neighbouring channels)**beta.
+
+  The channel window is centred and zero-padded at the ends, as in Caffe's `LRN` layer.
+  """
+  squares = jnp.square(x.astype(jnp.float32))
+  half = size // 2
+  padded = jnp.pad(squares, [(0, 0)] * (x.ndim - 1) + [(half, size - 1 - half)])
+  window_sum = sum(padded[..., i:i + x.shape[-1]] for i in range(size))
+  return (x / (k + alpha / size * window_sum) ** beta).astype(x.dtype)
+
+
+class VGG16ArgmaxEncoder(nn.Module):
+  """VGG16-BN's 13 conv layers, pooling with argmax: [B, H, W, C] -> [B, ceil(H/32), ceil(W/32), 512].
+
+  The stages are `backbones.vgg.vgg_stage`, so the layers are named as in `VGG16(batch_norm=True)` (`conv1_1`,
+  `bn1_1`, ..., `conv5_3`, `bn5_3`) and ImageNet VGG16 weights load by name. Each 2x2/2 pooling rounds up as in
+  Caffe and also returns its argmax. The pre-pooling map of stage s is sown as intermediates `pre_pool{s}`.
+
+  Attributes:
+    base_features: channels of the first stage; the others scale with it (64: VGG16).
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+
+  Returns:
+    (pool5 features, list of (indices, (H, W) before pooling) for stages 1..5).
+  """
+
+  base_features: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, list[tuple[jax.Array, tuple[int, int]]]]:
+    switches = []
+    for s, (features, num_convs) in enumerate(scaled_stages(self.base_features), start=1):
+      x = vgg_stage(x, s, features, num_convs, train=train, batch_norm=True, dtype=self.dtype,
+                    param_dtype=self.param_dtype)
+      self.sow("intermediates", f"pre_pool{s}", x)
+      size = (x.shape[1], x.shape[2])
+      x, indices = max_pool_with_argmax(x, 2, 2, ceil_mode=True)
+      switches.append((indices, size))
+    return x, switches
+
+
+class SegNet(nn.Module):
+  """SegNet (VGG16-BN encoder, mirrored index-unpooling decoder). [B, H, W, C] -> float32 [B, H, W, K].
+
+  Any H, W work: pooling rounds up like Caffe and every decoder stage unpools to the size its encoder stage
+  had. Parameter names: encoder as `VGG16(batch_norm=True)` (`encoder/conv1_1`, `encoder/bn1_1`, ...; the
+  prototxt calls the BatchNorms `conv1_1_bn`), decoder as the prototxt (`conv5_3_D`, `conv5_3_D_bn`, ...,
+  `conv1_1_D`, the last of which is the classifier). The unpooled maps are sown as intermediates `unpool{s}`.
+
+  Attributes:
+    num_classes: K.
+    base_features: first-stage channels; all widths scale with it (64: the published network; smaller values
+      only for tests and experiments).
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  num_classes: int
+  base_features: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if x.ndim != 4:
+      raise ValueError(f"SegNet expects images [B, H, W, C], got shape {x.shape}")
+    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=1, kernel_init=conv_init, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
+    x, switches = VGG16ArgmaxEncoder(self.base_features, self.dtype, self.param_dtype, name="encoder")(
+        x.astype(self.dtype), train=train)
+    stages = scaled_stages(self.base_features)
+    for s in reversed(range(1, 6)):
+      indices, size = switches[s - 1]
+      x = max_unpool(x, indices, size)
+      self.sow("intermediates", f"unpool{s}", x)
+      width, num_convs = stages[s - 1]
+      for i in reversed(range(1, num_convs + 1)):
+        if s == 1 and i == 1:
+          x = conv(self.num_classes, name="conv1_1_D")(x)  # the classifier: no BN, no ReLU
+          break
+        # The mirror image of encoder conv{s}_{i}: it maps back to that layer's input width.
+        features = width if i > 1 else stages[s - 2][0]
+        x = conv(features, name=f"conv{s}_{i}_D")(x)
+        x = nn.relu(norm(name=f"conv{s}_{i}_D_bn")(x))
+    return x.astype(jnp.float32)
+
+
+class SegNetBasic(nn.Module):
+  """SegNet-Basic: 4 x (7x7 conv, BN, ReLU, pool) encoder, 4 x (unpool, 7x7 conv, BN) decoder, 1x1 classifier.
+
+  [B, H, W, C] -> float32 [B, H, W, K] for any H, W. Parameter names follow the prototxt (`conv1`, `conv1_bn`,
+  ..., `conv_decode4`, ..., `conv_classifier`). The decoder has no ReLU, as in segnet_basic_train.prototxt.
+
+  Attributes:
+    num_classes: K.
+    features: channels of every encoder and decoder layer (paper: 64).
+    kernel_size: side of every encoder and decoder filter (paper: 7).
+    input_lrn: apply Caffe's LRN (local_size 5, alpha 1e-4, beta 0.75) to the input first, as the reference
+      model does (it stands in for the paper's local contrast normalisation of the raw image). On inputs
+      already normalised to unit scale it is close to the identity.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  num_classes: int
+  features: int = 64
+  kernel_size: int = 7
+  input_lrn: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if x.ndim != 4:
+      raise ValueError(f"SegNetBasic expects images [B, H, W, C], got shape {x.shape}")
+    k = self.kernel_size
+    conv = functools.partial(nn.Conv, self.features, (k, k), padding=k // 2, kernel_init=conv_init,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.input_lrn:
+      x = local_response_norm(x)
+    x = x.astype(self.dtype)
+    switches = []
+    for s in range(1, 5):
+      x = nn.relu(norm(name=f"conv{s}_bn")(conv(name=f"conv{s}")(x)))
+      self.sow("intermediates", f"pre_pool{s}", x)
+      size = (x.shape[1], x.shape[2])
+      x, indices = max_pool_with_argmax(x, 2, 2, ceil_mode=True)
+      switches.append((indices, size))
+    for s in reversed(range(1, 5)):
+      indices, size = switches[s - 1]
+      x = max_unpool(x, indices, size)
+      self.sow("intermediates", f"unpool{s}", x)
+      x = norm(name=f"conv_decode{s}_bn")(conv(name=f"conv_decode{s}")(x))
+    x = nn.Conv(self.num_classes, (1, 1), kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                name="conv_classifier")(x)
+    return x.astype(jnp.float32)
+
