@@ -1,0 +1,99 @@
+"""Forward and forward+backward time of every registry model at its published width, on this machine.
+
+    python bench/models.py                      # every model, batch 2, 224x224 (3 channels, 11 classes)
+    python bench/models.py --models segnet unet --size 360 480 --batch 1
+
+For each model: parameters, the XLA cost-analysis FLOPs of one training step, the median time of an
+inference forward pass and of a full training step's gradient (forward + backward, BatchNorm in training mode,
+dropout on), images per second, and the achieved GFLOP/s, which shows where XLA's lowering of an op (not the
+amount of arithmetic) is the bottleneck. The last column is the training-step time relative to U-Net's, the
+reference network of the zoo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segjax import losses, models
+
+
+def median_ms(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))  # compile + warm up
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return float(np.median(times)) * 1e3
+
+
+def input_size(model, size: tuple[int, int]) -> tuple[int, int]:
+  """`size` rounded up to a side the model accepts (valid-conv nets: the input whose output covers it)."""
+  if models.is_valid_conv(model):
+    return tuple(model.input_size_for(s) for s in size)
+  d = models.size_divisor(model)
+  return tuple(max(-(-s // d) * d, models.init_size(model)) for s in size)
+
+
+def bench(name: str, batch: int, size: tuple[int, int], channels: int, classes: int, repeats: int) -> dict:
+  model = models.build_model(name, classes)
+  h, w = input_size(model, size)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, h, w, channels)), jnp.float32)
+  variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(jax.random.key(0))
+  params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+  out_h, out_w = models.output_size(model, h), models.output_size(model, w)
+  labels = jnp.asarray(rng.integers(0, classes, (batch, out_h, out_w)), jnp.int32)
+  weights = jnp.ones(labels.shape, jnp.float32)
+
+  def loss_fn(params, x):
+    logits, _ = model.apply({"params": params, **state}, x, train=True, rngs={"dropout": jax.random.key(1)},
+                            mutable=["batch_stats", "aux"])
+    return losses.cross_entropy(logits, labels, weights)
+
+  forward = jax.jit(lambda p, x: model.apply({"params": p, **state}, x, train=False))
+  grad = jax.jit(jax.grad(loss_fn))
+  flops = grad.lower(params, x).compile().cost_analysis()
+  flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
+  fwd = median_ms(forward, params, x, repeats=repeats)
+  train = median_ms(grad, params, x, repeats=repeats)
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  return {"name": name, "input": f"{h}x{w}", "params": n_params, "gflop": flops / 1e9, "fwd_ms": fwd,
+          "train_ms": train, "img_s": batch / train * 1e3, "gflops": flops / train / 1e6}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", nargs="*", default=sorted(models.MODELS))
+  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--size", type=int, nargs=2, default=(224, 224))
+  parser.add_argument("--channels", type=int, default=3)
+  parser.add_argument("--classes", type=int, default=11)
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args()
+  print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s): "
+        f"{jax.devices()[0].device_kind}; batch {args.batch}, requested size {args.size[0]}x{args.size[1]}, "
+        f"{args.classes} classes")
+  rows = []
+  header = (f"{'model':<22}{'input':>10}{'params':>14}{'GFLOP/step':>12}{'fwd ms':>10}{'fwd+bwd ms':>12}"
+            f"{'img/s':>8}{'GFLOP/s':>9}{'vs unet':>9}")
+  print(header)
+  for name in args.models:
+    row = bench(name, args.batch, tuple(args.size), args.channels, args.classes, args.repeats)
+    rows.append(row)
+    print(f"{row['name']:<22}{row['input']:>10}{row['params']:>14,}{row['gflop']:>12.1f}{row['fwd_ms']:>10.0f}"
+          f"{row['train_ms']:>12.0f}{row['img_s']:>8.2f}{row['gflops']:>9.1f}", flush=True)
+  ref = next((r for r in rows if r["name"] == "unet"), None)
+  if ref is not None:
+    print("\ntraining-step time relative to unet (same batch and requested size):")
+    for r in rows:
+      print(f"  {r['name']:<22}{r['train_ms'] / ref['train_ms']:>8.2f}x")
+
+
+if __name__ == "__main__":
+  main()
