@@ -15,12 +15,6 @@ from segjax import models
 def get_config():
   c = config_lib.use_dataset(config_lib.default_config(), "camvid")
   c.model = models.model_config("dilated_context", context="large")
-  c.num_train_steps = 20000
-  c.batch_size = 8
-  c.eval_batch_size = 4
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 1000
-  c.eval_every_steps = 2000
   c.optimizer.name = "adamw"
   c.optimizer.learning_rate = 1e-4
   c.optimizer.weight_decay = 5e-4

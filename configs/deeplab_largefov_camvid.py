@@ -15,12 +15,7 @@ def get_config():
   c = config_lib.use_dataset(config_lib.default_config(), "camvid")
   c.model = models.model_config("deeplab_largefov")
   c.dataset.crop_size = (321, 321)  # the paper's training crop
-  c.num_train_steps = 20000
   c.batch_size = 10
-  c.eval_batch_size = 4
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 1000
-  c.eval_every_steps = 2000
   c.optimizer.name = "sgd"
   c.optimizer.learning_rate = 1e-3
   c.optimizer.momentum = 0.9

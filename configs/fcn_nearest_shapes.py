@@ -11,12 +11,4 @@ from segjax import models
 def get_config():
   c = config_lib.use_dataset(config_lib.default_config(), "shapes")
   c.model = models.model_config("fcn_nearest")
-  c.num_train_steps = 1800
-  c.batch_size = 8
-  c.eval_batch_size = 50
-  c.log_every_steps = 25
-  c.checkpoint_every_steps = 200
-  c.optimizer.learning_rate = 3e-3
-  c.optimizer.warmup_steps = 20
-  c.loss.dice_weight = 1.0
   return config_lib.finalize(c)

@@ -14,12 +14,7 @@ def get_config():
   c = config_lib.use_dataset(config_lib.default_config(), "isbi2012")
   c.model = models.model_config("patch_classifier")
   c.dataset.crop_size = (64, 64)
-  c.num_train_steps = 4000
-  c.batch_size = 8
   c.eval_batch_size = 1
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 500
-  c.eval_every_steps = 1000
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
   return config_lib.finalize(c)

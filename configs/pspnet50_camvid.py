@@ -15,12 +15,6 @@ def get_config():
   c = config_lib.use_dataset(config_lib.default_config(), "camvid")
   c.model = models.model_config("pspnet", depth=50)
   c.loss.aux_weight = 0.4
-  c.num_train_steps = 20000
-  c.batch_size = 8
-  c.eval_batch_size = 4
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 1000
-  c.eval_every_steps = 2000
   c.optimizer.name = "sgd"
   c.optimizer.learning_rate = 0.01
   c.optimizer.momentum = 0.9

@@ -18,7 +18,6 @@ def get_config():
   c.num_train_steps = 10000
   c.batch_size = 12
   c.eval_batch_size = 8
-  c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.eval_every_steps = 1000
   c.optimizer.name = "sgd"

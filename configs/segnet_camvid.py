@@ -5,7 +5,7 @@ python eval.py --config=configs/segnet_camvid.py --workdir=runs/segnet_camvid --
 
 Whole 360x480 frames (the encoder pools with ceil mode, 45x60 -> 23x30 as in Caffe), median-frequency class
 balancing, SGD with momentum 0.9. The paper starts from ImageNet VGG16 weights and trains with lr 0.1 at batch
-12; from scratch (no weight import yet) lr 0.05 with warm-up is the stable setting.
+12; from scratch (no weight import yet) this recipe uses lr 0.05 with a warm-up (not tuned here).
 """
 
 from segjax import config as config_lib
@@ -20,7 +20,6 @@ def get_config():
   c.num_train_steps = 10000
   c.batch_size = 12
   c.eval_batch_size = 8
-  c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.eval_every_steps = 1000
   c.optimizer.name = "sgd"

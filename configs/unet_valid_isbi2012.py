@@ -16,12 +16,8 @@ def get_config():
   c = config_lib.use_dataset(config_lib.default_config(), "isbi2012")
   c.model = models.model_config("unet_valid", dropout_rate=0.5)
   c.dataset.crop_size = (508, 508)
-  c.num_train_steps = 4000
   c.batch_size = 2
   c.eval_batch_size = 1
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 500
-  c.eval_every_steps = 1000
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-4
   c.loss.dice_weight = 1.0

@@ -13,12 +13,6 @@ def get_config():
   c.model = models.model_config("unet_vgg16")
   c.dataset.crop_size = (352, 480)
   c.dataset.eval_size = (384, 480)
-  c.num_train_steps = 20000
-  c.batch_size = 8
-  c.eval_batch_size = 4
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 1000
-  c.eval_every_steps = 2000
   c.optimizer.name = "adamw"
   c.optimizer.learning_rate = 1e-4
   c.optimizer.weight_decay = 1e-4
