@@ -176,3 +176,43 @@ def test_valid_conv_training_crops_labels_and_inference_mirror_pads():
   weight[:, :m] = 1.0  # only the border the output does not cover
   _, border = steps.train_step(state, dict(batch, weight=weight), **kwargs)
   assert float(inside["loss"]) > 0.0 and float(border["loss"]) == 0.0
+
+
+@pytest.mark.parametrize("method", ["unpool", "bed_of_nails", "nearest", "bilinear", "learned", "transpose",
+                                    "transpose_bilinear"])
+def test_segnet_decoder_upsampling_is_selectable(method):
+  model = models.build_model("segnet_basic", NUM_CLASSES, features=4, kernel_size=3, upsample=method)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 13, 11, 3)), jnp.float32)
+  with jax.threefry_partitionable(False):
+    variables = model.init(jax.random.key(0), x, train=False)
+  logits, state = model.apply(variables, x, train=False, mutable=["intermediates"])
+  assert logits.shape == (1, 13, 11, NUM_CLASSES)
+  pooled = np.asarray(state["intermediates"]["pre_pool4"][0])  # [1, 2, 2, 4] before the last pooling
+  up = np.asarray(state["intermediates"]["unpool4"][0])  # the first decoder stage's upsampled map, 2x2
+  small = np.asarray(jax.lax.reduce_window(jnp.asarray(pooled), -jnp.inf, jax.lax.max, (1, 2, 2, 1),
+                                           (1, 2, 2, 1), "VALID"))  # 1x1 bottleneck, numpy-independent max
+  if method == "unpool":  # the maximum back at its own position, zeros elsewhere
+    np.testing.assert_array_equal(up, np.where(pooled == small, pooled, 0.0))
+  elif method in ("bed_of_nails", "learned"):  # learned starts as bed-of-nails: top-left of each block
+    expected = np.zeros_like(up)
+    expected[:, 0, 0] = small[:, 0, 0]
+    np.testing.assert_allclose(up, expected, rtol=1e-6)
+  elif method in ("nearest", "bilinear"):  # a 1x1 map upsampled either way is constant
+    np.testing.assert_allclose(up, np.broadcast_to(small, up.shape), rtol=1e-6)
+  else:
+    assert up.shape == pooled.shape
+
+
+def test_unet_decoder_upsampling_is_selectable():
+  from segjax.models.unet import UNET_UPSAMPLING
+  x = jax.ShapeDtypeStruct((2, 16, 24, 3), jnp.float32)
+  counts = {}
+  for method in UNET_UPSAMPLING:
+    model = models.build_model("unet", NUM_CLASSES, depth=2, base_features=4, upsample=method)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    assert jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x).shape == (2, 16, 24, 5)
+    counts[method] = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables["params"]))
+  # Parameter-free upsampling + 3x3 conv halving channels; "learned" adds a 2x2 kernel per channel per level.
+  assert counts["nearest"] == counts["bilinear"] == counts["bed_of_nails"]
+  assert counts["learned"] - counts["nearest"] == 2 * 2 * (16 + 8)
+  assert counts["transpose"] != counts["nearest"]

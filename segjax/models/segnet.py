@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones.vgg import VGG16_STAGES, conv_init, vgg_stage
-from segjax.ops import max_pool_with_argmax, max_unpool
+from segjax.ops import max_pool_with_argmax
+from segjax.ops.upsample import Upsample
 
 Dtype = Any
 
@@ -103,12 +104,16 @@ class SegNet(nn.Module):
     num_classes: K.
     base_features: first-stage channels; all widths scale with it (64: the published network; smaller values
       only for tests and experiments).
+    upsample: decoder upsampling, "unpool" (the paper's index unpooling) or any other `segjax.ops.Upsample`
+      method ("bed_of_nails", "nearest", "bilinear", "learned", "transpose", "transpose_bilinear"), for the
+      decoder-variant comparisons of the SegNet paper (Sec. 4).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
 
   num_classes: int
   base_features: int = 64
+  upsample: str = "unpool"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -125,7 +130,8 @@ class SegNet(nn.Module):
     stages = scaled_stages(self.base_features)
     for s in reversed(range(1, 6)):
       indices, size = switches[s - 1]
-      x = max_unpool(x, indices, size)
+      x = Upsample(self.upsample, 2, dtype=self.dtype, param_dtype=self.param_dtype, name=f"upsample{s}")(
+          x, indices=indices if self.upsample == "unpool" else None, output_shape=size)
       self.sow("intermediates", f"unpool{s}", x)
       width, num_convs = stages[s - 1]
       for i in reversed(range(1, num_convs + 1)):
@@ -149,6 +155,7 @@ class SegNetBasic(nn.Module):
     num_classes: K.
     features: channels of every encoder and decoder layer (paper: 64).
     kernel_size: side of every encoder and decoder filter (paper: 7).
+    upsample: decoder upsampling, "unpool" (the paper's) or another `segjax.ops.Upsample` method.
     input_lrn: apply Caffe's LRN (local_size 5, alpha 1e-4, beta 0.75) to the input first, as the reference
       model does (it stands in for the paper's local contrast normalisation of the raw image). On inputs
       already normalised to unit scale it is close to the identity.
@@ -159,6 +166,7 @@ class SegNetBasic(nn.Module):
   num_classes: int
   features: int = 64
   kernel_size: int = 7
+  upsample: str = "unpool"
   input_lrn: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -184,7 +192,8 @@ class SegNetBasic(nn.Module):
       switches.append((indices, size))
     for s in reversed(range(1, 5)):
       indices, size = switches[s - 1]
-      x = max_unpool(x, indices, size)
+      x = Upsample(self.upsample, 2, dtype=self.dtype, param_dtype=self.param_dtype, name=f"upsample{s}")(
+          x, indices=indices if self.upsample == "unpool" else None, output_shape=size)
       self.sow("intermediates", f"unpool{s}", x)
       x = norm(name=f"conv_decode{s}_bn")(conv(name=f"conv_decode{s}")(x))
     x = nn.Conv(self.num_classes, (1, 1), kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype,

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.ops.upsample import Upsample
+
 Dtype = Any
 
 
@@ -89,6 +91,9 @@ class ConvBlock(nn.Module):
     return x
 
 
+UNET_UPSAMPLING = ("transpose", "bilinear", "nearest", "bed_of_nails", "learned")
+
+
 class UNet(nn.Module):
   """Same-padded U-Net. Input [B, H, W, C] with H, W divisible by 2**depth; output logits [B, H, W, K] float32.
 
@@ -98,8 +103,10 @@ class UNet(nn.Module):
     base_features: channels at full resolution; doubled at every level (paper: 64).
     batch_norm: BatchNorm after every convolution (not in the 2015 paper, standard since).
     dropout_rate: dropout before the bottleneck's convolutions, as at the end of the paper's contracting path.
-    upsample: 'transpose' (learned 2x2 up-convolution, as in the paper) or 'bilinear' (resize, then a 3x3
-      convolution halving the channels, which is lighter).
+    upsample: 'transpose' (learned 2x2 up-convolution, as in the paper), or a channel-preserving
+      `segjax.ops.Upsample` method ('bilinear', 'nearest', 'bed_of_nails', 'learned') followed by a 3x3
+      convolution halving the channels (lighter). Index unpooling needs the decoder widths to mirror the
+      encoder's: it is SegNet's and DeconvNet's decoder.
     dtype: compute dtype (bfloat16 on accelerators); parameters stay `param_dtype`.
     param_dtype: parameter dtype.
   """
@@ -125,8 +132,8 @@ class UNet(nn.Module):
       raise ValueError(
           f"UNet(depth={self.depth}) needs height and width divisible by {self.size_divisor}, got "
           f"{x.shape[1]}x{x.shape[2]}: crop or pad the input (the input pipeline pads evaluation images).")
-    if self.upsample not in ("transpose", "bilinear"):
-      raise ValueError(f"UNet.upsample must be 'transpose' or 'bilinear', got {self.upsample!r}")
+    if self.upsample not in UNET_UPSAMPLING:
+      raise ValueError(f"UNet.upsample must be one of {UNET_UPSAMPLING}, got {self.upsample!r}")
     conv = functools.partial(nn.Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
     norm = None
     if self.batch_norm:
@@ -147,8 +154,7 @@ class UNet(nn.Module):
       if self.upsample == "transpose":
         x = UpConv2x2(features, dtype=self.dtype, param_dtype=self.param_dtype, name=f"upconv{level}")(x)
       else:
-        b, h, w, c = x.shape
-        x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear")
+        x = Upsample(self.upsample, 2, dtype=self.dtype, param_dtype=self.param_dtype, name=f"upsample{level}")(x)
         x = conv(features, (3, 3), name=f"upconv{level}")(x)
       x = jnp.concatenate([skips[level], x], axis=-1)
       x = block(features, name=f"up{level}")(x, train=train)
