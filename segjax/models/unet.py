@@ -91,6 +91,15 @@ class ConvBlock(nn.Module):
     return x
 
 
+def _conv_and_block(padding: str, batch_norm: bool, dtype: Dtype, param_dtype: Dtype):
+  """The 3x3 convolution and ConvBlock constructors shared by the padded and the valid U-Net."""
+  conv = functools.partial(nn.Conv, padding=padding, dtype=dtype, param_dtype=param_dtype)
+  norm = None
+  if batch_norm:
+    norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=param_dtype)
+  return conv, functools.partial(ConvBlock, conv=conv, norm=norm)
+
+
 UNET_UPSAMPLING = ("transpose", "bilinear", "nearest", "bed_of_nails", "learned")
 
 
@@ -134,12 +143,7 @@ class UNet(nn.Module):
           f"{x.shape[1]}x{x.shape[2]}: crop or pad the input (the input pipeline pads evaluation images).")
     if self.upsample not in UNET_UPSAMPLING:
       raise ValueError(f"UNet.upsample must be one of {UNET_UPSAMPLING}, got {self.upsample!r}")
-    conv = functools.partial(nn.Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = None
-    if self.batch_norm:
-      norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                               param_dtype=self.param_dtype)
-    block = functools.partial(ConvBlock, conv=conv, norm=norm)
+    conv, block = _conv_and_block("SAME", self.batch_norm, self.dtype, self.param_dtype)
 
     x = x.astype(self.dtype)
     skips = []
@@ -289,12 +293,7 @@ class UNetValid(nn.Module):
       raise ValueError(f"UNetValid.depth must be >= 1, got {self.depth}")
     for side in x.shape[1:3]:
       self.output_size(side)  # raises, naming the nearest valid sizes
-    conv = functools.partial(nn.Conv, padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = None
-    if self.batch_norm:
-      norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                               param_dtype=self.param_dtype)
-    block = functools.partial(ConvBlock, conv=conv, norm=norm)
+    _, block = _conv_and_block("VALID", self.batch_norm, self.dtype, self.param_dtype)
 
     x = x.astype(self.dtype)
     skips = []
