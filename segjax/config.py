@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from segjax.data import augment
 from segjax.data import datasets
+from segjax.data import folder
 from segjax import models
 from segjax.models import MODELS
 
@@ -32,14 +34,23 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.manual_dir = ml_collections.FieldReference(None, field_type=str)
   c.dataset.train_split = "train"
   c.dataset.crop_size = (64, 64)  # (height, width) of training crops; smaller images are padded
-  c.dataset.hflip = True
   # Evaluation pads every image to this size (None: the first example's size rounded up to the model's
   # divisor). Padding carries weight 0, so it never enters a metric.
   c.dataset.eval_size = ml_collections.FieldReference(None, field_type=tuple)
   # Per-channel normalisation in 0..255 units, applied on device; a single value is broadcast over channels.
   c.dataset.mean = (127.5,)
   c.dataset.std = (127.5,)
+  # "mean_std" uses mean/std above; "per_image" standardises each image (tf.image.per_image_standardization).
+  c.dataset.normalization = "mean_std"
   c.dataset.worker_count = 0  # grain worker processes for decoding; 0 decodes in the main process
+  # dataset.name = "folder": the user's images/masks folders (segjax.data.folder.FolderParams documents each
+  # key); `name` names the prepared copy under data_dir.
+  c.dataset.folder = folder.config_block()
+  c.dataset.folder.name = "custom"
+
+  # Device-side joint augmentation of image and mask (segjax.data.augment.AugmentConfig documents each op);
+  # every op is off except horizontal flips.
+  c.augment = augment.config_block(hflip_prob=0.5)
 
   # The chosen model's constructor options (see segjax.models); a recipe for another model replaces the block
   # with `models.model_config(name, ...)`.
@@ -117,8 +128,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   def fail(key, value, fix):
     raise ValueError(f"config.{key}={value!r}: {fix}")
 
-  if config.dataset.name not in datasets.DATASETS:
-    fail("dataset.name", config.dataset.name, f"choose one of {sorted(datasets.DATASETS)}")
+  if config.dataset.name not in datasets.known_names():
+    fail("dataset.name", config.dataset.name, f"choose one of {datasets.known_names()}")
   if config.model.name not in MODELS:
     fail("model.name", config.model.name, f"choose one of {sorted(MODELS)}")
   for key in ("num_train_steps", "batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
@@ -137,10 +148,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       config.loss.ce_weight == 0 and config.loss.dice_weight == 0):
     fail("loss", (config.loss.ce_weight, config.loss.dice_weight), "ce_weight and dice_weight must be >= 0, "
          "not both 0")
-  spec = datasets.get_spec(config.dataset.name)
+  spec = datasets.get_spec(config.dataset)
   if config.loss.class_weights is not None and len(config.loss.class_weights) != spec.num_classes:
     fail("loss.class_weights", config.loss.class_weights,
          f"give one weight per class ({spec.num_classes} for {spec.name})")
+  if config.dataset.normalization not in ("mean_std", "per_image"):
+    fail("dataset.normalization", config.dataset.normalization, "choose 'mean_std' or 'per_image'")
+  augment.from_config(config.augment)  # raises naming the key
   for key in ("mean", "std"):
     value = config.dataset[key]
     if len(value) not in (1, spec.num_channels):

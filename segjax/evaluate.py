@@ -42,12 +42,11 @@ def evaluate(exp: setup_lib.Experiment, state, split: str, *, num_visualizations
     this process's first examples).
   """
   config = exp.config
-  source = datasets.data_source(config.dataset.name, split, data_dir=config.dataset.data_dir,
-                                manual_dir=config.dataset.manual_dir)
+  source = datasets.data_source(config.dataset, split)
   sharding.check_batch_divisible(config.eval_batch_size // jax.process_count(), exp.mesh, "eval_batch_size")
   size = pipeline.eval_size(source, config.dataset.eval_size, models.size_divisor(exp.model))
   eval_fn = steps.jit_eval_step(exp.mesh, model=exp.model, num_classes=exp.spec.num_classes, mean=exp.mean,
-                                std=exp.std)
+                                std=exp.std, normalization=exp.normalization)
   data_sharding = sharding.batch_sharding(exp.mesh)
   acc = metrics.ConfusionAccumulator(exp.spec.num_classes)
   samples = []

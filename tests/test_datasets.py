@@ -41,7 +41,10 @@ def _as_str(filename) -> str:
 
 
 def test_registry_specs():
-  assert set(datasets.DATASETS) == {"shapes", "isbi2012", "camvid"}
+  assert set(datasets.DATASETS) == {
+      "shapes", "isbi2012", "camvid", "lfw_parts", "voc2012", "ade20k", "oxford_iiit_pet", "oxford_iiit_pet_trimap",
+      "cityscapes", "scene_parse150", "scene_parse150_ade150"}
+  assert datasets.known_names() == sorted([*datasets.DATASETS, "folder"])
   for name, spec in datasets.DATASETS.items():
     assert datasets.get_spec(name) is spec
     assert spec.name == name
@@ -54,11 +57,17 @@ def test_registry_specs():
   assert datasets.get_spec("isbi2012").ignore_label == 255
   assert datasets.get_spec("camvid").num_classes == 11
   assert datasets.get_spec("camvid").ignore_label == 11
+  assert datasets.get_spec("voc2012").num_classes == 21 and datasets.get_spec("voc2012").ignore_label == 255
+  assert datasets.get_spec("cityscapes").num_classes == 19
+  assert datasets.get_spec("ade20k").num_classes == 150
+  assert datasets.get_spec("lfw_parts").class_names == ("background", "hair", "skin")
 
 
 def test_unknown_dataset_lists_known_names():
-  with pytest.raises(ValueError, match="camvid.*isbi2012.*shapes"):
-    datasets.get_spec("cityscapes")
+  with pytest.raises(ValueError, match="camvid.*folder.*isbi2012.*shapes"):
+    datasets.get_spec("kitti")
+  with pytest.raises(ValueError, match="config.dataset block"):
+    datasets.get_spec("folder")
 
 
 # ------------------------------------------------------------------- shapes
@@ -259,6 +268,10 @@ def test_camvid_real_label_ids(camvid_real):
   # NOTES.txt: every id 0-11 occurs in every split; void (11) stays raw.
   assert set(np.flatnonzero(counts).tolist()) == set(range(12))
   assert datasets.get_spec("camvid").ignore_label == 11
+  assert datasets.get_spec("voc2012").num_classes == 21 and datasets.get_spec("voc2012").ignore_label == 255
+  assert datasets.get_spec("cityscapes").num_classes == 19
+  assert datasets.get_spec("ade20k").num_classes == 150
+  assert datasets.get_spec("lfw_parts").class_names == ("background", "hair", "skin")
 
 
 # ------------------------------------------------ tiny on-disk datasets

@@ -13,17 +13,24 @@ import numpy as np
 import pytest
 
 from segjax import sharding
-from segjax.data import datasets, pipeline
+from segjax.data import augment, datasets, pipeline
 from segjax.train import checkpoint as checkpoint_lib
 from segjax.train import loop, setup, steps
 from tests.conftest import REPO, tiny_config
+
+
+FULL_AUGMENT = dict(zoom=(0.7, 1.5), hflip_prob=0.5, vflip_prob=0.5, rotate_degrees=20.0, affine_scale=(0.9, 1.1),
+                    affine_translate=0.1, affine_shear_degrees=5.0, elastic_sigma=2.0, brightness=0.1,
+                    contrast=0.2, gamma=(0.8, 1.25), blur_sigma=(0.3, 1.0), blur_prob=0.5, noise_std=(0.0, 5.0),
+                    noise_prob=0.5, pixel_dropout=0.02, pixel_dropout_prob=0.5, coarse_dropout_holes=2,
+                    coarse_dropout_prob=0.5)
 
 
 def _first_batch(config):
   spec = datasets.get_spec(config.dataset.name)
   source = datasets.data_source(spec.name, "train", data_dir=config.dataset.data_dir)
   loader = pipeline.train_loader(source, spec=spec, batch_size=config.batch_size,
-                                 crop_size=config.dataset.crop_size, hflip=True, seed=0)
+                                 crop_size=config.dataset.crop_size, seed=0)
   return next(iter(loader))
 
 
@@ -31,15 +38,18 @@ def _one_step(config, devices, batch):
   exp = setup.build(config, devices)
   state = exp.init_state()
   fn = steps.jit_train_step(exp.mesh, model=exp.model, seed=config.seed, mean=exp.mean, std=exp.std,
-                            ce_weight=1.0, dice_weight=0.5, class_weights=(1.0, 2.0, 1.0, 1.0, 3.0, 1.0))
+                            ce_weight=1.0, dice_weight=0.5, class_weights=(1.0, 2.0, 1.0, 1.0, 3.0, 1.0),
+                            augment=exp.augment)
   new_state, out = fn(state, pipeline.to_global(batch, sharding.batch_sharding(exp.mesh)))
   return jax.device_get(new_state.params), jax.device_get(new_state.batch_stats), jax.device_get(out)
 
 
 def test_one_step_on_8_devices_equals_1_device(shapes_data_dir):
   assert jax.device_count() == 8
-  # Dropout on, so the per-step key must also give the same mask however the batch is split.
-  config = tiny_config(shapes_data_dir, **{"model.dropout_rate": 0.3, "optimizer.warmup_steps": 0})
+  # Dropout and every augmentation on, so the per-step and per-example keys must give the same masks and
+  # transforms however the batch is split.
+  config = tiny_config(shapes_data_dir, **{"model.dropout_rate": 0.3, "optimizer.warmup_steps": 0,
+                                           "augment": augment.config_block(**FULL_AUGMENT)})
   batch = _first_batch(config)
   p1, s1, m1 = _one_step(config, jax.devices()[:1], batch)
   p8, s8, m8 = _one_step(config, jax.devices(), batch)

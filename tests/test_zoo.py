@@ -126,7 +126,7 @@ def test_aux_head_loss_is_added_with_its_weight():
                 class_weights=None)
   _, out = steps.train_step(state, batch, aux_weight=0.4, **kwargs)
   # Independent recomputation: the same forward pass (same dropout key) with the aux collection exposed.
-  key = jax.random.fold_in(jax.random.key(3), 0)
+  key = jax.random.split(jax.random.fold_in(jax.random.key(3), 0))[1]
   logits, updates = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                                 steps.normalize(batch["image"], (127.5,), (127.5,)), train=True,
                                 rngs={"dropout": key}, mutable=["batch_stats", "aux"])

@@ -1,12 +1,17 @@
 """Dataset registry and access: prepared tfds builders, read without TensorFlow.
 
-Every dataset is a tfds `GeneratorBasedBuilder` written as ArrayRecord files,
-so `data_source` gives random access (len(), __getitem__) to decoded examples
-without importing TensorFlow. Each example is a dict with
+Three kinds of dataset, one interface (`get_spec`, `data_source`):
+- builders of ours (shapes, isbi2012, camvid, lfw_parts, voc2012, ade20k), written as ArrayRecord files, so
+  `data_source` gives random access (len(), __getitem__) to decoded examples without importing TensorFlow;
+- "folder": the user's images and masks folders, configured by `config.dataset.folder` (segjax.data.folder);
+- tfds catalog datasets (oxford_iiit_pet, cityscapes, scene_parse150) read through adapters that remap their
+  labels (segjax.data.catalog); preparing those needs TensorFlow, reading does not.
+
+Every source yields examples
 
   image:    uint8 [H, W, C]
   label:    uint8 [H, W, 1] raw class ids (a dataset's ignore id included)
-  filename: bytes, the source file stem ("train_000017" for generated data)
+  filename: bytes or str, the source file stem ("train_000017" for generated data)
 
 Prepared data is cached under `data_dir` by builder name and version: a later
 call reuses it and ignores `manual_dir`. Delete `<data_dir>/<tfds_name>` to
@@ -20,9 +25,16 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from segjax.data import ade20k
 from segjax.data import camvid
+from segjax.data import catalog
+from segjax.data import folder
 from segjax.data import isbi2012
+from segjax.data import lfw_parts
 from segjax.data import shapes
+from segjax.data import voc2012
+
+FOLDER = "folder"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +97,52 @@ DATASETS: dict[str, DatasetSpec] = {
         splits=camvid.REQUIRED_SPLITS,
         needs_manual_dir=True,
     ),
+    "lfw_parts": DatasetSpec(
+        name="lfw_parts",
+        tfds_name=lfw_parts.LfwParts.name,
+        class_names=lfw_parts.CLASS_NAMES,
+        palette=lfw_parts.PALETTE,
+        ignore_label=lfw_parts.IGNORE_LABEL,
+        num_channels=lfw_parts.NUM_CHANNELS,
+        splits=tuple(lfw_parts.SPLIT_LISTS),
+        needs_manual_dir=True,
+    ),
+    # A "train_aug" split (SBD-augmented, 10582 images) exists too when the manual dir had it at prepare time.
+    "voc2012": DatasetSpec(
+        name="voc2012",
+        tfds_name=voc2012.Voc2012Segmentation.name,
+        class_names=voc2012.CLASS_NAMES,
+        palette=voc2012.PALETTE,
+        ignore_label=voc2012.IGNORE_LABEL,
+        num_channels=voc2012.NUM_CHANNELS,
+        splits=voc2012.REQUIRED_SPLITS,
+        needs_manual_dir=True,
+    ),
+    # The ADE20K SceneParsing benchmark (150 classes) from ADEChallengeData2016.zip; labels stored reduced
+    # (0 "other" -> 255, c -> c - 1), as MMSegmentation's reduce_zero_label.
+    "ade20k": DatasetSpec(
+        name="ade20k",
+        tfds_name=ade20k.Ade20k.name,
+        class_names=ade20k.CLASS_NAMES,
+        palette=ade20k.PALETTE,
+        ignore_label=ade20k.IGNORE_LABEL,
+        num_channels=ade20k.NUM_CHANNELS,
+        splits=ade20k.SPLITS,
+        needs_manual_dir=True,
+    ),
+    **{name: DatasetSpec(name=name, tfds_name=e.tfds_name, class_names=e.class_names, palette=e.palette,
+                         ignore_label=e.ignore_label, num_channels=e.num_channels, splits=e.splits,
+                         needs_manual_dir=e.needs_manual_dir)
+       for name, e in catalog.CATALOG.items()},
 }
 
 _BUILDERS = {
     "shapes": shapes.SegjaxShapes,
     "isbi2012": isbi2012.Isbi2012Membrane,
     "camvid": camvid.Camvid,
+    "lfw_parts": lfw_parts.LfwParts,
+    "voc2012": voc2012.Voc2012Segmentation,
+    "ade20k": ade20k.Ade20k,
 }
 # Why a split may be missing from prepared data.
 _SPLIT_HINTS = {
@@ -98,18 +150,37 @@ _SPLIT_HINTS = {
         " CamVid has a test split only when the manual_dir held test/ and "
         "testannot/ at prepare time: add them, delete the prepared copy under "
         "data_dir and prepare again."),
+    ("voc2012", voc2012.AUG_SPLIT): (
+        f" VOC 2012 has a {voc2012.AUG_SPLIT} split only when the manual_dir held {voc2012.AUG_FOLDER}/ and its "
+        "list at prepare time: add them, delete the prepared copy under data_dir and prepare again."),
 }
 _LAYOUT_CHECKS = {
     "isbi2012": isbi2012.check_manual_dir,
     "camvid": camvid.check_manual_dir,
+    "lfw_parts": lfw_parts.check_manual_dir,
+    "voc2012": voc2012.check_manual_dir,
+    "ade20k": ade20k.check_manual_dir,
 }
 
 
-def get_spec(name: str) -> DatasetSpec:
-  """Returns the spec of a registered dataset.
+def known_names() -> list[str]:
+  return sorted([*DATASETS, FOLDER])
+
+
+def _folder_spec(dataset_config) -> DatasetSpec:
+  params = folder.params_from_config(dataset_config.folder)
+  class_names, palette, ignore_label, num_channels, splits = folder.spec_fields(params)
+  return DatasetSpec(name=FOLDER, tfds_name=folder.SegjaxFolder.name, class_names=tuple(class_names),
+                     palette=tuple(palette), ignore_label=ignore_label, num_channels=num_channels,
+                     splits=tuple(splits), needs_manual_dir=False)
+
+
+def get_spec(dataset) -> DatasetSpec:
+  """Returns the spec of a dataset.
 
   Args:
-    name: registry name.
+    dataset: a registry name, or a `config.dataset` block (needed for "folder", whose classes, palette and
+      splits come from `config.dataset.folder`).
 
   Returns:
     The DatasetSpec.
@@ -117,11 +188,17 @@ def get_spec(name: str) -> DatasetSpec:
   Raises:
     ValueError: for an unknown name, listing the known ones.
   """
+  name = dataset if isinstance(dataset, str) else dataset.name
+  if name == FOLDER:
+    if isinstance(dataset, str):
+      raise ValueError("The folder dataset is defined by config.dataset.folder: pass the config.dataset block "
+                       "to get_spec / data_source instead of the name.")
+    return _folder_spec(dataset)
   try:
     return DATASETS[name]
   except KeyError:
     raise ValueError(
-        f"Unknown dataset {name!r}; known datasets: {sorted(DATASETS)}."
+        f"Unknown dataset {name!r}; known datasets: {known_names()}."
     ) from None
 
 
@@ -141,6 +218,8 @@ def get_builder(name: str, *, data_dir=None, manual_dir=None):
   Raises:
     ValueError: unknown dataset, or a missing/badly laid out manual_dir.
   """
+  if name in catalog.CATALOG:
+    return catalog.get_builder(name, data_dir=data_dir, manual_dir=manual_dir)
   spec = get_spec(name)
   builder = _BUILDERS[name](
       data_dir=os.fspath(data_dir) if data_dir is not None else None,
@@ -167,12 +246,13 @@ def _split_names(split: str) -> list[str]:
           for part in split.split("+")]
 
 
-def data_source(name: str, split: str, *, data_dir=None,
+def data_source(dataset, split: str, *, data_dir=None,
                 manual_dir=None) -> Any:
-  """Random-access source of decoded examples.
+  """Random-access source of decoded examples, preparing the dataset on first use.
 
   Args:
-    name: registry name.
+    dataset: a registry name, or a `config.dataset` block (then data_dir, manual_dir and, for "folder", the
+      folder parameters come from it).
     split: a split, optionally with tfds slicing, e.g. "train[:25]".
     data_dir: see `get_builder`.
     manual_dir: see `get_builder`.
@@ -182,8 +262,21 @@ def data_source(name: str, split: str, *, data_dir=None,
 
   Raises:
     ValueError: unknown dataset or split, or a manual_dir problem.
+    ImportError: a catalog dataset that must be prepared without TensorFlow installed.
   """
-  builder = get_builder(name, data_dir=data_dir, manual_dir=manual_dir)
+  if not isinstance(dataset, str):
+    data_dir, manual_dir = dataset.data_dir, dataset.manual_dir
+  name = dataset if isinstance(dataset, str) else dataset.name
+  if name in catalog.CATALOG:
+    return catalog.data_source(name, split, data_dir=data_dir, manual_dir=manual_dir)
+  if name == FOLDER:
+    get_spec(dataset)  # the folder dataset needs its config block
+    builder = folder.make_builder(folder.params_from_config(dataset.folder), name=dataset.folder.name,
+                                  data_dir=data_dir)
+    if not builder.is_prepared():
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  else:
+    builder = get_builder(name, data_dir=data_dir, manual_dir=manual_dir)
   available = list(builder.info.splits)
   for base in _split_names(split):
     if base not in available:

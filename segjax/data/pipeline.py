@@ -66,16 +66,16 @@ def pad_to(ex: Example, height: int, width: int) -> Example:
                  weight=np.pad(ex.weight, pad))
 
 
-class RandomCropFlip(grain.transforms.RandomMap):
-  """Random crop to a fixed size (padding smaller images first) and a horizontal flip, joint on image and mask.
+class RandomCrop(grain.transforms.RandomMap):
+  """Random crop to a fixed size, padding smaller images first (padding gets weight 0), joint on image and mask.
 
-  grain seeds `rng` from the sampler seed and the record's position in the sampled sequence, so the result
-  depends only on (seed, step), not on worker count or timing.
+  The host only decodes and crops, so every batch has one shape; flips and every other augmentation run on
+  device (segjax.data.augment). grain seeds `rng` from the sampler seed and the record's position in the
+  sampled sequence, so the crop depends only on (seed, step), not on worker count or timing.
   """
 
-  def __init__(self, crop_size: Sequence[int], hflip: bool, ignore_label: int | None, num_classes: int):
+  def __init__(self, crop_size: Sequence[int], ignore_label: int | None, num_classes: int):
     self.crop_h, self.crop_w = crop_size
-    self.hflip = hflip
     self.ignore_label = ignore_label
     self.num_classes = num_classes
 
@@ -87,11 +87,8 @@ class RandomCropFlip(grain.transforms.RandomMap):
     top = int(rng.integers(0, h - self.crop_h + 1))
     left = int(rng.integers(0, w - self.crop_w + 1))
     window = (slice(top, top + self.crop_h), slice(left, left + self.crop_w))
-    image, label, weight = ex.image[window], ex.label[window], ex.weight[window]
-    if self.hflip and rng.random() < 0.5:
-      image, label, weight = image[:, ::-1], label[:, ::-1], weight[:, ::-1]
-    return {"image": np.ascontiguousarray(image), "label": np.ascontiguousarray(label),
-            "weight": np.ascontiguousarray(weight)}
+    return {"image": np.ascontiguousarray(ex.image[window]), "label": np.ascontiguousarray(ex.label[window]),
+            "weight": np.ascontiguousarray(ex.weight[window])}
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -101,8 +98,8 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def train_loader(source, *, spec: datasets.DatasetSpec, batch_size: int, crop_size: Sequence[int], hflip: bool,
-                 seed: int, worker_count: int = 0, process_index: int | None = None,
+def train_loader(source, *, spec: datasets.DatasetSpec, batch_size: int, crop_size: Sequence[int], seed: int,
+                 worker_count: int = 0, process_index: int | None = None,
                  process_count: int | None = None) -> grain.DataLoader:
   """An endless, shuffled, per-process-sharded loader of training batches of `batch_size // process_count`.
 
@@ -112,13 +109,15 @@ def train_loader(source, *, spec: datasets.DatasetSpec, batch_size: int, crop_si
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local_bs = local_batch_size(batch_size, process_count)
-  shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
+  # Uneven shards rather than dropped records: with N % P != 0 the first N % P processes hold one record more,
+  # so the processes' shards together are the whole split.
+  shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=False)
   if len(source) // process_count < 1:
     raise ValueError(f"The training split of {spec.name} has {len(source)} examples, fewer than the "
                      f"{process_count} processes: every process needs at least one.")
   sampler = grain.samplers.IndexSampler(len(source), shard_options=shard, shuffle=True, num_epochs=None,
                                         seed=seed)
-  ops = [RandomCropFlip(crop_size, hflip, spec.ignore_label, spec.num_classes),
+  ops = [RandomCrop(crop_size, spec.ignore_label, spec.num_classes),
          grain.transforms.Batch(local_bs, drop_remainder=True)]
   return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=worker_count)
 

@@ -46,10 +46,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir.mkdir(parents=True, exist_ok=True)
   exp = setup_lib.build(config, devices)
   sharding.check_batch_divisible(config.batch_size, exp.mesh)
-  source = datasets.data_source(config.dataset.name, config.dataset.train_split,
-                                data_dir=config.dataset.data_dir, manual_dir=config.dataset.manual_dir)
+  source = datasets.data_source(config.dataset, config.dataset.train_split)
   loader = pipeline.train_loader(source, spec=exp.spec, batch_size=config.batch_size,
-                                 crop_size=config.dataset.crop_size, hflip=config.dataset.hflip, seed=config.seed,
+                                 crop_size=config.dataset.crop_size, seed=config.seed,
                                  worker_count=config.dataset.worker_count)
   data_iter = iter(loader)
 
@@ -66,7 +65,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   train_fn = steps.jit_train_step(
       exp.mesh, model=exp.model, seed=config.seed, mean=exp.mean, std=exp.std, ce_weight=config.loss.ce_weight,
-      dice_weight=config.loss.dice_weight, aux_weight=config.loss.aux_weight,
+      dice_weight=config.loss.dice_weight, aux_weight=config.loss.aux_weight, augment=exp.augment,
+      normalization=exp.normalization,
       class_weights=None if config.loss.class_weights is None else tuple(config.loss.class_weights))
   schedule = state_lib.make_schedule(config.optimizer, config.num_train_steps)
   data_sharding = sharding.batch_sharding(exp.mesh)

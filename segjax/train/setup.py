@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 
 from segjax import config as config_lib
 from segjax import models, sharding
+from segjax.data import augment as augment_lib
 from segjax.data import datasets
 from segjax.train import state as state_lib
 
@@ -32,6 +33,14 @@ class Experiment:
   @property
   def std(self) -> tuple[float, ...]:
     return tuple(self.config.dataset.std)
+
+  @property
+  def normalization(self) -> str:
+    return self.config.dataset.normalization
+
+  @property
+  def augment(self) -> augment_lib.AugmentConfig:
+    return augment_lib.from_config(self.config.augment)
 
   def init_shape(self) -> tuple[int, int, int, int]:
     # Parameter shapes of a fully convolutional net do not depend on the input size; any valid size works.
@@ -54,7 +63,7 @@ class Experiment:
 
 def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
   config_lib.validate(config)
-  spec = datasets.get_spec(config.dataset.name)
+  spec = datasets.get_spec(config.dataset)
   model = models.build_model(config.model.name, spec.num_classes, **models.model_kwargs(config.model))
   for side in config.dataset.crop_size:
     try:

@@ -11,14 +11,22 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from segjax import losses, metrics, models, sharding
+from segjax.data import augment as augment_lib
 from segjax.models import unet
 from segjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 
 
-def normalize(image: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  """uint8 [B, H, W, C] -> float32, (x - mean) / std per channel (mean/std in 0..255 units)."""
+def normalize(image: jax.Array, mean: Sequence[float], std: Sequence[float],
+              normalization: str = "mean_std") -> jax.Array:
+  """[B, H, W, C] in 0..255 -> float32 model input.
+
+  "mean_std": (x - mean) / std per channel (mean/std in 0..255 units); "per_image": each image to zero mean and
+  unit variance (tf.image.per_image_standardization). Training and inference use the same one.
+  """
+  if normalization == "per_image":
+    return augment_lib.standardize_per_image(image)
   return (image.astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
@@ -32,29 +40,36 @@ def _variables(state: TrainState, params) -> dict[str, Any]:
 def train_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, seed: int,
                mean: Sequence[float], std: Sequence[float], ce_weight: float, dice_weight: float,
                class_weights: Sequence[float] | None,
-               aux_weight: float = 0.4) -> tuple[TrainState, dict[str, jax.Array]]:
+               aux_weight: float = 0.4, augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig(),
+               normalization: str = "mean_std") -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a global batch. Randomness is `fold_in(key(seed), step)`: no hidden RNG state.
+
+  The batch is augmented first (image, label and weight jointly, one key per example), on the devices that
+  hold it.
 
   A valid-convolution net predicts only the centre of its input; labels and weights are centre-cropped to the
   logits (the U-Net paper's 572 -> 388 tiles). Auxiliary logits a model sows into the "aux" collection add
   `aux_weight` times the same loss.
   """
   step_key = jax.random.fold_in(jax.random.key(seed), state.step)
-  images = normalize(batch["image"], mean, std)
+  augment_key, dropout_key = jax.random.split(step_key)
+  images, labels, weight = augment_lib.augment_batch(augment, augment_key, batch["image"], batch["label"],
+                                                     batch["weight"])
+  images = normalize(images, mean, std, normalization)
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
   loss_of = functools.partial(losses.segmentation_loss, ce_weight=ce_weight, dice_weight=dice_weight,
                               class_weights=cw)
 
   def loss_fn(params):
     logits, updates = model.apply(_variables(state, params), images, train=True,
-                                  rngs={"dropout": step_key}, mutable=["batch_stats", "aux"])
-    labels, weight = batch["label"], batch["weight"]
+                                  rngs={"dropout": dropout_key}, mutable=["batch_stats", "aux"])
+    target, target_weight = labels, weight
     if logits.shape[1:3] != labels.shape[1:3]:
-      labels, weight = (unet.center_crop(a, logits.shape[1:3]) for a in (labels, weight))
-    loss = main_loss = loss_of(logits, labels, weight)
+      target, target_weight = (unet.center_crop(a, logits.shape[1:3]) for a in (labels, weight))
+    loss = main_loss = loss_of(logits, target, target_weight)
     for aux_logits in jax.tree.leaves(updates.get("aux", {})):
       loss = loss + aux_weight * loss_of(aux_logits, labels, weight)
-    return loss, (logits, labels, weight, main_loss, updates)
+    return loss, (logits, target, target_weight, main_loss, updates)
 
   (loss, (logits, labels, weight, main_loss, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
@@ -68,13 +83,13 @@ def train_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, see
 
 
 def predict(state: TrainState, images: jax.Array, *, model: flax.linen.Module, mean: Sequence[float],
-            std: Sequence[float]) -> jax.Array:
+            std: Sequence[float], normalization: str = "mean_std") -> jax.Array:
   """Logits [B, H, W, K] float32 in inference mode (BatchNorm running averages, no dropout).
 
   A valid-convolution net sees the image mirror-padded by its margin (and up to its next valid input size),
   the U-Net paper's overlap-tile strategy for a single tile; its output is cropped back to H x W.
   """
-  x = normalize(images, mean, std)
+  x = normalize(images, mean, std, normalization)
   if not models.is_valid_conv(model):
     return model.apply(_variables(state, state.params), x, train=False)
   h, w = x.shape[1:3]
@@ -86,9 +101,11 @@ def predict(state: TrainState, images: jax.Array, *, model: flax.linen.Module, m
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, num_classes: int,
-              mean: Sequence[float], std: Sequence[float]) -> tuple[jax.Array, jax.Array]:
+              mean: Sequence[float], std: Sequence[float],
+              normalization: str = "mean_std") -> tuple[jax.Array, jax.Array]:
   """Returns (confusion matrix [K, K] int32 summed over the global batch, predictions [B, H, W] int32)."""
-  preds = jnp.argmax(predict(state, batch["image"], model=model, mean=mean, std=std), axis=-1).astype(jnp.int32)
+  logits = predict(state, batch["image"], model=model, mean=mean, std=std, normalization=normalization)
+  preds = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   cm = metrics.confusion_matrix(batch["label"], preds, batch["weight"], num_classes)
   return cm, preds
 
