@@ -110,6 +110,10 @@ def use_dataset(c: ml_collections.ConfigDict, name: str) -> ml_collections.Confi
     # The challenge's test labels are withheld: train on 25 of the 30 labelled images, evaluate on 5.
     d.train_split, c.eval_split = "train[:25]", "train[25:]"
     d.crop_size, d.mean, d.std = (256, 256), (127.5,), (127.5,)
+    # The U-Net paper's augmentation: shifts (the random crop), rotations, flips (the stack has no preferred
+    # orientation), gray-value variations and elastic deformations (N(0, 10 px) on a 3x3 grid, bicubic).
+    c.augment.update(dict(hflip_prob=0.5, vflip_prob=0.5, rotate_degrees=15.0, elastic_sigma=10.0, elastic_grid=3,
+                          brightness=0.05, contrast=0.2))
     c.num_train_steps, c.batch_size, c.eval_batch_size = 4000, 8, 5
     c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 50, 500, 1000
   else:

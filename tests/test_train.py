@@ -29,9 +29,8 @@ FULL_AUGMENT = dict(zoom=(0.7, 1.5), hflip_prob=0.5, vflip_prob=0.5, rotate_degr
 def _first_batch(config):
   spec = datasets.get_spec(config.dataset.name)
   source = datasets.data_source(spec.name, "train", data_dir=config.dataset.data_dir)
-  loader = pipeline.train_loader(source, spec=spec, batch_size=config.batch_size,
-                                 crop_size=config.dataset.crop_size, seed=0)
-  return next(iter(loader))
+  return pipeline.train_dataset(source, spec=spec, batch_size=config.batch_size,
+                                crop_size=config.dataset.crop_size, seed=0)[0]
 
 
 def _one_step(config, devices, batch):

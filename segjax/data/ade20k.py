@@ -25,13 +25,13 @@ order. They are stored reduced, as MMSegmentation's reduce_zero_label does:
 JPEG bytes are stored unchanged.
 """
 
-import os
 import pathlib
 
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from segjax.data import builder
 from segjax.data import catalog
 from segjax.data import png
 
@@ -50,6 +50,7 @@ ARCHIVE = "ADEChallengeData2016.zip"
 LAYOUT = (f"{FOLDER}/ with images/{{training,validation}}/*.jpg and "
           "annotations/{training,validation}/*.png")
 MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
+_TITLE = "ADE20K"
 _FIX = (f"pass {MANUAL_DIR_FLAG}=/path/to/ade holding {LAYOUT} (extract "
         f"{ARCHIVE} from http://sceneparsing.csail.mit.edu into it), or "
         "manual_dir= to segjax.data.datasets.get_builder.")
@@ -90,19 +91,11 @@ def check_manual_dir(manual_dir) -> pathlib.Path:
   Raises:
     ValueError: naming what is missing and how to fix it.
   """
-  if manual_dir is None:
-    raise ValueError(f"ADE20K needs its files on disk: {_FIX}")
-  root = pathlib.Path(os.fspath(manual_dir)).expanduser()
-  if not root.is_dir():
-    raise ValueError(
-        f"ADE20K manual_dir {root} does not exist or is not a directory: "
-        f"{_FIX}")
+  root = builder.manual_root(manual_dir, _TITLE, _FIX)
   ade = find_ade_root(root)
   if ade is None:
-    hint = ""
-    if (root / ARCHIVE).is_file():
-      hint = (f" It holds {ARCHIVE}: extract it "
-              f"(unzip {root / ARCHIVE} -d {root}).")
+    hint = builder.archive_hint(
+        root, ARCHIVE, f"unzip {root / ARCHIVE} -d {root}")
     raise ValueError(
         f"ADE20K manual_dir {root} holds no {FOLDER} folder (looked for "
         f"images/ and annotations/ in {root}, {root / FOLDER} and "
@@ -199,34 +192,21 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
       f" and extract it into the manual dir so that it holds {LAYOUT}.")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
+    # Records keep the file-name order: record i is the i-th file of the
+    # folder.
+    return builder.segmentation_info(
+        self, num_channels=NUM_CHANNELS, image_format="jpeg",
         description=(
             "ADE20K SceneParsing benchmark (ADEChallengeData2016): 150 "
             "classes, ids 0-149 in objectInfo150 order (source id minus 1); "
             f"{IGNORE_LABEL} = 'other objects' (source id 0, ignore)."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(
-                shape=(None, None, NUM_CHANNELS), encoding_format="jpeg"),
-            "label": tfds.features.Image(
-                shape=(None, None, 1), encoding_format="png"),
-            "filename": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
         homepage="http://sceneparsing.csail.mit.edu",
         citation=(
             "Zhou, Zhao, Puig, Fidler, Barriuso, Torralba, Scene Parsing "
-            "through ADE20K Dataset, CVPR 2017."),
-        # Keep the file-name order: record i is the i-th file of the folder.
-        disable_shuffling=True,
-    )
+            "through ADE20K Dataset, CVPR 2017."))
 
   def _split_generators(self, dl_manager):
-    try:
-      manual_dir = dl_manager.manual_dir
-    except AssertionError as e:  # tfds' "does not exist or is empty".
-      raise ValueError(f"ADE20K: {e}\n{_FIX}") from e
-    ade = check_manual_dir(manual_dir)
+    ade = check_manual_dir(builder.manual_dir_of(dl_manager, _TITLE, _FIX))
     # Build the pair lists now so layout errors surface before any writing.
     return {split: self._generate_examples(list_pairs(ade, split))
             for split in SPLITS}
@@ -235,8 +215,6 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
     for key, (image_path, label_path) in enumerate(pairs):
       image, shape = png.read_jpeg(image_path)
       label, ids = read_label(label_path)
-      if ids.shape != shape:
-        raise ValueError(
-            f"ADE20K annotation {label_path} is {ids.shape} but its image "
-            f"{image_path} is {shape}.")
+      builder.check_same_size(_TITLE, label_path, ids.shape, image_path, shape,
+                              what="annotation")
       yield key, {"image": image, "label": label, "filename": image_path.stem}

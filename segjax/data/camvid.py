@@ -15,13 +15,13 @@ in the data as is. The source PNG bytes are stored unchanged when they are
 already 8-bit RGB / single-channel PNGs.
 """
 
-import os
 import pathlib
 
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from segjax.data import builder
 from segjax.data import png
 
 CLASS_NAMES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree",
@@ -46,6 +46,7 @@ REQUIRED_SPLITS = ("train", "validation")
 LAYOUT = ("train/, trainannot/, val/, valannot/ (and optionally test/, "
           "testannot/)")
 MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
+_TITLE = "CamVid"
 _FIX = (f"pass {MANUAL_DIR_FLAG}=/path/to/camvid laid out as {LAYOUT} (or "
         "manual_dir= to segjax.data.datasets.get_builder).")
 
@@ -62,13 +63,7 @@ def check_manual_dir(manual_dir) -> pathlib.Path:
   Raises:
     ValueError: naming what is missing and how to fix it.
   """
-  if manual_dir is None:
-    raise ValueError(f"CamVid needs its files on disk: {_FIX}")
-  root = pathlib.Path(os.fspath(manual_dir)).expanduser()
-  if not root.is_dir():
-    raise ValueError(
-        f"CamVid manual_dir {root} does not exist or is not a directory: "
-        f"{_FIX}")
+  root = builder.manual_root(manual_dir, _TITLE, _FIX)
   for split, (images, labels, _) in SPLIT_FOLDERS.items():
     have = [(root / f).is_dir() for f in (images, labels)]
     if split not in REQUIRED_SPLITS and not any(have):
@@ -167,34 +162,20 @@ class Camvid(tfds.core.GeneratorBasedBuilder):
       f"manual dir laid out as {LAYOUT}.")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
+    # Records keep the pair-list order: record i is line i of train.txt.
+    return builder.segmentation_info(
+        self, num_channels=3, image_format="png",
         description=(
             "CamVid road scenes at 360x480, 11 classes; label id 11 is void "
             "(ignore)."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(
-                shape=(None, None, 3), encoding_format="png"),
-            "label": tfds.features.Image(
-                shape=(None, None, 1), encoding_format="png"),
-            "filename": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
         homepage="http://mi.eng.cam.ac.uk/research/projects/VideoRec/CamVid/",
         citation=(
             "Brostow, Fauqueur, Cipolla, Semantic object classes in video: a "
             "high-definition ground truth database, Pattern Recognition "
-            "Letters 2009."),
-        # Keep the pair-list order: record i is line i of train.txt.
-        disable_shuffling=True,
-    )
+            "Letters 2009."))
 
   def _split_generators(self, dl_manager):
-    try:
-      manual_dir = dl_manager.manual_dir
-    except AssertionError as e:  # tfds' "does not exist or is empty".
-      raise ValueError(f"CamVid: {e}\n{_FIX}") from e
-    root = check_manual_dir(manual_dir)
+    root = check_manual_dir(builder.manual_dir_of(dl_manager, _TITLE, _FIX))
     # Build the pair lists now so layout errors surface before any writing.
     return {split: self._generate_examples(list_pairs(root, split))
             for split in available_splits(root)}
@@ -203,8 +184,5 @@ class Camvid(tfds.core.GeneratorBasedBuilder):
     for key, (image_path, label_path) in enumerate(pairs):
       image, shape = png.read_image(image_path, "RGB")
       label, ids = _read_label(label_path)
-      if ids.shape != shape:
-        raise ValueError(
-            f"CamVid label {label_path} is {ids.shape} but its image "
-            f"{image_path} is {shape}.")
+      builder.check_same_size(_TITLE, label_path, ids.shape, image_path, shape)
       yield key, {"image": image, "label": label, "filename": image_path.stem}

@@ -11,13 +11,13 @@ The unlabelled test images get a label map filled with IGNORE_LABEL so they are
 valid examples that add no pixels to losses or metrics.
 """
 
-import os
 import pathlib
 
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from segjax.data import builder
 from segjax.data import png
 
 CLASS_NAMES = ("membrane", "cell")
@@ -28,7 +28,7 @@ IGNORE_LABEL = 255
 SOURCE_TO_CLASS = {0: 0, 255: 1}
 LAYOUT = "train/image/N.png, train/label/N.png and test/N.png"
 MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
-
+_TITLE = "ISBI 2012"
 
 _FIX = (f"pass {MANUAL_DIR_FLAG}=/path/to/isbi2012-membrane laid out as "
         f"{LAYOUT} (or manual_dir= to segjax.data.datasets.get_builder).")
@@ -55,13 +55,7 @@ def check_manual_dir(manual_dir) -> pathlib.Path:
   Raises:
     ValueError: naming what is missing and how to fix it.
   """
-  if manual_dir is None:
-    raise ValueError(f"ISBI 2012 needs its files on disk: {_FIX}")
-  root = pathlib.Path(os.fspath(manual_dir)).expanduser()
-  if not root.is_dir():
-    raise ValueError(
-        f"ISBI 2012 manual_dir {root} does not exist or is not a directory: "
-        f"{_FIX}")
+  root = builder.manual_root(manual_dir, _TITLE, _FIX)
   for sub in ("train/image", "train/label", "test"):
     folder = root / sub
     if not folder.is_dir():
@@ -121,36 +115,22 @@ class Isbi2012Membrane(tfds.core.GeneratorBasedBuilder):
       f"data/membrane folder) in the manual dir laid out as {LAYOUT}.")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
+    # Records keep the numeric file order: record i is N.png with N = i.
+    return builder.segmentation_info(
+        self, num_channels=1, image_format="png",
         description=(
             "ISBI 2012 EM segmentation challenge (serial-section TEM of the "
             "Drosophila ventral nerve cord). Labels: 0 = membrane, 1 = cell; "
             f"the unlabelled test split has labels filled with {IGNORE_LABEL} "
             "(ignore)."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(
-                shape=(None, None, 1), encoding_format="png"),
-            "label": tfds.features.Image(
-                shape=(None, None, 1), encoding_format="png"),
-            "filename": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
         homepage="https://imagej.net/events/isbi-2012-segmentation-challenge",
         citation=(
             "Arganda-Carreras et al., Crowdsourcing the creation of image "
             "segmentation algorithms for connectomics, Frontiers in "
-            "Neuroanatomy 2015."),
-        # Keep the numeric file order: record i is N.png with N = i.
-        disable_shuffling=True,
-    )
+            "Neuroanatomy 2015."))
 
   def _split_generators(self, dl_manager):
-    try:
-      manual_dir = dl_manager.manual_dir
-    except AssertionError as e:  # tfds' "does not exist or is empty".
-      raise ValueError(f"ISBI 2012: {e}\n{_FIX}") from e
-    root = check_manual_dir(manual_dir)
+    root = check_manual_dir(builder.manual_dir_of(dl_manager, _TITLE, _FIX))
     return {
         "train": self._generate_examples(root / "train/image", labelled=True),
         "test": self._generate_examples(root / "test", labelled=False),
@@ -162,10 +142,7 @@ class Isbi2012Membrane(tfds.core.GeneratorBasedBuilder):
       if labelled:
         label_path = folder.parent / "label" / path.name
         label = read_label(label_path)
-        if label.shape != shape:
-          raise ValueError(
-              f"ISBI 2012 label {label_path} is {label.shape} but its image "
-              f"{path} is {shape}.")
+        builder.check_same_size(_TITLE, label_path, label.shape, path, shape)
       else:
         label = np.full(shape, IGNORE_LABEL, np.uint8)
       yield key, {"image": image, "label": png.encode(label), "filename": path.stem}

@@ -21,13 +21,13 @@ clearly dominant channel is an error naming the file. The JPEG bytes are stored
 unchanged.
 """
 
-import os
 import pathlib
 
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from segjax.data import builder
 from segjax.data import png
 
 # Background first so that id 0 means "not the object", as in most datasets.
@@ -58,6 +58,7 @@ SPLIT_LISTS = {
 LAYOUT = (f"{IMAGES_FOLDER}/, {LABELS_FOLDER}/ and "
           f"{', '.join(SPLIT_LISTS.values())}")
 MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
+_TITLE = "LFW Part Labels"
 _FIX = (f"pass {MANUAL_DIR_FLAG}=/path/to/lfw_parts laid out as {LAYOUT} "
         "(extract lfw-funneled.tgz and parts_lfw_funneled_gt_images.tgz into "
         "it; the lists come from vis-www.cs.umass.edu/lfw/part_labels/), or "
@@ -96,19 +97,11 @@ def check_manual_dir(manual_dir) -> pathlib.Path:
   Raises:
     ValueError: naming what is missing and how to fix it.
   """
-  if manual_dir is None:
-    raise ValueError(f"LFW Part Labels needs its files on disk: {_FIX}")
-  root = pathlib.Path(os.fspath(manual_dir)).expanduser()
-  if not root.is_dir():
-    raise ValueError(
-        f"LFW Part Labels manual_dir {root} does not exist or is not a "
-        f"directory: {_FIX}")
+  root = builder.manual_root(manual_dir, _TITLE, _FIX)
   for name, archive in ARCHIVES.items():
     if find_folder(root, name) is None:
-      hint = ""
-      if (root / archive).is_file():
-        hint = (f" It holds {archive}: extract it "
-                f"(tar xzf {root / archive} -C {root}).")
+      hint = builder.archive_hint(
+          root, archive, f"tar xzf {root / archive} -C {root}")
       raise ValueError(
           f"LFW Part Labels manual_dir {root} has no {name}/ folder.{hint} "
           f"{_FIX}")
@@ -197,33 +190,20 @@ class LfwParts(tfds.core.GeneratorBasedBuilder):
       f"it holds {LAYOUT}.")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
+    # Records keep the split-list order: record i is line i of
+    # parts_<split>.txt.
+    return builder.segmentation_info(
+        self, num_channels=NUM_CHANNELS, image_format="jpeg",
         description=(
             "LFW Part Labels: 250x250 funneled LFW faces, labels 0 = "
             "background, 1 = hair, 2 = skin; no ignore label."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(
-                shape=(None, None, NUM_CHANNELS), encoding_format="jpeg"),
-            "label": tfds.features.Image(
-                shape=(None, None, 1), encoding_format="png"),
-            "filename": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
         homepage="http://vis-www.cs.umass.edu/lfw/part_labels/",
         citation=(
             "Kae, Sohn, Lee, Learned-Miller, Augmenting CRFs with Boltzmann "
-            "Machine Shape Priors for Image Labeling, CVPR 2013."),
-        # Keep the split-list order: record i is line i of parts_<split>.txt.
-        disable_shuffling=True,
-    )
+            "Machine Shape Priors for Image Labeling, CVPR 2013."))
 
   def _split_generators(self, dl_manager):
-    try:
-      manual_dir = dl_manager.manual_dir
-    except AssertionError as e:  # tfds' "does not exist or is empty".
-      raise ValueError(f"LFW Part Labels: {e}\n{_FIX}") from e
-    root = check_manual_dir(manual_dir)
+    root = check_manual_dir(builder.manual_dir_of(dl_manager, _TITLE, _FIX))
     # Build the pair lists now so layout errors surface before any writing.
     return {split: self._generate_examples(list_pairs(root, split))
             for split in SPLIT_LISTS}
@@ -233,10 +213,8 @@ class LfwParts(tfds.core.GeneratorBasedBuilder):
       image, shape = png.read_jpeg(image_path)
       with Image.open(label_path) as img:
         colours = np.asarray(img.convert("RGB"))
-      if colours.shape[:2] != shape:
-        raise ValueError(
-            f"LFW Part Labels label {label_path} is {colours.shape[:2]} but "
-            f"its image {image_path} is {shape}.")
+      builder.check_same_size(
+          _TITLE, label_path, colours.shape[:2], image_path, shape)
       label = decode_label(colours, label_path)
       yield key, {"image": image, "label": png.encode(label),
                   "filename": image_path.stem}

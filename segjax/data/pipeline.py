@@ -1,5 +1,7 @@
 """Input pipeline: tfds data source -> grain -> per-process numpy batches -> global sharded jax.Arrays.
 
+The host decodes, pads and crops; augmentation runs on device (segjax.data.augment).
+
 A batch is a dict of
   image  uint8   [B, H, W, C]  normalised on device, so the host->device copy moves 1 byte per channel;
   label  int32   [B, H, W]     class ids; ignored pixels hold 0 and are masked by `weight`;
@@ -98,28 +100,42 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def train_loader(source, *, spec: datasets.DatasetSpec, batch_size: int, crop_size: Sequence[int], seed: int,
-                 worker_count: int = 0, process_index: int | None = None,
-                 process_count: int | None = None) -> grain.DataLoader:
-  """An endless, shuffled, per-process-sharded loader of training batches of `batch_size // process_count`.
+def train_dataset(source, *, spec: datasets.DatasetSpec, batch_size: int, crop_size: Sequence[int], seed: int,
+                  process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
+  """This process's endless training batches of `batch_size // process_count`: element s is what step s + 1
+  trains on.
 
-  Iterate it with `iter(loader)`; the iterator's state (`get_state`/`set_state`) is a few bytes that the
-  checkpoint stores, so a resumed run continues with exactly the batches it would have seen.
+  Element s is a pure function of (source, seed, s, process index and count): it does not depend on how many
+  workers decode or on timing. So the step alone is the data position -- a resumed run continues at its step
+  with nothing else saved, on any number of decoding workers.
+
+  Process p of P reads records p, p + P, ... (with N % P != 0 the first N % P processes hold one record more, so
+  the shards together are the whole split, nothing dropped), reshuffled every epoch from `seed`, and crops each
+  with an rng grain derives from `seed` and the element's position.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local_bs = local_batch_size(batch_size, process_count)
-  # Uneven shards rather than dropped records: with N % P != 0 the first N % P processes hold one record more,
-  # so the processes' shards together are the whole split.
-  shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=False)
-  if len(source) // process_count < 1:
+  if len(source) < process_count:
     raise ValueError(f"The training split of {spec.name} has {len(source)} examples, fewer than the "
                      f"{process_count} processes: every process needs at least one.")
-  sampler = grain.samplers.IndexSampler(len(source), shard_options=shard, shuffle=True, num_epochs=None,
-                                        seed=seed)
-  ops = [RandomCrop(crop_size, spec.ignore_label, spec.num_classes),
-         grain.transforms.Batch(local_bs, drop_remainder=True)]
-  return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=worker_count)
+  shard = grain.MapDataset.source(source)[process_index::process_count]
+  crop = RandomCrop(crop_size, spec.ignore_label, spec.num_classes)
+  return shard.shuffle(seed=seed).repeat(None).random_map(crop, seed=seed).batch(local_bs, drop_remainder=True)
+
+
+def train_iterator(dataset: grain.MapDataset, *, start_step: int = 0, worker_count: int = 0,
+                   num_threads: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """Iterates `train_dataset` from the batch of step `start_step + 1`.
+
+  With `worker_count` > 0, worker processes prepare whole batches in turn (worker w makes batches w, w + n, ...)
+  and grain interleaves them back in order, so the batches are the same for any worker count.
+  """
+  ds = dataset[start_step:].to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                              prefetch_buffer_size=max(2, num_threads)))
+  if worker_count > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(ds)
 
 
 def round_up(x: int, multiple: int) -> int:

@@ -27,13 +27,13 @@ borders and difficult regions, IGNORE_LABEL), kept in the data as is. The JPEG
 bytes are stored unchanged.
 """
 
-import os
 import pathlib
 
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from segjax.data import builder
 from segjax.data import png
 
 CLASS_NAMES = (
@@ -66,6 +66,7 @@ ARCHIVE = "VOCtrainval_11-May-2012.tar"
 LAYOUT = ("VOCdevkit/VOC2012/ with JPEGImages/, SegmentationClass/ and "
           "ImageSets/Segmentation/{train,val}.txt")
 MANUAL_DIR_FLAG = "--config.dataset.manual_dir"
+_TITLE = "PASCAL VOC 2012"
 _FIX = (f"pass {MANUAL_DIR_FLAG}=/path/to/voc holding {LAYOUT} (extract "
         f"{ARCHIVE} into it), or manual_dir= to "
         "segjax.data.datasets.get_builder.")
@@ -109,19 +110,11 @@ def check_manual_dir(manual_dir) -> pathlib.Path:
   Raises:
     ValueError: naming what is missing and how to fix it.
   """
-  if manual_dir is None:
-    raise ValueError(f"PASCAL VOC 2012 needs its files on disk: {_FIX}")
-  root = pathlib.Path(os.fspath(manual_dir)).expanduser()
-  if not root.is_dir():
-    raise ValueError(
-        f"PASCAL VOC 2012 manual_dir {root} does not exist or is not a "
-        f"directory: {_FIX}")
+  root = builder.manual_root(manual_dir, _TITLE, _FIX)
   voc = find_voc_root(root)
   if voc is None:
-    hint = ""
-    if (root / ARCHIVE).is_file():
-      hint = (f" It holds {ARCHIVE}: extract it "
-              f"(tar xf {root / ARCHIVE} -C {root}).")
+    hint = builder.archive_hint(
+        root, ARCHIVE, f"tar xf {root / ARCHIVE} -C {root}")
     raise ValueError(
         f"PASCAL VOC 2012 manual_dir {root} holds no VOC2012 folder (looked "
         f"at {root}, {root / 'VOC2012'} and {root / 'VOCdevkit/VOC2012'})."
@@ -259,35 +252,21 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
       "for a 'train_aug' split.")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
+    # Records keep the split-list order: record i is line i of the list.
+    return builder.segmentation_info(
+        self, num_channels=NUM_CHANNELS, image_format="jpeg",
         description=(
             "PASCAL VOC 2012 semantic segmentation: 0 = background, 1-20 the "
             f"VOC classes, {IGNORE_LABEL} = void (ignore)."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(
-                shape=(None, None, NUM_CHANNELS), encoding_format="jpeg"),
-            "label": tfds.features.Image(
-                shape=(None, None, 1), encoding_format="png"),
-            "filename": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
         homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
         citation=(
             "Everingham, Van Gool, Williams, Winn, Zisserman, The PASCAL "
             "Visual Object Classes (VOC) Challenge, IJCV 2010. Augmented "
             "labels: Hariharan et al., Semantic Contours from Inverse "
-            "Detectors, ICCV 2011."),
-        # Keep the split-list order: record i is line i of the list.
-        disable_shuffling=True,
-    )
+            "Detectors, ICCV 2011."))
 
   def _split_generators(self, dl_manager):
-    try:
-      manual_dir = dl_manager.manual_dir
-    except AssertionError as e:  # tfds' "does not exist or is empty".
-      raise ValueError(f"PASCAL VOC 2012: {e}\n{_FIX}") from e
-    voc = check_manual_dir(manual_dir)
+    voc = check_manual_dir(builder.manual_dir_of(dl_manager, _TITLE, _FIX))
     # Build the pair lists now so layout errors surface before any writing.
     return {split: self._generate_examples(list_examples(voc, split))
             for split in available_splits(voc)}
@@ -296,8 +275,5 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
     for key, (image_path, label_path) in enumerate(pairs):
       image, shape = png.read_jpeg(image_path)
       label, ids = read_label(label_path)
-      if ids.shape != shape:
-        raise ValueError(
-            f"PASCAL VOC 2012 label {label_path} is {ids.shape} but its image "
-            f"{image_path} is {shape}.")
+      builder.check_same_size(_TITLE, label_path, ids.shape, image_path, shape)
       yield key, {"image": image, "label": label, "filename": image_path.stem}

@@ -1,4 +1,7 @@
-"""Checkpoints with orbax: train state, data-iterator position and the recipe, saved asynchronously.
+"""Checkpoints with orbax: train state and the recipe, saved asynchronously.
+
+The data position needs no item of its own: the input pipeline's batch for step s is a pure function of the
+recipe and s (segjax.data.pipeline.train_dataset), so the restored step is the iterator state.
 
 A step directory becomes visible only once orbax has finalised it (written to a temporary name, then renamed),
 so a process killed mid-save leaves the previous checkpoint as the latest complete one.
@@ -9,13 +12,12 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-import grain
 import ml_collections
 import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Thin wrapper over `ocp.CheckpointManager` for segjax's three items: state, data, config."""
+  """Thin wrapper over `ocp.CheckpointManager` for segjax's two items: state and config."""
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
     self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
@@ -29,20 +31,15 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, data_iterator=None,
-           config: ml_collections.ConfigDict | None = None) -> None:
+  def save(self, step: int, state: Any, config: ml_collections.ConfigDict | None = None) -> None:
     items = {"state": ocp.args.StandardSave(state)}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     if config is not None:
       items["config"] = ocp.args.JsonSave(config.to_dict())
     self.manager.save(step, args=ocp.args.Composite(**items))
 
-  def restore(self, step: int, abstract_state: Any, data_iterator=None) -> Any:
-    """Restores the state into the shardings of `abstract_state` (and the iterator in place, if given)."""
+  def restore(self, step: int, abstract_state: Any) -> Any:
+    """Restores the state into the shardings of `abstract_state`."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self.manager.restore(step, args=ocp.args.Composite(**items)).state
 
   def restore_config(self, step: int) -> dict[str, Any]:

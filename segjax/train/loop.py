@@ -47,22 +47,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   exp = setup_lib.build(config, devices)
   sharding.check_batch_divisible(config.batch_size, exp.mesh)
   source = datasets.data_source(config.dataset, config.dataset.train_split)
-  loader = pipeline.train_loader(source, spec=exp.spec, batch_size=config.batch_size,
-                                 crop_size=config.dataset.crop_size, seed=config.seed,
-                                 worker_count=config.dataset.worker_count)
-  data_iter = iter(loader)
+  train_ds = pipeline.train_dataset(source, spec=exp.spec, batch_size=config.batch_size,
+                                    crop_size=config.dataset.crop_size, seed=config.seed)
 
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   start = ckpt.latest_step()
   if start is None:
     state, start = exp.init_state(), 0
   else:
-    state = ckpt.restore(start, exp.abstract_state(), data_iterator=data_iter)
+    state = ckpt.restore(start, exp.abstract_state())
     log.info("Resumed from %s at step %d", ckpt.directory, start)
     if start >= config.num_train_steps:
       ckpt.close()
       return state
 
+  data_iter = pipeline.train_iterator(train_ds, start_step=start, worker_count=config.dataset.worker_count)
   train_fn = steps.jit_train_step(
       exp.mesh, model=exp.model, seed=config.seed, mean=exp.mean, std=exp.std, ce_weight=config.loss.ce_weight,
       dice_weight=config.loss.dice_weight, aux_weight=config.loss.aux_weight, augment=exp.augment,
@@ -91,11 +90,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{record['images_per_second']:.1f}")
       last_time, last_step = time.perf_counter(), step
     if step % config.checkpoint_every_steps == 0 or final:
-      ckpt.save(step, state, data_iter, config)
+      ckpt.save(step, state, config)
     if config.eval_every_steps and (step % config.eval_every_steps == 0 or final):
       _evaluate_during_training(exp, state, step, writer, progress)
       last_time = time.perf_counter()
   bar.close()
+  data_iter.close()  # stops grain's worker processes
   ckpt.wait()
   ckpt.close()
   return state
