@@ -13,6 +13,34 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def prepare_builder(builder_cls, data_dir, manual_dir=None):
+  """Prepares a segjax tfds builder (array_record) from `manual_dir` into `data_dir` and returns it."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  builder = builder_cls(data_dir=os.fspath(data_dir), file_format="array_record")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=os.fspath(manual_dir) if manual_dir else None, try_download_gcs=False))
+  return builder
+
+
+def read_image(path):
+  """The pixels of an image file as PIL decodes them (the independent reference for builder tests)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  with Image.open(path) as img:
+    return np.asarray(img)
+
+
+def save_image(path: pathlib.Path, image) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  image.save(path)
+
+
+def as_str(filename) -> str:
+  return filename.decode() if isinstance(filename, bytes) else filename
+
+
 def shared_dataset(name: str) -> pathlib.Path:
   """Path of a dataset under ../shared/data, or skip the test saying why."""
   path = SHARED_DATA / name

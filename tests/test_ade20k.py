@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from segjax.data import ade20k
 from segjax.data import catalog
 from segjax.data import png
+from tests.conftest import as_str as _as_str, prepare_builder, read_image as _read, save_image as _save
 
 # Stems per source folder, deliberately written out of name order.
 _STEMS = {
@@ -30,27 +31,10 @@ _GREY = "ADE_train_00000002"
 
 
 def _prepare(data_dir, manual_dir):
-  builder = ade20k.Ade20k(data_dir=os.fspath(data_dir),
-                          file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=os.fspath(manual_dir) if manual_dir else None,
-          try_download_gcs=False))
-  return builder
+  return prepare_builder(ade20k.Ade20k, data_dir, manual_dir)
 
 
-def _read(path) -> np.ndarray:
-  with Image.open(path) as img:
-    return np.asarray(img)
 
-
-def _save(path: pathlib.Path, image: Image.Image) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  image.save(path)
-
-
-def _as_str(filename) -> str:
-  return filename.decode() if isinstance(filename, bytes) else filename
 
 
 def _tiny_ade(root: pathlib.Path, nest=("ADEChallengeData2016",)):

@@ -15,30 +15,13 @@ import tensorflow_datasets as tfds
 
 from segjax.data import lfw_parts
 from segjax.data import voc2012
+from tests.conftest import as_str as _as_str, prepare_builder, read_image as _read, save_image as _save
 
 
-def _prepare(builder_cls, data_dir, manual_dir):
-  builder = builder_cls(data_dir=os.fspath(data_dir),
-                        file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=os.fspath(manual_dir) if manual_dir else None,
-          try_download_gcs=False))
-  return builder
+_prepare = prepare_builder
 
 
-def _read(path) -> np.ndarray:
-  with Image.open(path) as img:
-    return np.asarray(img)
 
-
-def _save(path: pathlib.Path, image: Image.Image) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  image.save(path)
-
-
-def _as_str(filename) -> str:
-  return filename.decode() if isinstance(filename, bytes) else filename
 
 
 # --------------------------------------------------------------------- LFW

@@ -112,7 +112,8 @@ def test_one_train_step_on_8_devices(name):
 
 
 def _init(model, h, w):
-  return state_lib.create_train_state(model, optax.sgd(0.1), jax.random.key(0), input_shape=(1, h, w, 3))
+  init = functools.partial(state_lib.create_train_state, model, optax.sgd(0.1), input_shape=(1, h, w, 3))
+  return jax.jit(init)(jax.random.key(0))
 
 
 def test_aux_head_loss_is_added_with_its_weight():
@@ -124,12 +125,13 @@ def test_aux_head_loss_is_added_with_its_weight():
            "weight": (rng.random((2, 24, 24)) > 0.2).astype(np.float32)}
   kwargs = dict(model=model, seed=3, mean=(127.5,), std=(127.5,), ce_weight=1.0, dice_weight=0.0,
                 class_weights=None)
-  _, out = steps.train_step(state, batch, aux_weight=0.4, **kwargs)
+  # Jitted: op-by-op execution of a 50-layer net is what made this test slow, not the arithmetic.
+  _, out = jax.jit(functools.partial(steps.train_step, aux_weight=0.4, **kwargs))(state, batch)
   # Independent recomputation: the same forward pass (same dropout key) with the aux collection exposed.
   key = jax.random.split(jax.random.fold_in(jax.random.key(3), 0))[1]
-  logits, updates = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                                steps.normalize(batch["image"], (127.5,), (127.5,)), train=True,
-                                rngs={"dropout": key}, mutable=["batch_stats", "aux"])
+  apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats", "aux"]))
+  logits, updates = apply({"params": state.params, "batch_stats": state.batch_stats},
+                          steps.normalize(batch["image"], (127.5,), (127.5,)), rngs={"dropout": key})
   (aux_logits,) = updates["aux"]["logits"]
   main = losses.cross_entropy(logits, batch["label"], batch["weight"])
   aux = losses.cross_entropy(aux_logits, batch["label"], batch["weight"])
@@ -145,7 +147,7 @@ def test_valid_conv_training_crops_labels_and_inference_mirror_pads():
   state = _init(model, model.input_size_for(1), model.input_size_for(1))
   rng = np.random.default_rng(2)
   images = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
-  logits = steps.predict(state, images, model=model, mean=(127.5,), std=(127.5,))
+  logits = jax.jit(functools.partial(steps.predict, model=model, mean=(127.5,), std=(127.5,)))(state, images)
   assert logits.shape == (2, h, w, NUM_CLASSES)
   # Reference: numpy mirror padding (reflect about the border pixel, as the U-Net paper's Fig. 2) to the
   # next valid input size, the model applied once, the top-left h x w of its output.
@@ -156,7 +158,7 @@ def test_valid_conv_training_crops_labels_and_inference_mirror_pads():
   cols = np.abs(np.arange(size_w) - margin)
   cols = np.where(cols > w - 1, 2 * (w - 1) - cols, cols)
   padded = x[:, rows][:, :, cols]
-  ref = model.apply({"params": state.params}, padded, train=False)[:, :h, :w]
+  ref = jax.jit(functools.partial(model.apply, train=False))({"params": state.params}, padded)[:, :h, :w]
   np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=2e-4)  # XLA conv summation order
 
   # Training on a valid crop: the loss covers exactly the centre output region of the labels.
@@ -165,16 +167,16 @@ def test_valid_conv_training_crops_labels_and_inference_mirror_pads():
   labels = rng.integers(0, NUM_CLASSES, (2, side, side)).astype(np.int32)
   weight = np.zeros((2, side, side), np.float32)
   batch = {"image": rng.integers(0, 256, (2, side, side, 3), dtype=np.uint8), "label": labels, "weight": weight}
-  kwargs = dict(model=model, seed=0, mean=(127.5,), std=(127.5,), ce_weight=1.0, dice_weight=0.0,
-                class_weights=None)
-  _, out = steps.train_step(state, batch, **kwargs)
+  train_step = jax.jit(functools.partial(steps.train_step, model=model, seed=0, mean=(127.5,), std=(127.5,),
+                                         ce_weight=1.0, dice_weight=0.0, class_weights=None))
+  _, out = train_step(state, batch)
   assert float(out["loss"]) == 0.0  # nothing weighted
   m = (side - out_side) // 2
   weight[:, m:m + out_side, m:m + out_side] = 1.0
-  _, inside = steps.train_step(state, dict(batch, weight=weight.copy()), **kwargs)
+  _, inside = train_step(state, dict(batch, weight=weight.copy()))
   weight[:, m:m + out_side, m:m + out_side] = 0.0
   weight[:, :m] = 1.0  # only the border the output does not cover
-  _, border = steps.train_step(state, dict(batch, weight=weight), **kwargs)
+  _, border = train_step(state, dict(batch, weight=weight))
   assert float(inside["loss"]) > 0.0 and float(border["loss"]) == 0.0
 
 

@@ -256,44 +256,49 @@ _ADE_PREPARE = ("downloads images.tar and annotations_instance.tar (~1 GB) "
                 "from the Places Challenge 2017 site and extracts and lists "
                 "them with tf.io.gfile")
 
+# No validation split exists: "validation" reads the official test split (3669 images), the set pet
+# segmentation results are reported on.
+_PET = CatalogDataset(
+    name="oxford_iiit_pet",
+    tfds_name="oxford_iiit_pet",
+    class_names=PET_CLASS_NAMES,
+    palette=PET_PALETTE,
+    ignore_label=IGNORE_LABEL,
+    num_channels=3,
+    split_map=_PET_SPLITS,
+    image_key="image",
+    label_key="segmentation_mask",
+    label_channel=0,
+    filename_key="file_name",
+    id_map={PET_TRIMAP_BACKGROUND: 0, PET_TRIMAP_PET: 1},
+    needs_manual_dir=False,
+    manual_files=(),
+    how_to_prepare=_PET_PREPARE,
+)
+# ADE's 2000 validation images are tfds' "test" split; ADE's test images have no labels and are not in tfds.
+_SCENE_PARSE = CatalogDataset(
+    name="scene_parse150",
+    tfds_name="scene_parse150",
+    class_names=SCENE_PARSE_CLASS_NAMES,
+    palette=SCENE_PARSE_PALETTE,
+    ignore_label=IGNORE_LABEL,
+    num_channels=3,
+    split_map=_ADE_SPLITS,
+    image_key="image",
+    label_key="annotation",
+    label_channel=0,  # Red: category; green: instance id.
+    filename_key=None,
+    id_map={k: k - 1 for k in range(1, len(INSTANCE_TO_ADE20K) + 1)},
+    needs_manual_dir=False,
+    manual_files=(),
+    how_to_prepare=_ADE_PREPARE,
+)
+
 CATALOG: dict[str, CatalogDataset] = {
-    # No validation split exists: "validation" reads the official test split
-    # (3669 images), the set pet segmentation results are reported on.
-    "oxford_iiit_pet": CatalogDataset(
-        name="oxford_iiit_pet",
-        tfds_name="oxford_iiit_pet",
-        class_names=PET_CLASS_NAMES,
-        palette=PET_PALETTE,
-        ignore_label=IGNORE_LABEL,
-        num_channels=3,
-        split_map=_PET_SPLITS,
-        image_key="image",
-        label_key="segmentation_mask",
-        label_channel=0,
-        filename_key="file_name",
-        id_map={PET_TRIMAP_BACKGROUND: 0, PET_TRIMAP_PET: 1},
-        needs_manual_dir=False,
-        manual_files=(),
-        how_to_prepare=_PET_PREPARE,
-    ),
-    "oxford_iiit_pet_trimap": CatalogDataset(
-        name="oxford_iiit_pet_trimap",
-        tfds_name="oxford_iiit_pet",
-        class_names=PET_TRIMAP_CLASS_NAMES,
-        palette=PET_TRIMAP_PALETTE,
-        ignore_label=IGNORE_LABEL,
-        num_channels=3,
-        split_map=_PET_SPLITS,
-        image_key="image",
-        label_key="segmentation_mask",
-        label_channel=0,
-        filename_key="file_name",
-        id_map={PET_TRIMAP_BACKGROUND: 0, PET_TRIMAP_PET: 1,
-                PET_TRIMAP_BORDER: 2},
-        needs_manual_dir=False,
-        manual_files=(),
-        how_to_prepare=_PET_PREPARE,
-    ),
+    "oxford_iiit_pet": _PET,
+    "oxford_iiit_pet_trimap": dataclasses.replace(
+        _PET, name="oxford_iiit_pet_trimap", class_names=PET_TRIMAP_CLASS_NAMES, palette=PET_TRIMAP_PALETTE,
+        id_map={PET_TRIMAP_BACKGROUND: 0, PET_TRIMAP_PET: 1, PET_TRIMAP_BORDER: 2}),
     # The test split's label maps are placeholders: they only mark the ego
     # vehicle and the image border (ids 1-3, see cityscapesScripts issue #57),
     # so every test pixel is 255. Test scores come from the benchmark server.
@@ -317,45 +322,13 @@ CATALOG: dict[str, CatalogDataset] = {
                         + " (~11 GB) from the manual dir and lists them with "
                         "tf.io.gfile"),
     ),
-    # ADE's 2000 validation images are tfds' "test" split; ADE's test images
-    # have no labels and are not in tfds.
-    "scene_parse150": CatalogDataset(
-        name="scene_parse150",
-        tfds_name="scene_parse150",
-        class_names=SCENE_PARSE_CLASS_NAMES,
-        palette=SCENE_PARSE_PALETTE,
-        ignore_label=IGNORE_LABEL,
-        num_channels=3,
-        split_map=_ADE_SPLITS,
-        image_key="image",
-        label_key="annotation",
-        label_channel=0,  # Red: category; green: instance id.
-        filename_key=None,
-        id_map={k: k - 1 for k in range(1, len(INSTANCE_TO_ADE20K) + 1)},
-        needs_manual_dir=False,
-        manual_files=(),
-        how_to_prepare=_ADE_PREPARE,
-    ),
+    "scene_parse150": _SCENE_PARSE,
     # Ids of the 150-class ADE20K head (objectInfo150 order minus 1), so a
     # model trained on ADEChallengeData2016 can be scored on the 100 object
     # classes; the 50 stuff classes never occur.
-    "scene_parse150_ade150": CatalogDataset(
-        name="scene_parse150_ade150",
-        tfds_name="scene_parse150",
-        class_names=ADE20K_CLASS_NAMES,
-        palette=ADE20K_PALETTE,
-        ignore_label=IGNORE_LABEL,
-        num_channels=3,
-        split_map=_ADE_SPLITS,
-        image_key="image",
-        label_key="annotation",
-        label_channel=0,
-        filename_key=None,
-        id_map={k: a - 1 for k, a in enumerate(INSTANCE_TO_ADE20K, 1)},
-        needs_manual_dir=False,
-        manual_files=(),
-        how_to_prepare=_ADE_PREPARE,
-    ),
+    "scene_parse150_ade150": dataclasses.replace(
+        _SCENE_PARSE, name="scene_parse150_ade150", class_names=ADE20K_CLASS_NAMES, palette=ADE20K_PALETTE,
+        id_map={k: a - 1 for k, a in enumerate(INSTANCE_TO_ADE20K, 1)}),
 }
 
 _SPLIT_HINTS = {

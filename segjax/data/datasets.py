@@ -65,85 +65,36 @@ class DatasetSpec:
     return len(self.class_names)
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "shapes": DatasetSpec(
-        name="shapes",
-        tfds_name=shapes.SegjaxShapes.name,
-        class_names=shapes.CLASS_NAMES,
-        palette=shapes.PALETTE,
-        ignore_label=None,
-        num_channels=3,
-        splits=tuple(shapes.SPLIT_SIZES),
-        needs_manual_dir=False,
-    ),
-    "isbi2012": DatasetSpec(
-        name="isbi2012",
-        tfds_name=isbi2012.Isbi2012Membrane.name,
-        class_names=isbi2012.CLASS_NAMES,
-        palette=isbi2012.PALETTE,
-        ignore_label=isbi2012.IGNORE_LABEL,
-        num_channels=1,
-        splits=("train", "test"),
-        needs_manual_dir=True,
-    ),
+# Builders of ours: registry name -> (module with CLASS_NAMES / PALETTE, builder class, ignore label, channels,
+# splits always present once prepared, whether preparing needs a manual dir).
+_OURS = {
+    "shapes": (shapes, shapes.SegjaxShapes, None, 3, tuple(shapes.SPLIT_SIZES), False),
+    "isbi2012": (isbi2012, isbi2012.Isbi2012Membrane, isbi2012.IGNORE_LABEL, 1, ("train", "test"), True),
     # A "test" split exists too when the manual dir has test/ + testannot/.
-    "camvid": DatasetSpec(
-        name="camvid",
-        tfds_name=camvid.Camvid.name,
-        class_names=camvid.CLASS_NAMES,
-        palette=camvid.PALETTE,
-        ignore_label=camvid.IGNORE_LABEL,
-        num_channels=3,
-        splits=camvid.REQUIRED_SPLITS,
-        needs_manual_dir=True,
-    ),
-    "lfw_parts": DatasetSpec(
-        name="lfw_parts",
-        tfds_name=lfw_parts.LfwParts.name,
-        class_names=lfw_parts.CLASS_NAMES,
-        palette=lfw_parts.PALETTE,
-        ignore_label=lfw_parts.IGNORE_LABEL,
-        num_channels=lfw_parts.NUM_CHANNELS,
-        splits=tuple(lfw_parts.SPLIT_LISTS),
-        needs_manual_dir=True,
-    ),
+    "camvid": (camvid, camvid.Camvid, camvid.IGNORE_LABEL, 3, camvid.REQUIRED_SPLITS, True),
+    "lfw_parts": (lfw_parts, lfw_parts.LfwParts, lfw_parts.IGNORE_LABEL, lfw_parts.NUM_CHANNELS,
+                  tuple(lfw_parts.SPLIT_LISTS), True),
     # A "train_aug" split (SBD-augmented, 10582 images) exists too when the manual dir had it at prepare time.
-    "voc2012": DatasetSpec(
-        name="voc2012",
-        tfds_name=voc2012.Voc2012Segmentation.name,
-        class_names=voc2012.CLASS_NAMES,
-        palette=voc2012.PALETTE,
-        ignore_label=voc2012.IGNORE_LABEL,
-        num_channels=voc2012.NUM_CHANNELS,
-        splits=voc2012.REQUIRED_SPLITS,
-        needs_manual_dir=True,
-    ),
+    "voc2012": (voc2012, voc2012.Voc2012Segmentation, voc2012.IGNORE_LABEL, voc2012.NUM_CHANNELS,
+                voc2012.REQUIRED_SPLITS, True),
     # The ADE20K SceneParsing benchmark (150 classes) from ADEChallengeData2016.zip; labels stored reduced
     # (0 "other" -> 255, c -> c - 1), as MMSegmentation's reduce_zero_label.
-    "ade20k": DatasetSpec(
-        name="ade20k",
-        tfds_name=ade20k.Ade20k.name,
-        class_names=ade20k.CLASS_NAMES,
-        palette=ade20k.PALETTE,
-        ignore_label=ade20k.IGNORE_LABEL,
-        num_channels=ade20k.NUM_CHANNELS,
-        splits=ade20k.SPLITS,
-        needs_manual_dir=True,
-    ),
+    "ade20k": (ade20k, ade20k.Ade20k, ade20k.IGNORE_LABEL, ade20k.NUM_CHANNELS, ade20k.SPLITS, True),
+}
+
+DATASETS: dict[str, DatasetSpec] = {
+    **{name: DatasetSpec(name=name, tfds_name=builder.name, class_names=module.CLASS_NAMES,
+                         palette=module.PALETTE, ignore_label=ignore, num_channels=channels, splits=splits,
+                         needs_manual_dir=manual)
+       for name, (module, builder, ignore, channels, splits, manual) in _OURS.items()},
     **{name: DatasetSpec(name=name, tfds_name=e.tfds_name, class_names=e.class_names, palette=e.palette,
                          ignore_label=e.ignore_label, num_channels=e.num_channels, splits=e.splits,
                          needs_manual_dir=e.needs_manual_dir)
        for name, e in catalog.CATALOG.items()},
 }
 
-_BUILDERS = {
-    "shapes": shapes.SegjaxShapes,
-    "isbi2012": isbi2012.Isbi2012Membrane,
-    "camvid": camvid.Camvid,
-    "lfw_parts": lfw_parts.LfwParts,
-    "voc2012": voc2012.Voc2012Segmentation,
-    "ade20k": ade20k.Ade20k,
-}
+_BUILDERS = {name: entry[1] for name, entry in _OURS.items()}
+
 # Why a split may be missing from prepared data.
 _SPLIT_HINTS = {
     ("camvid", "test"): (
