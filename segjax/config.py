@@ -27,6 +27,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 16
   c.eval_split = "validation"
   c.num_visualizations = 6  # examples eval.py writes as PNGs
+  # A step whose loss or gradients are not finite is never applied; "stop" then ends training with an error
+  # naming the step (checkpoints stay intact), "skip" goes on and counts such steps in metrics.jsonl.
+  c.on_nonfinite = "stop"
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "shapes"
@@ -156,6 +159,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.loss.class_weights is not None and len(config.loss.class_weights) != spec.num_classes:
     fail("loss.class_weights", config.loss.class_weights,
          f"give one weight per class ({spec.num_classes} for {spec.name})")
+  if config.on_nonfinite not in ("stop", "skip"):
+    fail("on_nonfinite", config.on_nonfinite, "choose 'stop' or 'skip'")
   if config.dataset.normalization not in ("mean_std", "per_image"):
     fail("dataset.normalization", config.dataset.normalization, "choose 'mean_std' or 'per_image'")
   augment.from_config(config.augment)  # raises naming the key

@@ -89,6 +89,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
   step = steps_available[-1] if checkpoint_step is None else checkpoint_step
   if step not in steps_available:
     raise ValueError(f"--checkpoint_step={step} is not in {ckpt.directory}; available steps: {steps_available}")
+  checkpoint_lib.check_compatible(ckpt, step, config, "evaluate")
   state = ckpt.restore(step, exp.abstract_state())
   ckpt.close()
   split = split or config.eval_split

@@ -74,6 +74,7 @@ TINY = ["--config.dataset.crop_size=(32, 32)", "--config.model.depth=2", "--conf
 
 
 def test_kill_restart_equals_uninterrupted_and_eval_cli(shapes_data_dir, tmp_path):
+  """SIGKILL at a random moment, restart, SIGTERM, restart: the end state is bitwise the uninterrupted one."""
   config = tiny_config(shapes_data_dir, num_train_steps=60, checkpoint_every_steps=5, log_every_steps=5,
                        keep_checkpoints=2, **{"model.dropout_rate": 0.2})
   reference = loop.train_and_evaluate(config, tmp_path / "reference", progress=False)
@@ -90,6 +91,23 @@ def test_kill_restart_equals_uninterrupted_and_eval_cli(shapes_data_dir, tmp_pat
   proc.wait()
   killed_at = checkpoint_lib.Checkpointer(workdir).latest_step()
   assert killed_at is not None and killed_at < 60, "the run finished before it was killed"
+
+  # Restarted, then stopped the way a TPU VM preempts: SIGTERM. It saves the step it is at and exits cleanly.
+  log_path = workdir / "metrics.jsonl"
+  earlier = len(log_path.read_text().splitlines()) if log_path.is_file() else 0
+  proc = _cli("train.py", TINY, workdir, shapes_data_dir)
+  deadline = time.time() + 300
+  # Only records of this run count (the killed run may have logged past its last checkpoint).
+  while not any(json.loads(line)["step"] >= killed_at + 6 for line in log_path.read_text().splitlines()[earlier:]
+                if line.strip()):
+    assert proc.poll() is None, proc.stdout.read()
+    assert time.time() < deadline, "the restarted run made no progress"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  stopped = int(out.split("saved the checkpoint of step ")[1].split()[0])
+  assert killed_at + 6 <= stopped < 60 and checkpoint_lib.Checkpointer(workdir).latest_step() == stopped
 
   proc = _cli("train.py", TINY, workdir, shapes_data_dir)
   out, _ = proc.communicate(timeout=600)

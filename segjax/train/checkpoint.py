@@ -9,11 +9,17 @@ so a process killed mid-save leaves the previous checkpoint as the latest comple
 
 from __future__ import annotations
 
+import json
+import logging
 import pathlib
 from typing import Any
 
 import ml_collections
 import orbax.checkpoint as ocp
+
+from segjax.data import datasets
+
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:
@@ -50,3 +56,57 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _classes(recipe: dict[str, Any]) -> tuple[list[str] | None, int | None]:
+  """Class names and image channels a saved recipe's dataset has (None where it cannot be told)."""
+  dataset = recipe.get("dataset", {})
+  if dataset.get("name") == datasets.FOLDER:
+    folder = dataset.get("folder", {})
+    return folder.get("class_names"), folder.get("num_channels")
+  spec = datasets.DATASETS.get(dataset.get("name"))
+  return (list(spec.class_names), spec.num_channels) if spec else (None, None)
+
+
+def check_compatible(ckpt: Checkpointer, step: int, config: ml_collections.ConfigDict, action: str) -> None:
+  """Refuses to restore a checkpoint whose model or classes differ from `config`'s, saying what differs.
+
+  Compared: every `config.model` key (architecture, widths, dtypes: what the parameters' shapes and meaning
+  depend on), the class names and the image channels. Everything else (schedule, data paths, even another
+  dataset with the same classes) may change between runs.
+
+  Raises:
+    ValueError: naming each differing key with both values.
+  """
+  try:
+    saved = ckpt.restore_config(step)
+  except Exception as e:  # pylint: disable=broad-except  (orbax raises several types for a missing item)
+    log.warning("Checkpoint %s step %d holds no readable recipe (%s); not checking compatibility.",
+                ckpt.directory, step, e)
+    return
+  now = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as the checkpoint stores them
+  old_model, new_model = _flat(saved.get("model", {}), "model."), _flat(now["model"], "model.")
+  diffs = [f"{key}: {old_model.get(key, '<absent>')!r} in the checkpoint, {new_model.get(key, '<absent>')!r} now"
+           for key in sorted(set(old_model) | set(new_model)) if old_model.get(key) != new_model.get(key)]
+  (old_classes, old_channels), (new_classes, new_channels) = _classes(saved), _classes(now)
+  if old_classes is not None and new_classes is not None and list(old_classes) != list(new_classes):
+    diffs.append(f"classes: {len(old_classes)} {list(old_classes)} in the checkpoint "
+                 f"({saved['dataset']['name']}), {len(new_classes)} {list(new_classes)} now "
+                 f"({now['dataset']['name']})")
+  if old_channels is not None and new_channels is not None and old_channels != new_channels:
+    diffs.append(f"image channels: {old_channels} in the checkpoint, {new_channels} now")
+  if diffs:
+    raise ValueError(
+        f"Cannot {action} {ckpt.directory} at step {step}: it was trained with another model or classes. "
+        + "; ".join(diffs) + ". Use the recipe it was trained with (saved with the checkpoint, see "
+        "Checkpointer.restore_config) or another --workdir.")

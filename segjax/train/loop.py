@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import signal
+import threading
 import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import tqdm
 
@@ -35,6 +38,70 @@ class MetricsWriter:
         f.write(json.dumps(record) + "\n")
 
 
+class Preemption:
+  """Whether the job was asked to stop (SIGTERM, what TPU VMs and most schedulers send before a kill).
+
+  One process: a SIGTERM handler sets a flag (installed from the main thread only; the previous handler comes
+  back on `close`). Several processes: JAX's distributed runtime already watches SIGTERM, and
+  `reached_preemption_sync_point` makes every process stop at the same step, so that their checkpoint agrees.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+class NonFiniteGuard:
+  """Reads each step's `finite` flag one step late (so the host never waits on the step it just launched) and
+  stops or counts as `config.on_nonfinite` says. The train step itself never applies a non-finite update."""
+
+  def __init__(self, mode: str, ckpt: checkpoint_lib.Checkpointer):
+    self.mode, self.ckpt = mode, ckpt
+    self.pending: tuple[int, jax.Array] | None = None
+    self.skipped = 0
+
+  def push(self, step: int, finite: jax.Array) -> None:
+    self.flush()
+    self.pending = (step, finite)
+
+  def flush(self) -> None:
+    if self.pending is None:
+      return
+    step, finite = self.pending
+    self.pending = None
+    if bool(jax.device_get(finite)):
+      return
+    self.skipped += 1
+    if self.mode == "skip":
+      log.warning("Step %d: non-finite loss or gradients; the update was skipped (%d so far).", step,
+                  self.skipped)
+      return
+    self.ckpt.wait()
+    last = self.ckpt.latest_step()
+    raise FloatingPointError(
+        f"Step {step}: the loss or the gradients are not finite (NaN or inf), so training stops. The update of "
+        f"step {step} was not applied; the checkpoints are intact"
+        + (f" (latest: step {last} in {self.ckpt.directory})" if last is not None else "")
+        + ". Lower --config.optimizer.learning_rate, set --config.optimizer.grad_clip_norm, check the data, or "
+        "set --config.on_nonfinite=skip to skip such steps and go on.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                        progress: bool = True, devices=None) -> state_lib.TrainState:
   """Trains per `config`, checkpointing to `workdir` and resuming from its latest checkpoint.
@@ -55,6 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if start is None:
     state, start = exp.init_state(), 0
   else:
+    checkpoint_lib.check_compatible(ckpt, start, config, "resume training from")
     state = ckpt.restore(start, exp.abstract_state())
     log.info("Resumed from %s at step %d", ckpt.directory, start)
     if start >= config.num_train_steps:
@@ -72,10 +140,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   writer = MetricsWriter(workdir)
   bar = tqdm.tqdm(total=config.num_train_steps, initial=start, desc="train", dynamic_ncols=True,
                   disable=not progress or jax.process_index() != 0)
+  preemption = Preemption()
+  guard = NonFiniteGuard(config.on_nonfinite, ckpt)
+  try:
+    state = _train_steps(config, exp, state, start, data_iter, train_fn, schedule, data_sharding, writer, bar, ckpt,
+                         preemption, guard, progress)
+  finally:
+    preemption.close()
+    bar.close()
+    data_iter.close()  # stops grain's worker processes
+    ckpt.wait()
+    ckpt.close()
+  return state
+
+
+def _train_steps(config, exp, state, start, data_iter, train_fn, schedule, data_sharding, writer, bar, ckpt,
+                 preemption, guard, progress):
   last_time, last_step = time.perf_counter(), start
   for step in range(start + 1, config.num_train_steps + 1):
     batch = pipeline.to_global(next(data_iter), data_sharding)
     state, train_metrics = train_fn(state, batch)
+    guard.push(step, train_metrics["finite"])
     bar.update(1)
     final = step == config.num_train_steps
     if step % config.log_every_steps == 0 or final or step == start + 1:
@@ -83,21 +168,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       now = time.perf_counter()
       record = {"step": step, "loss": values["loss"], "learning_rate": float(schedule(step - 1)),
                 "train_pixel_accuracy": values["pixel_accuracy"], "grad_norm": values["grad_norm"],
+                "skipped_nonfinite_steps": guard.skipped,
                 # The first logged step includes compilation; its throughput is reported but not representative.
                 "images_per_second": (step - last_step) * config.batch_size / (now - last_time),
                 "time": time.time()}
       writer.write(record)
       bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{record['images_per_second']:.1f}")
       last_time, last_step = time.perf_counter(), step
-    if step % config.checkpoint_every_steps == 0 or final:
+    if final:
+      guard.flush()  # the last step's flag before its checkpoint
+    preempted = preemption.reached(step)
+    if step % config.checkpoint_every_steps == 0 or final or preempted:
       ckpt.save(step, state, config)
+    if preempted:
+      ckpt.wait()
+      tqdm.tqdm.write(f"Stop requested (SIGTERM): saved the checkpoint of step {step} in {ckpt.directory}; "
+                      "run the same command to resume.")
+      break
     if config.eval_every_steps and (step % config.eval_every_steps == 0 or final):
       _evaluate_during_training(exp, state, step, writer, progress)
       last_time = time.perf_counter()
-  bar.close()
-  data_iter.close()  # stops grain's worker processes
-  ckpt.wait()
-  ckpt.close()
+  guard.flush()
   return state
 
 

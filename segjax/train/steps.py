@@ -73,10 +73,17 @@ def train_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, see
 
   (loss, (logits, labels, weight, main_loss, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  new_state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+  grad_norm = jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads)))
+  # A NaN or inf anywhere in the gradients makes their norm non-finite. Such an update is never applied: the
+  # state keeps its parameters, optimiser state and BatchNorm statistics (only the step advances), and the loop
+  # stops or carries on as config.on_nonfinite says.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updated = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
+                           state.replace(step=updated.step))
   correct = (jnp.argmax(logits, -1) == labels) * weight
-  out = {"loss": loss, "pixel_accuracy": correct.sum() / jnp.maximum(weight.sum(), 1.0),
-         "grad_norm": jax.numpy.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads)))}
+  out = {"loss": loss, "pixel_accuracy": correct.sum() / jnp.maximum(weight.sum(), 1.0), "grad_norm": grad_norm,
+         "finite": finite}
   if "aux" in updates:
     out["main_loss"] = main_loss
   return new_state, out
