@@ -3,6 +3,7 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from segjax import sharding
 from segjax import evaluate
 
 FLAGS = flags.FLAGS
@@ -18,6 +19,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  sharding.initialize_distributed(FLAGS.config.distributed)  # before any JAX computation
   evaluate.run_eval(FLAGS.config, FLAGS.workdir, split=FLAGS.split, checkpoint_step=FLAGS.checkpoint_step)
 
 

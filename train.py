@@ -3,6 +3,7 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from segjax import sharding
 from segjax.train import loop
 
 FLAGS = flags.FLAGS
@@ -15,6 +16,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  sharding.initialize_distributed(FLAGS.config.distributed)  # before any JAX computation
   loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

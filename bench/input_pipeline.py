@@ -54,8 +54,7 @@ PER_OP = {
 
 
 def host_rate(source, spec, batch: int, crop, workers: int, num_batches: int) -> float:
-  dataset = pipeline.train_dataset(source, spec=spec, batch_size=batch, crop_size=crop, seed=0, process_index=0,
-                                   process_count=1)
+  dataset = pipeline.train_dataset(source, spec=spec, batch_size=batch, crop_size=crop, seed=0)
   it = pipeline.train_iterator(dataset, worker_count=workers)
   for _ in range(2):  # worker start-up and first reads
     next(it)
@@ -163,8 +162,7 @@ def main() -> None:
         f"{__import__('os').cpu_count()}; data: {'CamVid ' + str(manual_dir) if real else 'synthetic CamVid'} "
         f"({len(source)} train frames); crop {crop[0]}x{crop[1]}, batch {args.batch}")
   mesh = sharding.make_mesh(-1)
-  batch = pipeline.train_dataset(source, spec=spec, batch_size=args.batch, crop_size=crop, seed=0, process_index=0,
-                                 process_count=1)[0]
+  batch = pipeline.train_dataset(source, spec=spec, batch_size=args.batch, crop_size=crop, seed=0)[0]
   # Consumption first, so every input row can be printed with its ratio as soon as it is measured.
   consumers = []
   for name in args.models:

@@ -12,6 +12,7 @@ from segjax.data import augment
 from segjax.data import datasets
 from segjax.data import folder
 from segjax import models
+from segjax import sharding
 from segjax.models import MODELS
 
 
@@ -75,8 +76,29 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.poly_power = 0.9
   c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
 
+  # Gradient accumulation: each step splits its global batch into this many microbatches, run one after another
+  # (activations of one microbatch in memory at a time) and averages their gradients; batch_size stays the
+  # global batch of one optimiser step.
+  c.grad_accum_steps = 1
+
+  # The (data, spatial, model) device mesh; see segjax.sharding. data=-1 takes every device the others leave.
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # devices on the "data" axis; -1: all devices
+  c.mesh.data = -1  # batch split (data parallel)
+  c.mesh.spatial = 1  # image rows split (very large images)
+  c.mesh.model = 1  # parameters split by `rules`
+  # (regex over the state path, mesh axes of the trailing dims); first match wins, unmatched leaves replicated.
+  c.mesh.rules = sharding.DEFAULT_RULES
+
+  # Multi-host (jax.distributed). mode "auto" initialises when a coordinator address is given (here or in
+  # $JAX_COORDINATOR_ADDRESS) or a cluster JAX knows is detected (Cloud TPU VM slices, SLURM, Open MPI,
+  # Kubernetes); "on" always initialises (JAX auto-detects what is unset); "off" never.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.mode = "auto"
+  c.distributed.coordinator_address = ml_collections.FieldReference(None, field_type=str)  # "host:port"
+  c.distributed.num_processes = ml_collections.FieldReference(None, field_type=int)
+  c.distributed.process_id = ml_collections.FieldReference(None, field_type=int)
+  c.distributed.local_device_ids = ml_collections.FieldReference(None, field_type=tuple)
+  c.distributed.initialization_timeout = 300  # seconds to wait for every process
   return c
 
 
@@ -164,6 +186,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.dataset.normalization not in ("mean_std", "per_image"):
     fail("dataset.normalization", config.dataset.normalization, "choose 'mean_std' or 'per_image'")
   augment.from_config(config.augment)  # raises naming the key
+  if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
+    fail("grad_accum_steps", config.grad_accum_steps,
+         f"must be >= 1 and divide batch_size={config.batch_size} (each microbatch is batch_size / grad_accum_steps)")
+  for key in ("spatial", "model"):
+    if config.mesh[key] < 1:
+      fail(f"mesh.{key}", config.mesh[key], "must be >= 1 (1: the axis is not used)")
+  if config.mesh.data != -1 and config.mesh.data < 1:
+    fail("mesh.data", config.mesh.data, "must be -1 (every device) or >= 1")
+  sharding.check_rules(config.mesh.rules)
+  if config.distributed.mode not in ("auto", "on", "off"):
+    fail("distributed.mode", config.distributed.mode, "choose 'auto', 'on' or 'off'")
   for key in ("mean", "std"):
     value = config.dataset[key]
     if len(value) not in (1, spec.num_channels):

@@ -55,7 +55,7 @@ def test_folder_dataset_trains_and_evaluates_from_the_command_line(tmp_path):
       f"--config.dataset.folder.images_dir={root / 'images'}", f"--config.dataset.folder.masks_dir={root / 'masks'}",
       f"--config.dataset.folder.validity_dir={root / 'valid'}", "--config.dataset.folder.mask_format=rgb",
       "--config.dataset.folder.class_names=('background', 'red', 'blue')",
-      f"--config.dataset.folder.palette={PALETTE}",
+      f"--config.dataset.folder.palette={PALETTE}", "--config.dataset.folder.off_palette=ignore",
       f"--config.dataset.folder.split_files=(('train', '{root / 'train.txt'}'), ('validation', "
       f"'{root / 'val.txt'}'))",
       "--config.dataset.crop_size=(16, 16)", "--config.dataset.eval_size=(32, 32)", "--config.model.depth=2",

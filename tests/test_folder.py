@@ -170,9 +170,10 @@ def test_rgb_masks_antialiased_edges(tmp_path):
   _save(root / "images" / "noisy.jpg", np.zeros((12, 14, 3), np.uint8))
   _save(root / "masks" / "noisy.jpg", np.clip(noisy, 0, 255).astype(np.uint8))
 
+  # Pixels beyond tolerance (white, far JPEG noise) are left unlabelled.
   params = _params(root, class_names=("red", "blue", "green"),
                    mask_format="rgb", palette=_PALETTE, ignore_color=_VOID,
-                   palette_tolerance=_TOL)
+                   palette_tolerance=_TOL, off_palette="ignore")
   got = _by_stem(_prepare(params, tmp_path / "data"), "train")
   labels = got["edge"]["label"][..., 0]
   want = _brute_force(mask, _PALETTE, _TOL, _VOID)
@@ -185,6 +186,53 @@ def test_rgb_masks_antialiased_edges(tmp_path):
   want = _brute_force(decoded, _PALETTE, _TOL, _VOID)
   np.testing.assert_array_equal(got["noisy"]["label"][..., 0], want)
   assert 0 < (want == 255).sum() < want.size  # Both outcomes occur.
+
+
+def test_off_palette_colours_are_an_error_by_default(tmp_path):
+  red = np.array(_PALETTE[0])
+  mask = np.zeros((6, 8, 3), np.uint8)
+  mask[:] = red
+  mask[0, :5] = (255, 255, 255)  # 5 px, 322.9 from red (nearest).
+  mask[1, :2] = (128, 0, 0)  # 2 px, 83.6 from red.
+  mask[2, 0] = red + (0, 0, 40)  # 1 px, 40.0 from red.
+  mask[3, 0] = (10, 10, 10)  # Within 30 of void: not an error.
+  mask[4, 0] = red + (10, -10, 10)  # Within 30 of red: not an error.
+  root = tmp_path / "src"
+  _save(root / "images" / "m.png", np.zeros((6, 8, 3), np.uint8))
+  _save(root / "masks" / "m.png", mask)
+  _save(root / "images" / "n.png", np.zeros((6, 8, 3), np.uint8))
+  _save(root / "masks" / "n.png",
+        np.broadcast_to(red, (6, 8, 3)).astype(np.uint8))
+  params = _params(root, class_names=("red", "blue", "green"),
+                   mask_format="rgb", palette=_PALETTE, ignore_color=_VOID)
+  assert params.off_palette == "error" and params.palette_tolerance == 30
+  with pytest.raises(ValueError) as info:
+    _prepare(params, tmp_path / "data")
+  message = str(info.value)
+  for part in (f"rgb mask {root / 'masks' / 'm.png'} has 8 pixels in 3 "
+               "colours farther than palette_tolerance=30",
+               "(255, 255, 255) x 5 px, nearest (200, 30, 30) (class 'red') "
+               f"at distance {math.dist((255,) * 3, red):.1f}; (128, 0, 0) "
+               "x 2 px, nearest (200, 30, 30) (class 'red') at distance "
+               f"{math.dist((128, 0, 0), red):.1f}; (200, 30, 70) x 1 px",
+               "at distance 40.0.", "folder.palette ", "palette_tolerance "
+               "above", "folder.off_palette='ignore'"):
+    assert part in message, (part, message)
+  # Nearest colour the void colour: named as such.
+  mask[:] = red
+  mask[0, 0] = (0, 0, 90)
+  _save(root / "masks" / "m.png", mask)
+  with pytest.raises(ValueError, match=r"\(0, 0, 90\) x 1 px, nearest "
+                     r"\(0, 0, 0\) \(ignore_color\) at distance 90\.0"):
+    _prepare(params, tmp_path / "data")
+  # "ignore" leaves the same pixels unlabelled, as the brute force does.
+  mask[1, 1] = (255, 255, 255)
+  _save(root / "masks" / "m.png", mask)
+  ignoring = dataclasses.replace(params, off_palette="ignore")
+  got = _by_stem(_prepare(ignoring, tmp_path / "data"), "train")
+  want = _brute_force(mask, _PALETTE, 30.0, _VOID)
+  np.testing.assert_array_equal(got["m"]["label"][..., 0], want)
+  assert want[0, 0] == want[1, 1] == 255 and (want[2:] == 0).all()
 
 
 def test_rgb_to_ids_matches_brute_force_random(tmp_path):
@@ -379,6 +427,7 @@ def test_split_errors(tmp_path):
     (dict(mask_format="rgb", palette=_PALETTE + ((9, 9, 9),),
           palette_tolerance=-1), r"folder\.palette_tolerance=-1\.0"),
     (dict(mask_format="png"), r"folder\.mask_format='png'"),
+    (dict(off_palette="skip"), r"folder\.off_palette='skip': choose 'error'"),
     (dict(ignore_index=2), r"folder\.ignore_index=2: must be >= .*\(4\)"),
     (dict(num_channels=2), r"folder\.num_channels=2"),
     (dict(split_fractions=(("train", 0.5), ("test", 0.4))),
@@ -418,7 +467,8 @@ def test_config_name_tracks_params_and_files(tmp_path, monkeypatch):
     _save(root / "valid" / f"{stem}.png", np.ones((6, 8), np.uint8))
   changes = dict(
       class_names=("a", "b", "c", "d", "e"), palette=((1, 1, 1),) * 4,
-      ignore_index=254, palette_tolerance=3.0, ignore_color=(1, 2, 3),
+      ignore_index=254, palette_tolerance=3.0, off_palette="ignore",
+      ignore_color=(1, 2, 3),
       validity_dir=str(root / "valid"), num_channels=1,
       split_fractions=(("train", 0.6), ("test", 0.4)), split_seed=1,
       mask_format="rgb")

@@ -59,22 +59,28 @@ def test_random_crop_keeps_image_and_mask_aligned():
   assert len(lefts) > 1  # the window moves
 
 
-@pytest.mark.parametrize("process_count", [1, 2, 3])
-def test_eval_batches_cover_every_pixel_exactly_once(process_count):
+# Row layouts of a global batch over processes: one process; two contiguous halves; rows interleaved (a mesh whose
+# devices are not ordered by process); three processes.
+LAYOUTS = {"1": [[0, 1, 2, 3, 4, 5]], "2-blocks": [[0, 1, 2], [3, 4, 5]], "2-interleaved": [[0, 2, 4], [1, 3, 5]],
+           "3": [[0, 1], [2, 3], [4, 5]]}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_eval_batches_cover_every_pixel_exactly_once(layout):
   sizes = [(10, 12), (16, 16), (7, 9), (16, 10), (3, 16), (12, 12), (9, 9)]
   source = make_source(sizes)
   expected_valid = sum(int((s["label"] != 255).sum()) for s in source)
   seen, total_valid, batch_counts = [], 0, set()
-  for p in range(process_count):
-    batches = list(pipeline.eval_batches(source, spec=SPEC, batch_size=2 * process_count, size=(16, 16),
-                                         process_index=p, process_count=process_count, num_threads=1))
+  for rows in LAYOUTS[layout]:
+    batches = list(pipeline.eval_batches(source, spec=SPEC, batch_size=6, size=(16, 16), rows=rows, num_threads=1))
     batch_counts.add(len(batches))
-    for b in batches:
-      assert b["image"].shape == (2, 16, 16, 3) and b["weight"].shape == (2, 16, 16)
+    for number, b in enumerate(batches):
+      assert b["image"].shape == (len(rows), 16, 16, 3) and b["weight"].shape == (len(rows), 16, 16)
       for i, index in enumerate(b["index"]):
         if index < 0:
-          assert b["weight"][i].sum() == 0
+          assert b["weight"][i].sum() == 0 and number * 6 + rows[i] >= len(sizes)
           continue
+        assert index == number * 6 + rows[i]  # row r of global batch b is example 6b + r
         seen.append(int(index))
         h, w = sizes[index]
         raw = source[index]["label"][..., 0]
@@ -84,23 +90,21 @@ def test_eval_batches_cover_every_pixel_exactly_once(process_count):
       total_valid += int(b["weight"].sum())
   assert sorted(seen) == list(range(len(sizes)))
   assert total_valid == expected_valid
-  assert len(batch_counts) == 1  # every process runs the same number of steps
+  assert batch_counts == {2}  # every process runs the same number of steps: ceil(7 / 6)
 
 
 def test_eval_rejects_images_larger_than_eval_size():
   source = make_source([(20, 20)])
   with pytest.raises(ValueError, match="eval_size"):
-    list(pipeline.eval_batches(source, spec=SPEC, batch_size=1, size=(16, 16), process_index=0,
-                               process_count=1))
+    list(pipeline.eval_batches(source, spec=SPEC, batch_size=1, size=(16, 16)))
 
 
-def _dataset(source, seed, process_index=0, process_count=1):
-  return pipeline.train_dataset(source, spec=SPEC, batch_size=4, crop_size=(8, 8), seed=seed,
-                                process_index=process_index, process_count=process_count)
+def _dataset(source, seed, rows=None, batch_size=4):
+  return pipeline.train_dataset(source, spec=SPEC, batch_size=batch_size, crop_size=(8, 8), seed=seed, rows=rows)
 
 
-def _loader(source, seed, process_index=0, process_count=1, start_step=0, worker_count=0):
-  return pipeline.train_iterator(_dataset(source, seed, process_index, process_count), start_step=start_step,
+def _loader(source, seed, rows=None, start_step=0, worker_count=0, batch_size=4):
+  return pipeline.train_iterator(_dataset(source, seed, rows, batch_size), start_step=start_step,
                                  worker_count=worker_count)
 
 
@@ -121,25 +125,42 @@ def test_train_batches_are_a_function_of_seed_and_step():
   assert not np.array_equal(other["image"], a[0]["image"])
 
 
-@pytest.mark.parametrize("process_count", [1, 2])
-def test_train_shards_are_disjoint_and_cover_the_split(process_count):
-  # Each image is constant-valued with its index, so the batch reveals which records a process read. 13 records
-  # do not divide over 2 processes: nothing may be dropped.
+class _CountingSource(list):
+  """A source that records which records were read."""
+
+  def __init__(self, items):
+    super().__init__(items)
+    self.reads = []
+
+  def __getitem__(self, index):
+    self.reads.append(index)
+    return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("layout", [k for k in LAYOUTS if k != "1"])
+def test_processes_read_their_rows_of_the_same_global_batches(layout):
+  # Each image is constant-valued with its index, so a batch reveals which records it holds. 13 records in global
+  # batches of 6: epochs straddle batches, and nothing may be dropped.
   n = 13
-  source = [{"image": np.full((8, 8, 3), i, np.uint8), "label": np.zeros((8, 8, 1), np.uint8),
-             "filename": b""} for i in range(n)]
-  epochs = []
-  for p in range(process_count):
-    shard_size = n // process_count + (p < n % process_count)
-    it = _loader(source, 0, process_index=p, process_count=process_count)
-    records = []
-    while len(records) < shard_size:
-      records += [int(img[0, 0, 0]) for img in next(it)["image"]]
-    epochs.append(records[:shard_size])
-  for records in epochs:
-    assert len(set(records)) == len(records)  # one epoch of a shard repeats nothing
-  union = [r for records in epochs for r in records]
-  assert sorted(union) == list(range(n))  # the shards are disjoint and together the whole split
+  records = [{"image": np.full((8, 8, 3), i, np.uint8), "label": np.zeros((8, 8, 1), np.uint8), "filename": b""}
+             for i in range(n)]
+  whole = [next(it) for it in [_loader(records, 0, batch_size=6)] for _ in range(5)]
+  stream = [int(img[0, 0, 0]) for b in whole for img in b["image"]]
+  assert sorted(stream[:n]) == list(range(n)) and sorted(stream[n:2 * n]) == list(range(n))  # epochs 1 and 2
+  assert stream[:n] != stream[n:2 * n]  # reshuffled
+  for rows in LAYOUTS[layout]:
+    source = _CountingSource(records)
+    it = _loader(source, 0, rows=rows, batch_size=6)
+    for b in whole:
+      mine = next(it)
+      for k in ("image", "label", "weight"):
+        np.testing.assert_array_equal(mine[k], b[k][rows])  # exactly its rows of the global batch
+    it.close()
+  # A process reads only its rows (plus what the prefetch buffer reads ahead), not the whole batch.
+  one = _CountingSource(records)
+  for s in range(3):
+    _dataset(one, 0, rows=[1, 4], batch_size=6)[s]
+  assert len(one.reads) == 3 * 2
 
 
 def test_train_batches_do_not_depend_on_worker_count():

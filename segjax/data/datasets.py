@@ -235,4 +235,9 @@ def data_source(dataset, split: str, *, data_dir=None,
           f"Unknown split {base!r} (in {split!r}) for dataset {name!r}; "
           f"available splits: {available}."
           + _SPLIT_HINTS.get((name, base), ""))
+  if builder.info.splits[split].num_examples == 0:
+    sizes = ", ".join(f"{s} ({builder.info.splits[s].num_examples})" for s in available)
+    raise ValueError(
+        f"Split {split!r} of dataset {name!r} holds no examples: choose a split or a slice that selects some "
+        f"(tfds slicing: 'train[:100]', 'train[10%:]'); available splits (examples): {sizes}.")
   return builder.as_data_source(split=split)

@@ -8,9 +8,15 @@
 Files are matched by stem; hidden files, sub-folders and other extensions are
 skipped. Masks are either class-id maps ("index": the pixel value is the class
 id, `ignore_index` means "not labelled") or colour-coded ("rgb": the nearest
-`palette` colour within `palette_tolerance` gives the class). The stored label
-holds class ids 0..N-1 and IGNORE_LABEL (255) wherever a pixel is not
-labelled, off the palette or outside the validity mask.
+`palette` colour within `palette_tolerance` gives the class). A pixel farther
+than that from every colour is an error naming the mask and its colours, or,
+with `off_palette="ignore"`, not labelled. The stored label holds class ids
+0..N-1 and IGNORE_LABEL (255) wherever a pixel is not labelled, off the
+palette (when ignored) or outside the validity mask.
+
+Every image, mask and validity mask is fully decoded while preparing, so an
+unreadable or truncated file is an error naming it (segjax.data.png.open_image)
+instead of a grey or partial image in the prepared copy.
 
 The tfds config name is `<name>-<hash8>`, the hash covering every parameter
 (paths resolved) and the size and mtime of every source file: changing either
@@ -28,7 +34,6 @@ import re
 
 import ml_collections
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
 from segjax.data import png
@@ -73,7 +78,10 @@ class FolderParams:
     ignore_index: index-mask value meaning "not labelled"; >= num classes.
     palette_tolerance: rgb masks: a pixel within this RGB Euclidean distance
       of its nearest palette colour takes that class (anti-aliased edges, JPEG
-      noise); farther pixels become IGNORE_LABEL.
+      noise); what happens to farther pixels is `off_palette`.
+    off_palette: rgb masks: "error" (a pixel beyond palette_tolerance of
+      every colour fails preparation, naming the mask and the colours) or
+      "ignore" (such pixels become IGNORE_LABEL, e.g. blended seams).
     ignore_color: rgb masks: RGB meaning "not labelled", matched like a
       palette colour (ties go to it).
     validity_dir: optional folder of masks with the same stems; pixels where
@@ -92,6 +100,7 @@ class FolderParams:
   mask_format: str = "index"
   ignore_index: int = 255
   palette_tolerance: float = 30.0
+  off_palette: str = "error"
   ignore_color: tuple[int, int, int] | None = None
   validity_dir: str | None = None
   num_channels: int = 3
@@ -166,6 +175,10 @@ def check_params(params: FolderParams) -> None:
     if not p.palette_tolerance >= 0:
       _fail("palette_tolerance", p.palette_tolerance, "must be >= 0 (0: "
             "exact colours only)")
+  if p.off_palette not in ("error", "ignore"):
+    _fail("off_palette", p.off_palette, "choose 'error' (a mask pixel beyond "
+          "palette_tolerance fails preparation) or 'ignore' (it is not "
+          "labelled)")
   if p.num_channels not in _MODES:
     _fail("num_channels", p.num_channels, "choose 1 (grayscale) or 3 (RGB)")
   if p.split_files is not None:
@@ -346,6 +359,14 @@ def _wide(img) -> bool:
   return img.mode in _WIDE_MODES
 
 
+def _open(path: pathlib.Path, what: str):
+  """The fully decoded image (png.open_image), with the folder's fix."""
+  return png.open_image(
+      path, f"Folder dataset: {what}",
+      f"re-export it, or remove the pair with stem {path.stem!r} (image and "
+      "mask) from the images and masks folders")
+
+
 def read_image(path: pathlib.Path, num_channels: int):
   """PNG bytes of an image in the stored mode, and its (height, width).
 
@@ -355,9 +376,12 @@ def read_image(path: pathlib.Path, num_channels: int):
   mode as is, anything else converted from PIL's decode and re-encoded
   (lossless w.r.t. that decode; JPEG decoders differ between libjpeg builds,
   so this also pins the pixels). First frame of GIF/TIFF; alpha dropped.
+
+  Raises:
+    ValueError: an unreadable or truncated file, or a 16-bit/float image.
   """
   mode = _MODES[num_channels]
-  with Image.open(path) as img:
+  with _open(path, "image") as img:
     if _wide(img):
       raise ValueError(
           f"Folder dataset: image {path} has mode {img.mode} (16-bit or "
@@ -375,6 +399,37 @@ def read_image(path: pathlib.Path, num_channels: int):
   return png.encode(array), shape
 
 
+def _nearest(rgb: np.ndarray, colours):
+  """The distinct colours of `rgb` and the nearest of `colours` to each.
+
+  Returns:
+    (values int64 [U, 3], inverse [H * W] into values, nearest [U] index
+    into colours, squared distance [U] to it); ties go to the lower index.
+  """
+  colours = np.asarray(colours, np.int64)
+  # Distances per distinct colour, not per pixel: masks hold few colours.
+  packed = (rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64)
+            << 8 | rgb[..., 2])
+  unique, inverse = np.unique(packed.ravel(), return_inverse=True)
+  values = np.stack([unique >> 16, unique >> 8 & 255, unique & 255], -1)
+  nearest = np.empty(len(unique), np.int64)
+  d2 = np.empty(len(unique), np.int64)
+  for start in range(0, len(unique), 1 << 14):  # Bounds memory for JPEGs.
+    block = values[start:start + (1 << 14)]
+    d2_all = ((block[:, None, :] - colours[None]) ** 2).sum(-1)
+    nearest[start:start + len(block)] = d2_all.argmin(1)
+    d2[start:start + len(block)] = d2_all.min(1)
+  return values, inverse.ravel(), nearest, d2
+
+
+def _with_ignore(palette, ignore_color):
+  """Colours to match (ignore_color first, so ties go to it) and their ids."""
+  if ignore_color is None:
+    return list(palette), np.arange(len(palette), dtype=np.uint8)
+  return [ignore_color] + list(palette), np.array(
+      [IGNORE_LABEL] + list(range(len(palette))), np.uint8)
+
+
 def rgb_to_ids(rgb: np.ndarray, palette, tolerance: float,
                ignore_color=None) -> np.ndarray:
   """Class ids of a colour-coded mask.
@@ -390,37 +445,60 @@ def rgb_to_ids(rgb: np.ndarray, palette, tolerance: float,
     colour is ignore_color or farther than tolerance. Ties go to ignore_color,
     then to the lower class id.
   """
-  colours = ([ignore_color] if ignore_color is not None else []) + list(
-      palette)
-  lut = np.array(([IGNORE_LABEL] if ignore_color is not None else [])
-                 + list(range(len(palette))), np.uint8)
-  colours = np.asarray(colours, np.int64)
-  # Distances per distinct colour, not per pixel: masks hold few colours.
-  packed = (rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64)
-            << 8 | rgb[..., 2])
-  unique, inverse = np.unique(packed.ravel(), return_inverse=True)
-  values = np.stack([unique >> 16, unique >> 8 & 255, unique & 255], -1)
-  ids = np.empty(len(unique), np.uint8)
-  for start in range(0, len(unique), 1 << 14):  # Bounds memory for JPEGs.
-    block = values[start:start + (1 << 14)]
-    d2 = ((block[:, None, :] - colours[None]) ** 2).sum(-1)
-    nearest = d2.argmin(1)
-    ok = d2[np.arange(len(block)), nearest] <= tolerance * tolerance
-    ids[start:start + len(block)] = np.where(ok, lut[nearest], IGNORE_LABEL)
+  colours, lut = _with_ignore(palette, ignore_color)
+  _, inverse, nearest, d2 = _nearest(rgb, colours)
+  ids = np.where(d2 <= tolerance * tolerance, lut[nearest], IGNORE_LABEL)
+  return ids.astype(np.uint8)[inverse].reshape(rgb.shape[:2])
+
+
+def _decode_rgb(path: pathlib.Path, rgb: np.ndarray,
+                params: FolderParams) -> np.ndarray:
+  """rgb_to_ids, raising for off-palette pixels unless off_palette='ignore'.
+
+  Raises:
+    ValueError: naming the mask, how many pixels are beyond tolerance, up to
+      3 of their colours (most frequent first) with the nearest palette
+      colour and its distance, and the fixes.
+  """
+  colours, lut = _with_ignore(params.palette, params.ignore_color)
+  values, inverse, nearest, d2 = _nearest(rgb, colours)
+  tol = params.palette_tolerance
+  off = d2 > tol * tol
+  if params.off_palette == "error" and off.any():
+    counts = np.bincount(inverse, minlength=len(values))
+    order = np.flatnonzero(off)[np.argsort(-counts[off], kind="stable")]
+    examples = []
+    for i in order[:3]:
+      j = nearest[i]
+      name = ("ignore_color" if lut[j] == IGNORE_LABEL
+              else f"class {params.class_names[lut[j]]!r}")
+      examples.append(
+          f"{tuple(int(v) for v in values[i])} x {counts[i]} px, nearest "
+          f"{tuple(colours[j])} ({name}) at distance {np.sqrt(d2[i]):.1f}")
+    pixels, kinds = int(counts[off].sum()), int(off.sum())
+    raise ValueError(
+        f"Folder dataset: rgb mask {path} has {pixels} pixel"
+        f"{'s' * (pixels != 1)} in {kinds} colour{'s' * (kinds != 1)} "
+        "farther than "
+        f"palette_tolerance={tol:g} from every palette colour, e.g. "
+        f"{'; '.join(examples)}. Fix: add the colour to {FLAG}.palette (and "
+        f"a name to {FLAG}.class_names), raise {FLAG}.palette_tolerance "
+        f"above the distance if they are blended edges, or set "
+        f"{FLAG}.off_palette='ignore' to leave such pixels unlabelled.")
+  ids = np.where(off, IGNORE_LABEL, lut[nearest]).astype(np.uint8)
   return ids[inverse].reshape(rgb.shape[:2])
 
 
 def _read_mask(path: pathlib.Path, params: FolderParams) -> np.ndarray:
   """Stored uint8 class ids of a mask (IGNORE_LABEL = not labelled)."""
   n = len(params.class_names)
-  with Image.open(path) as img:
+  with _open(path, "mask") as img:
     if params.mask_format == "rgb":
       if _wide(img):
         raise ValueError(
             f"Folder dataset: rgb mask {path} has mode {img.mode}; expected "
             "8-bit colours: save it as an RGB PNG.")
-      return rgb_to_ids(np.asarray(img.convert("RGB")), params.palette,
-                        params.palette_tolerance, params.ignore_color)
+      return _decode_rgb(path, np.asarray(img.convert("RGB")), params)
     if img.mode not in _INDEX_MODES:
       raise ValueError(
           f"Folder dataset: index mask {path} has mode {img.mode}; expected "
@@ -444,7 +522,7 @@ def _read_mask(path: pathlib.Path, params: FolderParams) -> np.ndarray:
 
 
 def _read_validity(path: pathlib.Path) -> np.ndarray:
-  with Image.open(path) as img:
+  with _open(path, "validity mask") as img:
     if img.format == "JPEG":
       raise ValueError(f"Folder dataset: validity mask {path} is a JPEG: "
                        "save it as PNG (JPEG noise turns 0 into 1).")
@@ -453,7 +531,12 @@ def _read_validity(path: pathlib.Path) -> np.ndarray:
 
 
 def read_example(stem: str, paths, params: FolderParams) -> dict:
-  """The stored example of one (image, mask, validity) triple."""
+  """The stored example of one (image, mask, validity) triple.
+
+  Raises:
+    ValueError: naming the file: unreadable or truncated, a size mismatch,
+      ids beyond the classes, colours off the palette (see FolderParams).
+  """
   image_path, mask_path, validity_path = paths
   image, shape = read_image(image_path, params.num_channels)
   label = _read_mask(mask_path, params)
@@ -466,7 +549,9 @@ def read_example(stem: str, paths, params: FolderParams) -> dict:
       raise ValueError(
           f"Folder dataset: {path} is {array.shape[0]}x{array.shape[1]} but "
           f"its image {image_path} is {shape[0]}x{shape[1]} (HxW): masks "
-          "must have their image's size.")
+          "must have their image's size; re-export the mask at "
+          f"{shape[0]}x{shape[1]} (nearest-neighbour, so ids stay ids) or "
+          "remove the pair.")
   if validity_path is not None:
     label = np.where(valid, label, IGNORE_LABEL).astype(np.uint8)
   return {"image": image, "label": png.encode(label), "filename": stem}

@@ -20,7 +20,9 @@ from typing import Any, Iterator, Sequence
 import grain
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
+from segjax import sharding as sharding_lib
 from segjax.data import datasets
 
 
@@ -35,20 +37,27 @@ def to_example(raw: dict[str, Any], ignore_label: int | None, num_classes: int) 
   """Converts a decoded tfds example into (image, label, weight), masking the ignore label.
 
   Raises:
-    ValueError: a label id outside [0, num_classes) that is not the ignore label, naming the example.
+    ValueError: naming the example, the sizes or the id and how many pixels hold it, and the fix: an image and
+      label of different sizes, or a label id outside [0, num_classes) that is not the ignore label.
   """
   image = np.asarray(raw["image"])
   label = np.asarray(raw["label"])
   if label.ndim == 3:
     label = label[..., 0]
+  # Builders check this while preparing; a source that skipped it must not reach a crop (or a silent broadcast).
+  afresh = "and prepare the dataset afresh (delete its prepared copy under --config.dataset.data_dir)"
   if image.shape[:2] != label.shape:
-    raise ValueError(f"Example {_name(raw)}: image is {image.shape[:2]} but label is {label.shape}; "
-                     "image and mask must have the same height and width.")
+    raise ValueError(f"Example {_name(raw)}: image is {image.shape[0]}x{image.shape[1]} but its label is "
+                     f"{label.shape[0]}x{label.shape[1]} (HxW); image and mask must have the same height and "
+                     f"width: re-export the mask at the image's size {afresh}.")
   valid = np.ones(label.shape, bool) if ignore_label is None else label != ignore_label
-  if valid.any() and label[valid].max() >= num_classes:
-    bad = int(label[valid].max())
-    raise ValueError(f"Example {_name(raw)}: label id {bad} is outside 0..{num_classes - 1} and is not the "
-                     f"ignore label ({ignore_label}); fix the mask or the dataset's class list.")
+  out_of_range = valid & (label >= num_classes)
+  if out_of_range.any():
+    bad = int(label[out_of_range].max())
+    ignore = "this dataset has no ignore label" if ignore_label is None else f"the ignore label is {ignore_label}"
+    raise ValueError(f"Example {_name(raw)}: label id {bad} ({int(out_of_range.sum())} pixels with ids >= "
+                     f"{num_classes}) is outside 0..{num_classes - 1} ({num_classes} classes; {ignore}): fix "
+                     f"the mask or the dataset's class list {afresh}.")
   return Example(image=image, label=np.where(valid, label, 0).astype(np.int32),
                  weight=valid.astype(np.float32))
 
@@ -93,35 +102,45 @@ class RandomCrop(grain.transforms.RandomMap):
             "weight": np.ascontiguousarray(ex.weight[window])}
 
 
-def local_batch_size(global_batch_size: int, process_count: int) -> int:
-  if global_batch_size % process_count:
-    raise ValueError(f"batch_size={global_batch_size} is not divisible by the {process_count} processes; "
-                     "set --config.batch_size to a multiple of the process count.")
-  return global_batch_size // process_count
+def _check_rows(rows: np.ndarray | None, batch_size: int) -> np.ndarray:
+  rows = np.arange(batch_size) if rows is None else np.asarray(rows, np.int64)
+  if not len(rows) or rows.min() < 0 or rows.max() >= batch_size or len(np.unique(rows)) != len(rows):
+    raise ValueError(f"rows={rows.tolist()} must be distinct rows of a batch of {batch_size}.")
+  return rows
+
+
+class _GlobalRows:
+  """Maps this process's k-th example to the global stream: row rows[k % L] of global batch k // L."""
+
+  def __init__(self, stream: grain.MapDataset, batch_size: int, rows: np.ndarray):
+    self.stream, self.batch_size, self.rows = stream, batch_size, rows
+
+  def __call__(self, k: int):
+    batch, j = divmod(int(k), len(self.rows))
+    return self.stream[batch * self.batch_size + int(self.rows[j])]
 
 
 def train_dataset(source, *, spec: datasets.DatasetSpec, batch_size: int, crop_size: Sequence[int], seed: int,
-                  process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
-  """This process's endless training batches of `batch_size // process_count`: element s is what step s + 1
-  trains on.
+                  rows: Sequence[int] | None = None) -> grain.MapDataset:
+  """This process's endless training batches: element s holds rows `rows` of the global batch of step s + 1.
 
-  Element s is a pure function of (source, seed, s, process index and count): it does not depend on how many
-  workers decode or on timing. So the step alone is the data position -- a resumed run continues at its step
-  with nothing else saved, on any number of decoding workers.
+  The global batch of step s + 1 is examples [s * B, (s + 1) * B) of one stream: the split shuffled from `seed`,
+  reshuffled every epoch, each example cropped with an rng grain derives from `seed` and the example's position
+  in the stream. So a batch is a pure function of (source, seed, s), independent of how many processes or
+  devices share it and of how many workers decode: the step alone is the data position, and 1 process with 8
+  devices trains on exactly the batches 2 processes with 4 devices each do.
 
-  Process p of P reads records p, p + P, ... (with N % P != 0 the first N % P processes hold one record more, so
-  the shards together are the whole split, nothing dropped), reshuffled every epoch from `seed`, and crops each
-  with an rng grain derives from `seed` and the element's position.
+  Each process reads only its own rows (`rows`, from `sharding.process_rows`: the rows its devices hold; default
+  all of them, one process), so the per-process input cost is B / (number of processes) examples a step.
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  local_bs = local_batch_size(batch_size, process_count)
-  if len(source) < process_count:
-    raise ValueError(f"The training split of {spec.name} has {len(source)} examples, fewer than the "
-                     f"{process_count} processes: every process needs at least one.")
-  shard = grain.MapDataset.source(source)[process_index::process_count]
+  if len(source) == 0:
+    raise ValueError(f"The training split of {spec.name} is empty (0 examples): check "
+                     "--config.dataset.train_split (a slice like 'train[10:10]' selects nothing) and the data.")
+  rows = _check_rows(rows, batch_size)
   crop = RandomCrop(crop_size, spec.ignore_label, spec.num_classes)
-  return shard.shuffle(seed=seed).repeat(None).random_map(crop, seed=seed).batch(local_bs, drop_remainder=True)
+  stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).random_map(crop, seed=seed)
+  local = grain.MapDataset.range(len(rows) * (len(stream) // batch_size))
+  return local.map(_GlobalRows(stream, batch_size, rows)).batch(len(rows), drop_remainder=True)
 
 
 def train_iterator(dataset: grain.MapDataset, *, start_step: int = 0, worker_count: int = 0,
@@ -149,54 +168,81 @@ def eval_size(source, requested: Sequence[int] | None, divisor: int) -> tuple[in
   return round_up(int(requested[0]), divisor), round_up(int(requested[1]), divisor)
 
 
-def num_eval_batches(num_examples: int, batch_size: int, process_count: int) -> int:
-  per_process = math.ceil(num_examples / process_count)
-  return math.ceil(per_process / local_batch_size(batch_size, process_count))
+def num_eval_batches(num_examples: int, batch_size: int) -> int:
+  return math.ceil(num_examples / batch_size)
+
+
+class _EvalExample:
+  """This process's k-th eval example: row rows[k % L] of global batch k // L, or padding past the split's end."""
+
+  def __init__(self, source, spec: datasets.DatasetSpec, batch_size: int, rows: np.ndarray, size: Sequence[int]):
+    self.source, self.spec, self.batch_size, self.rows = source, spec, batch_size, rows
+    self.height, self.width = size
+
+  def __call__(self, k: int) -> dict[str, np.ndarray]:
+    batch, j = divmod(int(k), len(self.rows))
+    index = batch * self.batch_size + int(self.rows[j])
+    if index >= len(self.source):
+      return {"image": np.zeros((self.height, self.width, self.spec.num_channels), np.uint8),
+              "label": np.zeros((self.height, self.width), np.int32),
+              "weight": np.zeros((self.height, self.width), np.float32), "index": np.int32(-1)}
+    raw = self.source[index]
+    ex = to_example(raw, self.spec.ignore_label, self.spec.num_classes)
+    h, w = ex.label.shape
+    if h > self.height or w > self.width:
+      raise ValueError(f"Example {_name(raw)} of {self.spec.name} is {h}x{w}, larger than the eval size "
+                       f"{self.height}x{self.width}; set --config.dataset.eval_size=({round_up(h, 32)}, "
+                       f"{round_up(w, 32)}).")
+    ex = pad_to(ex, self.height, self.width)
+    return {"image": ex.image, "label": ex.label, "weight": ex.weight, "index": np.int32(index)}
 
 
 def eval_batches(source, *, spec: datasets.DatasetSpec, batch_size: int, size: Sequence[int],
-                 process_index: int | None = None, process_count: int | None = None,
-                 num_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
-  """Yields this process's eval batches; together the processes cover every pixel of the split exactly once.
+                 rows: Sequence[int] | None = None, num_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this process's rows of each global eval batch; together the processes cover every pixel once.
 
-  Process p reads the contiguous block [p * n_p, (p + 1) * n_p) with n_p = ceil(N / P). Each process yields the
-  same number of batches (collectives need it); the last ones are filled with padding examples of weight 0 and
-  index -1. Nothing is dropped.
+  Global batch b holds examples [b * B, (b + 1) * B) of the split, the last one filled with padding examples
+  (weight 0, index -1); there are ceil(N / B) batches on every process (collectives need the same count).
+  Nothing is dropped, and the result does not depend on how processes and devices share the batch.
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  local_bs = local_batch_size(batch_size, process_count)
-  n = len(source)
-  per_process = math.ceil(n / process_count)
-  start, stop = min(n, process_index * per_process), min(n, (process_index + 1) * per_process)
-  height, width = size
-
-  def prepare(index_and_raw):
-    index, raw = index_and_raw
-    ex = to_example(raw, spec.ignore_label, spec.num_classes)
-    h, w = ex.label.shape
-    if h > height or w > width:
-      raise ValueError(f"Example {_name(raw)} of {spec.name} is {h}x{w}, larger than the eval size "
-                       f"{height}x{width}; set --config.dataset.eval_size=({round_up(h, 32)}, {round_up(w, 32)}).")
-    ex = pad_to(ex, height, width)
-    return {"image": ex.image, "label": ex.label, "weight": ex.weight, "index": np.int32(index)}
-
-  ds = grain.MapDataset.range(start, stop).map(lambda i: (i, source[i])).map(prepare)
-  ds = ds.batch(local_bs, drop_remainder=False)
-  it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, num_threads))))
-  channels = spec.num_channels
-  for _ in range(num_eval_batches(n, batch_size, process_count)):
-    batch = next(it, None)
-    got = 0 if batch is None else len(batch["index"])
-    if got < local_bs:
-      filler = {"image": np.zeros((local_bs - got, height, width, channels), np.uint8),
-                "label": np.zeros((local_bs - got, height, width), np.int32),
-                "weight": np.zeros((local_bs - got, height, width), np.float32),
-                "index": np.full((local_bs - got,), -1, np.int32)}
-      batch = filler if batch is None else {k: np.concatenate([batch[k], filler[k]]) for k in filler}
-    yield batch
+  rows = _check_rows(rows, batch_size)
+  count = num_eval_batches(len(source), batch_size) * len(rows)
+  ds = grain.MapDataset.range(count).map(_EvalExample(source, spec, batch_size, rows, size))
+  ds = ds.batch(len(rows), drop_remainder=False)
+  yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, num_threads)))
 
 
-def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-  """Assembles each process's local batch into one global array sharded along the batch axis."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh | jax.sharding.Sharding,
+              batch_size: int | None = None) -> dict[str, jax.Array]:
+  """Assembles each process's rows of a batch into global arrays laid out on `mesh` (`sharding.batch_spec`).
+
+  Args:
+    batch: this process's rows of the global batch, in the order of `sharding.process_rows`.
+    mesh: the mesh (each array sharded by its rank), or one sharding for every array.
+    batch_size: the global batch size; default: the local one (a single process holds every row).
+  """
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    target = mesh if isinstance(mesh, jax.sharding.Sharding) else sharding_lib.batch_sharding(mesh, value.ndim)
+    size = len(value) if batch_size is None else batch_size
+    rows = sharding_lib.process_rows(target, size, value.shape[1:])
+    if len(rows) != len(value):
+      raise ValueError(f"batch[{key!r}] has {len(value)} rows but this process's devices hold {len(rows)} rows of "
+                       f"the global batch of {size}.")
+
+    def shard(index, value=value, rows=rows):
+      local = np.searchsorted(rows, np.arange(size)[index[0]])
+      return value[(local, *index[1:])]
+    out[key] = jax.make_array_from_callback((size, *value.shape[1:]), target, shard)
+  return out
+
+
+def local_rows(x: jax.Array, rows: Sequence[int]) -> np.ndarray:
+  """This process's rows `rows` of a batch-sharded global array, gathered from its addressable shards."""
+  rows = np.asarray(rows)
+  out = np.empty((len(rows), *x.shape[1:]), x.dtype)
+  for s in x.addressable_shards:
+    wanted = np.arange(x.shape[0])[s.index[0]]
+    out[(np.searchsorted(rows, wanted), *s.index[1:])] = np.asarray(s.data)
+  return out

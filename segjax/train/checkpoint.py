@@ -4,14 +4,22 @@ The data position needs no item of its own: the input pipeline's batch for step 
 recipe and s (segjax.data.pipeline.train_dataset), so the restored step is the iterator state.
 
 A step directory becomes visible only once orbax has finalised it (written to a temporary name, then renamed),
-so a process killed mid-save leaves the previous checkpoint as the latest complete one.
+so a process killed mid-save leaves the previous checkpoint as the latest complete one. A save that fails (disk
+full, file size limit, permissions) likewise leaves the earlier checkpoints untouched; `Checkpointer` turns the
+failure into a `CheckpointSaveError` naming the directory, the step, the free space and the step a rerun resumes
+from. Orbax saves asynchronously, so a failure in the background surfaces at the next `save` or `wait`, and is
+reported there with the step whose save failed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import pathlib
+import re
+import shutil
 from typing import Any
 
 import ml_collections
@@ -22,6 +30,38 @@ from segjax.data import datasets
 log = logging.getLogger(__name__)
 
 
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written; the message says where, which step, the free space and how to go on.
+
+  An OSError, like the disk-full or file-too-large error it usually wraps (the original is its __cause__).
+  """
+
+
+def _errno(error: BaseException) -> int | None:
+  """The OS error number behind an orbax/tensorstore failure, if one can be told."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno:
+      return error.errno
+    # tensorstore reports OS errors inside a ValueError: "... File too large [os_error_code='27']".
+    found = re.search(r"os_error_code='?(\d+)|\[Errno (\d+)\]", str(error))
+    if found:
+      return int(found.group(1) or found.group(2))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _size(num_bytes: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if num_bytes < 1024:
+      break
+    num_bytes /= 1024
+  else:
+    unit = "TiB"
+  return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{int(num_bytes)} B"
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for segjax's two items: state and config."""
 
@@ -30,6 +70,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                            create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._in_flight: int | None = None  # step of an async save not yet waited for
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -38,10 +79,48 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, config: ml_collections.ConfigDict | None = None) -> None:
+    """Starts saving `state` (and the recipe) as `step`; returns before the arrays are written.
+
+    Raises:
+      CheckpointSaveError: this save, or the previous one still in flight, failed.
+    """
+    # orbax waits for the previous save inside `manager.save`; waiting here first attributes its failure to the
+    # right step. It costs nothing extra: saves are checkpoint_every_steps apart.
+    self.wait()
     items = {"state": ocp.args.StandardSave(state)}
     if config is not None:
       items["config"] = ocp.args.JsonSave(config.to_dict())
-    self.manager.save(step, args=ocp.args.Composite(**items))
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except  (tensorstore and orbax raise many types)
+      raise self._save_failed(step, e) from e
+    self._in_flight = step
+
+  def _save_failed(self, step: int | None, error: Exception) -> CheckpointSaveError:
+    try:
+      free = f"{_size(shutil.disk_usage(self.directory).free)} free there"
+    except OSError as e:
+      free = f"free space unknown ({e})"
+    try:
+      self.manager.reload()  # the steps on disk: a failed save leaves none, only its temporary directory
+      latest = self.manager.latest_step()
+    except Exception:  # pylint: disable=broad-except  (reporting must not hide the original error)
+      latest = None
+    resume = (f"to resume from step {latest}, the latest complete checkpoint" if latest is not None
+              else "to start again (there is no complete checkpoint yet)")
+    # tensorstore's messages run to many lines; the whole one stays in the __cause__.
+    lines = str(error).strip().splitlines()
+    detail = f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+    code = _errno(error)
+    if code is None:
+      reason, detail = detail, ""
+    else:
+      reason = f"{os.strerror(code)} ({errno.errorcode.get(code, code)}"
+      reason += ": a file size limit, see `ulimit -f`)" if code == errno.EFBIG else ")"
+      detail = f" ({detail})"
+    return CheckpointSaveError(
+        f"Saving the checkpoint of step {'?' if step is None else step} in {self.directory} failed: {reason}; "
+        f"{free}. Free space or use another --workdir; rerun the same command {resume}.{detail}")
 
   def restore(self, step: int, abstract_state: Any) -> Any:
     """Restores the state into the shardings of `abstract_state`."""
@@ -52,10 +131,31 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the save in flight.
+
+    Raises:
+      CheckpointSaveError: it failed (once: orbax reports a failure to a thread once).
+    """
+    step, self._in_flight = self._in_flight, None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(step, e) from e
 
   def close(self) -> None:
-    self.manager.close()
+    """Waits for the save in flight and closes the manager.
+
+    Raises:
+      CheckpointSaveError: the save in flight failed (the manager is closed all the same).
+    """
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+
+# The one model key that may differ between a checkpoint and the recipe restoring it (see check_compatible).
+_COMPUTE_DTYPE = "model.dtype"
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -81,9 +181,11 @@ def _classes(recipe: dict[str, Any]) -> tuple[list[str] | None, int | None]:
 def check_compatible(ckpt: Checkpointer, step: int, config: ml_collections.ConfigDict, action: str) -> None:
   """Refuses to restore a checkpoint whose model or classes differ from `config`'s, saying what differs.
 
-  Compared: every `config.model` key (architecture, widths, dtypes: what the parameters' shapes and meaning
-  depend on), the class names and the image channels. Everything else (schedule, data paths, even another
-  dataset with the same classes) may change between runs.
+  Compared: every `config.model` key (architecture, widths, param_dtype: what the parameters' shapes and meaning
+  depend on) except `model.dtype`, the class names and the image channels. Everything else (schedule, data
+  paths, even another dataset with the same classes) may change between runs. `model.dtype` is the compute
+  dtype: parameters are stored in param_dtype whatever it is, so a float32 run may be resumed or evaluated in
+  bfloat16 and back.
 
   Raises:
     ValueError: naming each differing key with both values.
@@ -96,6 +198,8 @@ def check_compatible(ckpt: Checkpointer, step: int, config: ml_collections.Confi
     return
   now = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as the checkpoint stores them
   old_model, new_model = _flat(saved.get("model", {}), "model."), _flat(now["model"], "model.")
+  for model in (old_model, new_model):
+    model.pop(_COMPUTE_DTYPE, None)
   diffs = [f"{key}: {old_model.get(key, '<absent>')!r} in the checkpoint, {new_model.get(key, '<absent>')!r} now"
            for key in sorted(set(old_model) | set(new_model)) if old_model.get(key) != new_model.get(key)]
   (old_classes, old_channels), (new_classes, new_channels) = _classes(saved), _classes(now)

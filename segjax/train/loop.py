@@ -110,12 +110,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     The final train state (replicated on the mesh).
   """
   workdir = pathlib.Path(workdir)
+  exp = setup_lib.build(config, devices)  # a bad recipe fails before anything is written
   workdir.mkdir(parents=True, exist_ok=True)
-  exp = setup_lib.build(config, devices)
   sharding.check_batch_divisible(config.batch_size, exp.mesh)
+  sharding.check_batch_divisible(config.batch_size // config.grad_accum_steps, exp.mesh,
+                                 "batch_size / config.grad_accum_steps")
   source = datasets.data_source(config.dataset, config.dataset.train_split)
+  rows = sharding.process_rows(sharding.batch_sharding(exp.mesh), config.batch_size,
+                               (*config.dataset.crop_size, 1))
   train_ds = pipeline.train_dataset(source, spec=exp.spec, batch_size=config.batch_size,
-                                    crop_size=config.dataset.crop_size, seed=config.seed)
+                                    crop_size=config.dataset.crop_size, seed=config.seed, rows=rows)
 
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   start = ckpt.latest_step()
@@ -131,34 +135,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   data_iter = pipeline.train_iterator(train_ds, start_step=start, worker_count=config.dataset.worker_count)
   train_fn = steps.jit_train_step(
-      exp.mesh, model=exp.model, seed=config.seed, mean=exp.mean, std=exp.std, ce_weight=config.loss.ce_weight,
+      exp.mesh, exp.state_sharding, grad_accum_steps=config.grad_accum_steps, model=exp.model, seed=config.seed, mean=exp.mean, std=exp.std, ce_weight=config.loss.ce_weight,
       dice_weight=config.loss.dice_weight, aux_weight=config.loss.aux_weight, augment=exp.augment,
       normalization=exp.normalization,
       class_weights=None if config.loss.class_weights is None else tuple(config.loss.class_weights))
   schedule = state_lib.make_schedule(config.optimizer, config.num_train_steps)
-  data_sharding = sharding.batch_sharding(exp.mesh)
   writer = MetricsWriter(workdir)
   bar = tqdm.tqdm(total=config.num_train_steps, initial=start, desc="train", dynamic_ncols=True,
                   disable=not progress or jax.process_index() != 0)
   preemption = Preemption()
   guard = NonFiniteGuard(config.on_nonfinite, ckpt)
   try:
-    state = _train_steps(config, exp, state, start, data_iter, train_fn, schedule, data_sharding, writer, bar, ckpt,
+    state = _train_steps(config, exp, state, start, data_iter, train_fn, schedule, writer, bar, ckpt,
                          preemption, guard, progress)
   finally:
     preemption.close()
     bar.close()
     data_iter.close()  # stops grain's worker processes
-    ckpt.wait()
-    ckpt.close()
+    ckpt.close()  # waits for the last save and reports a failed one
   return state
 
 
-def _train_steps(config, exp, state, start, data_iter, train_fn, schedule, data_sharding, writer, bar, ckpt,
+def _train_steps(config, exp, state, start, data_iter, train_fn, schedule, writer, bar, ckpt,
                  preemption, guard, progress):
   last_time, last_step = time.perf_counter(), start
   for step in range(start + 1, config.num_train_steps + 1):
-    batch = pipeline.to_global(next(data_iter), data_sharding)
+    batch = pipeline.to_global(next(data_iter), exp.mesh, config.batch_size)
     state, train_metrics = train_fn(state, batch)
     guard.push(step, train_metrics["finite"])
     bar.update(1)
@@ -182,7 +184,7 @@ def _train_steps(config, exp, state, start, data_iter, train_fn, schedule, data_
       ckpt.save(step, state, config)
     if preempted:
       ckpt.wait()
-      tqdm.tqdm.write(f"Stop requested (SIGTERM): saved the checkpoint of step {step} in {ckpt.directory}; "
+      _say(f"Stop requested (SIGTERM): saved the checkpoint of step {step} in {ckpt.directory}; "
                       "run the same command to resume.")
       break
     if config.eval_every_steps and (step % config.eval_every_steps == 0 or final):
@@ -192,10 +194,16 @@ def _train_steps(config, exp, state, start, data_iter, train_fn, schedule, data_
   return state
 
 
+def _say(message: str) -> None:
+  """A line on the terminal from process 0 only (every process runs the same loop)."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message)
+
+
 def _evaluate_during_training(exp, state, step, writer, progress) -> None:
   cm, _ = evaluate.evaluate(exp, state, exp.config.eval_split, progress=progress)
   result = metrics.compute_metrics(cm, exp.spec.class_names)
   keys = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "mean_dice")
   writer.write({"step": step, **{f"eval/{k}": result[k] for k in keys}})
-  tqdm.tqdm.write(f"step {step}: {exp.config.eval_split} mIoU {result['mean_iou']:.4f}, "
+  _say(f"step {step}: {exp.config.eval_split} mIoU {result['mean_iou']:.4f}, "
                   f"pixel accuracy {result['pixel_accuracy']:.4f}")

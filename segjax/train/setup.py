@@ -47,18 +47,26 @@ class Experiment:
     d = models.init_size(self.model)
     return (1, d, d, self.spec.num_channels)
 
-  def init_state(self) -> state_lib.TrainState:
-    """Fresh state, created directly replicated on the mesh."""
-    key = jax.random.key(self.config.seed)
-    init = functools.partial(state_lib.create_train_state, self.model, self.tx, input_shape=self.init_shape())
-    return jax.jit(init, out_shardings=sharding.replicated(self.mesh))(key)
-
-  def abstract_state(self) -> state_lib.TrainState:
-    """Shapes, dtypes and target shardings of the state, for restoring a checkpoint onto this mesh."""
+  @functools.cached_property
+  def state_sharding(self) -> state_lib.TrainState:
+    """The NamedSharding of every state leaf on this mesh, from `config.mesh.rules` (see segjax.sharding)."""
     shapes = jax.eval_shape(functools.partial(state_lib.create_train_state, self.model, self.tx,
                                               input_shape=self.init_shape()), jax.random.key(0))
-    rep = sharding.replicated(self.mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+    return sharding.state_shardings(shapes, self.mesh, sharding.check_rules(self.config.mesh.rules))
+
+  def init_state(self) -> state_lib.TrainState:
+    """Fresh state, created directly in its shardings on the mesh."""
+    key = jax.random.key(self.config.seed)
+    init = functools.partial(state_lib.create_train_state, self.model, self.tx, input_shape=self.init_shape())
+    return jax.jit(init, out_shardings=self.state_sharding)(key)
+
+  def abstract_state(self) -> state_lib.TrainState:
+    """Shapes, dtypes and target shardings of the state, for restoring a checkpoint onto this mesh (of any size:
+    orbax reshards what was saved from another mesh)."""
+    shapes = jax.eval_shape(functools.partial(state_lib.create_train_state, self.model, self.tx,
+                                              input_shape=self.init_shape()), jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                        self.state_sharding)
 
 
 def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
@@ -70,6 +78,6 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
       models.output_size(model, side)
     except ValueError as e:
       raise ValueError(f"config.dataset.crop_size={tuple(config.dataset.crop_size)}: {e}") from None
-  mesh = sharding.make_mesh(config.mesh.data, devices)
+  mesh = sharding.mesh_from_config(config.mesh, devices)
   tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
   return Experiment(config=config, spec=spec, model=model, mesh=mesh, tx=tx)

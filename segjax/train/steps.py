@@ -37,11 +37,18 @@ def _variables(state: TrainState, params) -> dict[str, Any]:
   return variables
 
 
+def _split_microbatches(x: jax.Array, k: int) -> jax.Array:
+  """[B, ...] -> [k, B / k, ...] with microbatch j = rows j, j + k, ...: every device's block of rows holds an
+  equal share of each microbatch, so splitting moves no data between devices."""
+  return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+
 def train_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, seed: int,
                mean: Sequence[float], std: Sequence[float], ce_weight: float, dice_weight: float,
                class_weights: Sequence[float] | None,
                aux_weight: float = 0.4, augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig(),
-               normalization: str = "mean_std") -> tuple[TrainState, dict[str, jax.Array]]:
+               normalization: str = "mean_std", grad_accum_steps: int = 1,
+               input_sharding: jax.sharding.Sharding | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a global batch. Randomness is `fold_in(key(seed), step)`: no hidden RNG state.
 
   The batch is augmented first (image, label and weight jointly, one key per example), on the devices that
@@ -50,42 +57,80 @@ def train_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, see
   A valid-convolution net predicts only the centre of its input; labels and weights are centre-cropped to the
   logits (the U-Net paper's 572 -> 388 tiles). Auxiliary logits a model sows into the "aux" collection add
   `aux_weight` times the same loss.
+
+  With `grad_accum_steps` k > 1 the augmented batch is split into k microbatches that run one after another
+  (`lax.scan`, so only one microbatch's activations are live), BatchNorm statistics carried through them in
+  order; the update uses the mean of their gradients and the reported loss is the mean of their losses. Each
+  microbatch's loss is normalised over its own pixels (as PyTorch's accumulation and optax.MultiSteps do), so
+  the gradient equals the full batch's when every microbatch has as many labelled pixels and the loss is plain
+  or class-weighted cross-entropy without ignored pixels; Dice, a loss over the whole batch, differs.
   """
   step_key = jax.random.fold_in(jax.random.key(seed), state.step)
   augment_key, dropout_key = jax.random.split(step_key)
   images, labels, weight = augment_lib.augment_batch(augment, augment_key, batch["image"], batch["label"],
                                                      batch["weight"])
   images = normalize(images, mean, std, normalization)
+  if input_sharding is not None:  # keep the augmented batch laid out like the input (data and spatial axes)
+    images = jax.lax.with_sharding_constraint(images, input_sharding)
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
   loss_of = functools.partial(losses.segmentation_loss, ce_weight=ce_weight, dice_weight=dice_weight,
                               class_weights=cw)
 
-  def loss_fn(params):
-    logits, updates = model.apply(_variables(state, params), images, train=True,
-                                  rngs={"dropout": dropout_key}, mutable=["batch_stats", "aux"])
+  sows_aux = []  # set while tracing: whether the model has auxiliary heads
+
+  def loss_fn(params, batch_stats, images, labels, weight, key):
+    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+    logits, updates = model.apply(variables, images, train=True, rngs={"dropout": key},
+                                  mutable=["batch_stats", "aux"])
     target, target_weight = labels, weight
     if logits.shape[1:3] != labels.shape[1:3]:
       target, target_weight = (unet.center_crop(a, logits.shape[1:3]) for a in (labels, weight))
     loss = main_loss = loss_of(logits, target, target_weight)
     for aux_logits in jax.tree.leaves(updates.get("aux", {})):
       loss = loss + aux_weight * loss_of(aux_logits, labels, weight)
-    return loss, (logits, target, target_weight, main_loss, updates)
+    correct = ((jnp.argmax(logits, -1) == target) * target_weight).sum()
+    stats = {"main_loss": main_loss, "correct": correct, "labelled": target_weight.sum()}
+    if "aux" in updates:
+      sows_aux.append(True)
+    return loss, (updates.get("batch_stats", batch_stats), stats)
 
-  (loss, (logits, labels, weight, main_loss, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if grad_accum_steps == 1:
+    (loss, (batch_stats, stats)), grads = grad_fn(state.params, state.batch_stats, images, labels, weight,
+                                                  dropout_key)
+  else:
+    k = grad_accum_steps
+    micro = [_split_microbatches(a, k) for a in (images, labels, weight)]
+
+    def accumulate(carry, xs):
+      grad_sum, batch_stats, loss_sum, stats_sum = carry
+      j, mi, ml, mw = xs
+      (loss, (batch_stats, stats)), grads = grad_fn(state.params, batch_stats, mi, ml, mw,
+                                                       jax.random.fold_in(dropout_key, j))
+      return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats, loss_sum + loss,
+              jax.tree.map(jnp.add, stats_sum, stats)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    stats0 = {"main_loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.float32),
+              "labelled": jnp.zeros((), jnp.float32)}
+    (grads, batch_stats, loss, stats), _ = jax.lax.scan(
+        accumulate, (zeros, state.batch_stats, jnp.zeros((), jnp.float32), stats0), (jnp.arange(k), *micro))
+    grads = jax.tree.map(lambda g: g / k, grads)
+    loss = loss / k
+    stats = dict(stats, main_loss=stats["main_loss"] / k)
+
   grad_norm = jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads)))
   # A NaN or inf anywhere in the gradients makes their norm non-finite. Such an update is never applied: the
   # state keeps its parameters, optimiser state and BatchNorm statistics (only the step advances), and the loop
   # stops or carries on as config.on_nonfinite says.
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updated = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+  updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
                            state.replace(step=updated.step))
-  correct = (jnp.argmax(logits, -1) == labels) * weight
-  out = {"loss": loss, "pixel_accuracy": correct.sum() / jnp.maximum(weight.sum(), 1.0), "grad_norm": grad_norm,
-         "finite": finite}
-  if "aux" in updates:
-    out["main_loss"] = main_loss
+  out = {"loss": loss, "pixel_accuracy": stats["correct"] / jnp.maximum(stats["labelled"], 1.0),
+         "grad_norm": grad_norm, "finite": finite}
+  if sows_aux:
+    out["main_loss"] = stats["main_loss"]
   return new_state, out
 
 
@@ -117,13 +162,22 @@ def eval_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, num_
   return cm, preds
 
 
-def jit_train_step(mesh: Mesh, **kwargs) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-  """`train_step` jitted with replicated state, batch sharded on "data", and the input state donated."""
-  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  return jax.jit(functools.partial(train_step, **kwargs), in_shardings=(rep, data), out_shardings=(rep, rep),
-                 donate_argnums=0)
+def _state_sharding(mesh: Mesh, state_sharding):
+  return sharding.replicated(mesh) if state_sharding is None else state_sharding
 
 
-def jit_eval_step(mesh: Mesh, **kwargs) -> Callable[[TrainState, Batch], tuple[jax.Array, jax.Array]]:
-  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  return jax.jit(functools.partial(eval_step, **kwargs), in_shardings=(rep, data), out_shardings=(rep, data))
+def jit_train_step(mesh: Mesh, state_sharding: Any = None,
+                   **kwargs) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+  """`train_step` jitted with the state in `state_sharding` (default replicated; `Experiment.state_sharding`
+  gives the recipe's), the batch laid out by `sharding.batch_spec`, and the input state donated."""
+  batch = {k: sharding.batch_sharding(mesh, n) for k, n in (("image", 4), ("label", 3), ("weight", 3))}
+  st = _state_sharding(mesh, state_sharding)
+  return jax.jit(functools.partial(train_step, input_sharding=batch["image"], **kwargs), in_shardings=(st, batch),
+                 out_shardings=(st, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def jit_eval_step(mesh: Mesh, state_sharding: Any = None,
+                  **kwargs) -> Callable[[TrainState, Batch], tuple[jax.Array, jax.Array]]:
+  batch = {k: sharding.batch_sharding(mesh, n) for k, n in (("image", 4), ("label", 3), ("weight", 3), ("index", 1))}
+  return jax.jit(functools.partial(eval_step, **kwargs), in_shardings=(_state_sharding(mesh, state_sharding), batch),
+                 out_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh, 3)))
