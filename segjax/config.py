@@ -90,8 +90,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.rules = sharding.DEFAULT_RULES
 
   # Multi-host (jax.distributed). mode "auto" initialises when a coordinator address is given (here or in
-  # $JAX_COORDINATOR_ADDRESS) or a cluster JAX knows is detected (Cloud TPU VM slices, SLURM, Open MPI,
-  # Kubernetes); "on" always initialises (JAX auto-detects what is unset); "off" never.
+  # $JAX_COORDINATOR_ADDRESS) or a Cloud TPU VM slice is detected; "on" always initialises (JAX auto-detects what
+  # is unset: TPU, SLURM, Open MPI, Kubernetes); "off" never.
   c.distributed = ml_collections.ConfigDict()
   c.distributed.mode = "auto"
   c.distributed.coordinator_address = ml_collections.FieldReference(None, field_type=str)  # "host:port"

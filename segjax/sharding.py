@@ -173,14 +173,18 @@ def host_local(x: jax.Array) -> np.ndarray:
 
 
 def _cluster_detected() -> str | None:
-  """The name of a multi-process environment JAX can bootstrap from (Cloud TPU VM slice, SLURM, Open MPI,
-  Kubernetes), or None. Uses JAX's own detectors, so it agrees with what `jax.distributed.initialize()` would do."""
+  """The name of the Cloud TPU environment (a TPU VM slice on GCE or GKE) JAX can bootstrap from, or None.
+
+  Uses JAX's own detectors, so it agrees with `jax.distributed.initialize()`. Other clusters JAX knows (SLURM,
+  Open MPI, Kubernetes) are not auto-started: their variables are also set for single-process jobs, where
+  starting a coordinator would only add a failure mode. `distributed.mode="on"` uses them.
+  """
   try:
     from jax._src import clusters  # pylint: disable=import-outside-toplevel  (no public detection API)
   except ImportError:  # a JAX without it: only explicit addresses
     return None
   for env in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
-    if getattr(env, "opt_in_only_method", False):
+    if "Tpu" not in env.__name__:
       continue
     try:
       if env.is_env_present():
@@ -194,8 +198,9 @@ def initialize_distributed(cfg) -> bool:
   """Starts JAX's distributed runtime as `config.distributed` says; returns whether it runs multi-process.
 
   Must run before any JAX computation (train.py and eval.py call it first). mode "auto" initialises when a
-  coordinator address is given (config or $JAX_COORDINATOR_ADDRESS) or JAX detects a cluster; on a Cloud TPU VM
-  slice that is automatic, every process running the same command. "on" always initialises, "off" never.
+  coordinator address is given (config or $JAX_COORDINATOR_ADDRESS) or a Cloud TPU VM slice is detected (every
+  host runs the same command, nothing to set). "on" always initialises, JAX detecting what is unset (SLURM,
+  Open MPI, Kubernetes too); "off" never.
 
   Raises:
     RuntimeError: JAX was already used in this process, or the processes could not connect, with the fix.
