@@ -24,7 +24,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
-  c.eval_every_steps = 0  # 0: evaluate only at the end
+  c.eval_every_steps = 0  # 0: no evaluation during training (run eval.py)
   c.eval_batch_size = 16
   c.eval_split = "validation"
   c.num_visualizations = 6  # examples eval.py writes as PNGs

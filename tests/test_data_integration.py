@@ -1,7 +1,6 @@
 """The new datasets through the registry, the pipeline and the CLIs: what a user runs, end to end."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -42,7 +41,7 @@ def _write_folder_dataset(root, rng):
   return counts
 
 
-def test_folder_dataset_trains_and_evaluates_from_the_command_line(tmp_path):
+def test_folder_dataset_trains_and_evaluates_from_the_command_line(tmp_path, cli_env):
   root = tmp_path / "mydata"
   for sub in ("images", "masks", "valid"):
     (root / sub).mkdir(parents=True)
@@ -63,9 +62,8 @@ def test_folder_dataset_trains_and_evaluates_from_the_command_line(tmp_path):
       "--config.num_train_steps=2", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
       "--config.augment.rotate_degrees=10", "--config.augment.zoom=(0.8, 1.25)",
   ]
-  env = dict(os.environ, PYTHONPATH=str(REPO))
   for script, extra in (("train.py", []), ("eval.py", ["--split=validation"])):
-    proc = subprocess.run([sys.executable, str(REPO / script), *flags, *extra], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, str(REPO / script), *flags, *extra], cwd=REPO, env=cli_env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   result = json.loads((tmp_path / "run" / "eval" / "validation" / "metrics.json").read_text())

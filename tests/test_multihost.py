@@ -8,7 +8,6 @@ the order of the cross-process sums may differ, hence a float tolerance instead 
 """
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -54,10 +53,9 @@ def _records(workdir):
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _launch(workdir, data_dir):
+def _launch(workdir, data_dir, cli_env):
   port = _free_port()
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(cli_env, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
   return [subprocess.Popen(
       [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs/quickstart.py'}", f"--workdir={workdir}",
        *_flags(data_dir), f"--config.distributed.coordinator_address=localhost:{port}",
@@ -72,7 +70,7 @@ def _finish(procs):
   return outs
 
 
-def test_two_processes_equal_one_process_with_8_devices(shapes_data_dir, tmp_path):
+def test_two_processes_equal_one_process_with_8_devices(shapes_data_dir, tmp_path, cli_env):
   """Also preempted on the way: SIGTERM reaches process 0 only, and both stop at the same step (JAX's preemption
   sync point), save it together and exit cleanly; the restarted pair ends where one uninterrupted process does."""
   reference_dir = tmp_path / "one"
@@ -80,7 +78,7 @@ def test_two_processes_equal_one_process_with_8_devices(shapes_data_dir, tmp_pat
   reference = jax.device_get(loop.train_and_evaluate(config, reference_dir, progress=False))
 
   workdir = tmp_path / "two"
-  procs = _launch(workdir, shapes_data_dir)
+  procs = _launch(workdir, shapes_data_dir, cli_env)
   log_path, deadline = workdir / "metrics.jsonl", time.time() + 600
   while not (log_path.is_file() and any(json.loads(line)["step"] >= 2 for line in log_path.read_text().splitlines()
                                         if line.strip())):
@@ -95,7 +93,7 @@ def test_two_processes_equal_one_process_with_8_devices(shapes_data_dir, tmp_pat
   assert 2 <= stopped < STEPS and "saved the checkpoint" not in outs[1]
   assert checkpoint_lib.Checkpointer(workdir).latest_step() == stopped
 
-  outs = _finish(_launch(workdir, shapes_data_dir))
+  outs = _finish(_launch(workdir, shapes_data_dir, cli_env))
   ckpt = checkpoint_lib.Checkpointer(workdir)
   assert ckpt.latest_step() == STEPS
   restored = jax.device_get(ckpt.restore(STEPS, setup.build(config).abstract_state()))

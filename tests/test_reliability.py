@@ -1,6 +1,6 @@
 """Reliability: non-finite updates are never applied, incompatible checkpoints are refused.
 
-SIGTERM (save the current step, exit 0, resume exactly) is tested with the SIGKILL restarts in test_train.py.
+SIGTERM (save the current step, exit 0, resume exactly) is tested with the SIGKILL restarts in test_preemption.py.
 """
 
 import json

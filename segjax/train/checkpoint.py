@@ -68,7 +68,9 @@ class Checkpointer:
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
     self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                           create=True)
+                                           create=True,
+                                           # a save killed midway leaves <step>.orbax-checkpoint-tmp: remove it
+                                           cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._in_flight: int | None = None  # step of an async save not yet waited for
 

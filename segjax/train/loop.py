@@ -107,10 +107,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """Trains per `config`, checkpointing to `workdir` and resuming from its latest checkpoint.
 
   Returns:
-    The final train state (replicated on the mesh).
+    The final train state (in its shardings on the mesh).
   """
   workdir = pathlib.Path(workdir)
   exp = setup_lib.build(config, devices)  # a bad recipe fails before anything is written
+  # Listening from here on: a SIGTERM during data preparation, restore or compilation stops after the first step,
+  # with its checkpoint, instead of killing the process.
+  preemption = Preemption()
+  try:
+    return _train(config, exp, workdir, preemption, progress)
+  finally:
+    preemption.close()
+
+
+def _train(config, exp, workdir, preemption, progress):
   workdir.mkdir(parents=True, exist_ok=True)
   sharding.check_batch_divisible(config.batch_size, exp.mesh)
   sharding.check_batch_divisible(config.batch_size // config.grad_accum_steps, exp.mesh,
@@ -135,21 +145,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   data_iter = pipeline.train_iterator(train_ds, start_step=start, worker_count=config.dataset.worker_count)
   train_fn = steps.jit_train_step(
-      exp.mesh, exp.state_sharding, grad_accum_steps=config.grad_accum_steps, model=exp.model, seed=config.seed, mean=exp.mean, std=exp.std, ce_weight=config.loss.ce_weight,
-      dice_weight=config.loss.dice_weight, aux_weight=config.loss.aux_weight, augment=exp.augment,
-      normalization=exp.normalization,
+      exp.mesh, exp.state_sharding, grad_accum_steps=config.grad_accum_steps, model=exp.model, seed=config.seed,
+      mean=exp.mean, std=exp.std, ce_weight=config.loss.ce_weight, dice_weight=config.loss.dice_weight,
+      aux_weight=config.loss.aux_weight, augment=exp.augment, normalization=exp.normalization,
       class_weights=None if config.loss.class_weights is None else tuple(config.loss.class_weights))
   schedule = state_lib.make_schedule(config.optimizer, config.num_train_steps)
   writer = MetricsWriter(workdir)
   bar = tqdm.tqdm(total=config.num_train_steps, initial=start, desc="train", dynamic_ncols=True,
                   disable=not progress or jax.process_index() != 0)
-  preemption = Preemption()
   guard = NonFiniteGuard(config.on_nonfinite, ckpt)
   try:
     state = _train_steps(config, exp, state, start, data_iter, train_fn, schedule, writer, bar, ckpt,
                          preemption, guard, progress)
   finally:
-    preemption.close()
     bar.close()
     data_iter.close()  # stops grain's worker processes
     ckpt.close()  # waits for the last save and reports a failed one
@@ -185,7 +193,7 @@ def _train_steps(config, exp, state, start, data_iter, train_fn, schedule, write
     if preempted:
       ckpt.wait()
       _say(f"Stop requested (SIGTERM): saved the checkpoint of step {step} in {ckpt.directory}; "
-                      "run the same command to resume.")
+           "run the same command to resume.")
       break
     if config.eval_every_steps and (step % config.eval_every_steps == 0 or final):
       _evaluate_during_training(exp, state, step, writer, progress)

@@ -64,5 +64,8 @@ def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformatio
   with jax.threefry_partitionable(False):
     variables = model.init({"params": params_key, "dropout": dropout_key}, jnp.zeros(input_shape, jnp.float32),
                            train=False)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}))
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                            batch_stats=variables.get("batch_stats", {}))
+  # A strongly typed step: a restored checkpoint's step is int32 (not weak), and a weak one here would make a
+  # fresh run and a resumed run compile the train step twice.
+  return state.replace(step=jnp.asarray(0, jnp.int32))
