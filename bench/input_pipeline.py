@@ -28,10 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax import config as config_lib
 from segjax import models, sharding
 from segjax.data import augment, datasets, pipeline
 from segjax.train import state as state_lib
 from segjax.train import steps
+
+import _timing  # bench/_timing.py (this folder is on sys.path when a script runs)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FULL_CHAIN = augment.AugmentConfig(
@@ -66,28 +69,17 @@ def host_rate(source, spec, batch: int, crop, workers: int, num_batches: int) ->
   return rate
 
 
-def timed(fn, *args, repeats: int) -> float:
-  """Median seconds per call after one compile/warm-up call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
-
-
 def augment_rate(cfg, batch, mesh, repeats: int) -> float:
   data = sharding.batch_sharding(mesh)
   fn = jax.jit(functools.partial(augment.augment_batch, cfg), in_shardings=(None, data, data, data),
                out_shardings=data)
   args = (jax.random.key(0), *(jax.device_put(batch[k], data) for k in ("image", "label", "weight")))
-  return batch["image"].shape[0] / timed(fn, *args, repeats=repeats)
+  return batch["image"].shape[0] / _timing.median_seconds(fn, *args, repeats=repeats)
 
 
 def transfer_rate(batch, mesh, repeats: int) -> float:
   data = sharding.batch_sharding(mesh)
-  return batch["image"].shape[0] / timed(lambda b: pipeline.to_global(b, data), batch, repeats=repeats)
+  return batch["image"].shape[0] / _timing.median_seconds(lambda b: pipeline.to_global(b, data), batch, repeats=repeats)
 
 
 def step_rate(name: str, batch, spec, mesh, repeats: int) -> float:
@@ -113,10 +105,9 @@ def step_rate(name: str, batch, spec, mesh, repeats: int) -> float:
 
 
 def _adam_config():
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  return ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3, "schedule": "constant",
-                                    "warmup_steps": 0, "weight_decay": 0.0, "momentum": 0.9, "poly_power": 0.9,
-                                    "grad_clip_norm": 0.0})
+  opt = config_lib.default_config().optimizer  # every key the schema has, so make_optimizer finds them all
+  opt.update(dict(name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0))
+  return opt
 
 
 def synthetic_camvid(root: pathlib.Path, count: int) -> pathlib.Path:

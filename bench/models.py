@@ -13,7 +13,6 @@ reference network of the zoo.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,15 +20,7 @@ import numpy as np
 
 from segjax import losses, models
 
-
-def median_ms(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))  # compile + warm up
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times)) * 1e3
+import _timing  # bench/_timing.py (this folder is on sys.path when a script runs)
 
 
 def input_size(model, size: tuple[int, int]) -> tuple[int, int]:
@@ -61,8 +52,8 @@ def bench(name: str, batch: int, size: tuple[int, int], channels: int, classes: 
   grad = jax.jit(jax.grad(loss_fn))
   flops = grad.lower(params, x).compile().cost_analysis()
   flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
-  fwd = median_ms(forward, params, x, repeats=repeats)
-  train = median_ms(grad, params, x, repeats=repeats)
+  fwd = _timing.median_ms(forward, params, x, repeats=repeats)
+  train = _timing.median_ms(grad, params, x, repeats=repeats)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   return {"name": name, "input": f"{h}x{w}", "params": n_params, "gflop": flops / 1e9, "fwd_ms": fwd,
           "train_ms": train, "img_s": batch / train * 1e3, "gflops": flops / train / 1e6}

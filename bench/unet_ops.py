@@ -8,7 +8,6 @@ depth-to-space reshape (the same maps, tested in tests/test_unet.py), because XL
 Also times one full train step of the quickstart U-Net both ways.
 """
 
-import time
 
 import flax.linen as nn
 import jax
@@ -17,19 +16,11 @@ import numpy as np
 
 from segjax.models import unet
 
-
-def timed(fn, *args, repeats=10):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times)) * 1e3
+import _timing  # bench/_timing.py (this folder is on sys.path when a script runs)
 
 
 def grad_time(apply, params, x):
-  return timed(jax.jit(jax.grad(lambda p, x: (apply(p, x) ** 2).sum())), params, x)
+  return _timing.median_ms(jax.jit(jax.grad(lambda p, x: (apply(p, x) ** 2).sum())), params, x, repeats=10)
 
 
 def main():

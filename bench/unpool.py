@@ -17,7 +17,6 @@ Every alternative is checked to give identical outputs and gradients before anyt
 from __future__ import annotations
 
 import argparse
-import time
 
 import flax.linen as nn
 import jax
@@ -25,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from segjax.ops import max_pool_with_argmax, max_unpool
+
+import _timing  # bench/_timing.py (this folder is on sys.path when a script runs)
 
 
 def unpool_scatter(values, indices, hw):
@@ -62,17 +63,6 @@ def unpool_gather(values, indices, hw):
   return jnp.where(up_i == own, up_v, 0).reshape(b, h, w, c)
 
 
-def timed(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))  # compile + warm-up
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times)) * 1e3
-
-
 def bench_shape(shape, repeats):
   b, h, w, c = shape
   rng = np.random.default_rng(0)
@@ -99,16 +89,16 @@ def bench_shape(shape, repeats):
   rows = []
 
   def add(name, f, ct):
-    fwd = timed(jax.jit(f), x, repeats=repeats)
-    bwd = timed(jax.jit(jax.grad(lambda x: (f(x) * ct).sum())), x, repeats=repeats)
+    fwd = _timing.median_ms(jax.jit(f), x, repeats=repeats, warmup=2)
+    bwd = _timing.median_ms(jax.jit(jax.grad(lambda x: (f(x) * ct).sum())), x, repeats=repeats, warmup=2)
     rows.append((name, fwd, bwd))
 
   add("nn.max_pool 2x2 (reference)", lambda x: nn.max_pool(x, (2, 2), (2, 2)), ct_pool)
   add("max_pool_with_argmax", lambda x: max_pool_with_argmax(x)[0], ct_pool)
   # Unpooling alone: differentiate w.r.t. the pooled values (the indices are integer data).
   for name, fn in unpools.items():
-    fwd = timed(jax.jit(fn), v, idx, repeats=repeats)
-    bwd = timed(jax.jit(jax.grad(lambda v, i, fn=fn: (fn(v, i) * ct_full).sum())), v, idx, repeats=repeats)
+    fwd = _timing.median_ms(jax.jit(fn), v, idx, repeats=repeats, warmup=2)
+    bwd = _timing.median_ms(jax.jit(jax.grad(lambda v, i, fn=fn: (fn(v, i) * ct_full).sum())), v, idx, repeats=repeats, warmup=2)
     rows.append((name, fwd, bwd))
   for name, fn in unpools.items():
     add(f"pool + {name}", lambda x, fn=fn: fn(*max_pool_with_argmax(x)), ct_full)
