@@ -36,6 +36,18 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+  """`y + bias` added in at least float32 and returned in `y`'s dtype.
+
+  The bias gradient is the output gradient summed over every pixel of the batch. Added in bfloat16, autodiff
+  makes that sum a bfloat16 reduce_sum, which XLA:CPU accumulates in bfloat16: once the running sum is a few
+  hundred times the terms, they round away (tests/test_mixed_precision.py saw a 96% error on a U-Net's output
+  bias gradient for 8 x 32 x 32 pixels). In float32 the sum is float32 on every backend.
+  """
+  dtype = jnp.promote_types(y.dtype, jnp.float32)
+  return (y.astype(dtype) + bias.astype(dtype)).astype(y.dtype)
+
+
 class UpConv2x2(nn.Module):
   """Transposed convolution with a 2x2 kernel and stride 2: [B, H, W, Cin] -> [B, 2H, 2W, features].
 
@@ -61,11 +73,11 @@ class UpConv2x2(nn.Module):
         "kernel", nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3),
         (2, 2, cin, self.features), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     b, h, w, _ = x.shape
     # Flax's ConvTranspose (transpose_kernel=False) applies the kernel spatially flipped; match it exactly.
     y = jnp.einsum("bhwc,ijco->bhiwjo", x, kernel[::-1, ::-1])
-    return y.reshape(b, 2 * h, 2 * w, self.features) + bias
+    return add_bias(y.reshape(b, 2 * h, 2 * w, self.features), bias)
 
 
 class ConvBlock(nn.Module):
@@ -100,6 +112,12 @@ def _conv_and_block(padding: str, batch_norm: bool, dtype: Dtype, param_dtype: D
   return conv, functools.partial(ConvBlock, conv=conv, norm=norm)
 
 
+def _classifier(num_classes: int, param_dtype: Dtype) -> nn.Module:
+  # The 1x1 output convolution runs in float32 whatever the compute dtype (a few FLOPs per pixel): its bias
+  # gradient, a sum over every pixel, then accumulates in float32 (see `add_bias`), and the logits are float32.
+  return nn.Conv(num_classes, (1, 1), dtype=jnp.float32, param_dtype=param_dtype, name="classifier")
+
+
 UNET_UPSAMPLING = ("transpose", "bilinear", "nearest", "bed_of_nails", "learned")
 
 
@@ -116,7 +134,8 @@ class UNet(nn.Module):
       `segjax.ops.Upsample` method ('bilinear', 'nearest', 'bed_of_nails', 'learned') followed by a 3x3
       convolution halving the channels (lighter). Index unpooling needs the decoder widths to mirror the
       encoder's: it is SegNet's and DeconvNet's decoder.
-    dtype: compute dtype (bfloat16 on accelerators); parameters stay `param_dtype`.
+    dtype: compute dtype (bfloat16 on accelerators) of every layer but the float32 1x1 classifier; parameters
+      stay `param_dtype`.
     param_dtype: parameter dtype.
   """
 
@@ -162,9 +181,7 @@ class UNet(nn.Module):
         x = conv(features, (3, 3), name=f"upconv{level}")(x)
       x = jnp.concatenate([skips[level], x], axis=-1)
       x = block(features, name=f"up{level}")(x, train=train)
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="classifier")(x)
-    return logits.astype(jnp.float32)
+    return _classifier(self.num_classes, self.param_dtype)(x)
 
 
 def center_crop(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -223,7 +240,7 @@ class UNetValid(nn.Module):
     base_features: channels at full resolution, doubled at every level (paper: 64).
     batch_norm: BatchNorm after every 3x3 convolution (not in the paper).
     dropout_rate: rate of the two dropout layers at the end of the contracting path (paper: 0.5).
-    dtype: compute dtype; parameters stay `param_dtype`.
+    dtype: compute dtype of every layer but the float32 1x1 classifier; parameters stay `param_dtype`.
     param_dtype: parameter dtype.
   """
 
@@ -310,6 +327,4 @@ class UNetValid(nn.Module):
       x = UpConv2x2(features, dtype=self.dtype, param_dtype=self.param_dtype, name=f"upconv{level}")(x)
       x = jnp.concatenate([center_crop(skips[level], x.shape[1:3]), x], axis=-1)
       x = block(features, name=f"up{level}")(x, train=train)
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="classifier")(x)
-    return logits.astype(jnp.float32)
+    return _classifier(self.num_classes, self.param_dtype)(x)
