@@ -162,8 +162,34 @@ def eval_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, num_
   return cm, preds
 
 
-def _state_sharding(mesh: Mesh, state_sharding):
-  return sharding.replicated(mesh) if state_sharding is None else state_sharding
+class _PerStateStructure:
+  """A jitted step whose state shardings follow the structure of the state it is called with.
+
+  A TrainState's tree structure includes its static fields (apply_fn, the optax transformation), so a state
+  made by another `Experiment` of the same recipe has equal leaves but another structure, and jit refuses
+  shardings of a different structure. The shardings are re-laid onto each new structure (same leaves, same
+  order) and one jitted function is kept per structure.
+  """
+
+  def __init__(self, make: Callable[[Any], Callable], mesh: Mesh, state_sharding: Any):
+    self.make, self.mesh, self.state_sharding = make, mesh, state_sharding
+    self.jitted: dict[Any, Callable] = {}
+
+  def _for(self, state):
+    treedef = jax.tree.structure(state)
+    if treedef not in self.jitted:
+      if self.state_sharding is None:
+        st = sharding.replicated(self.mesh)
+      else:
+        st = jax.tree.unflatten(treedef, jax.tree.leaves(self.state_sharding))
+      self.jitted[treedef] = self.make(st)
+    return self.jitted[treedef]
+
+  def __call__(self, state, batch):
+    return self._for(state)(state, batch)
+
+  def lower(self, state, batch):
+    return self._for(state).lower(state, batch)
 
 
 def jit_train_step(mesh: Mesh, state_sharding: Any = None,
@@ -171,13 +197,15 @@ def jit_train_step(mesh: Mesh, state_sharding: Any = None,
   """`train_step` jitted with the state in `state_sharding` (default replicated; `Experiment.state_sharding`
   gives the recipe's), the batch laid out by `sharding.batch_spec`, and the input state donated."""
   batch = {k: sharding.batch_sharding(mesh, n) for k, n in (("image", 4), ("label", 3), ("weight", 3))}
-  st = _state_sharding(mesh, state_sharding)
-  return jax.jit(functools.partial(train_step, input_sharding=batch["image"], **kwargs), in_shardings=(st, batch),
-                 out_shardings=(st, sharding.replicated(mesh)), donate_argnums=0)
+  step = functools.partial(train_step, input_sharding=batch["image"], **kwargs)
+  return _PerStateStructure(lambda st: jax.jit(step, in_shardings=(st, batch),
+                                               out_shardings=(st, sharding.replicated(mesh)), donate_argnums=0),
+                            mesh, state_sharding)
 
 
 def jit_eval_step(mesh: Mesh, state_sharding: Any = None,
                   **kwargs) -> Callable[[TrainState, Batch], tuple[jax.Array, jax.Array]]:
   batch = {k: sharding.batch_sharding(mesh, n) for k, n in (("image", 4), ("label", 3), ("weight", 3), ("index", 1))}
-  return jax.jit(functools.partial(eval_step, **kwargs), in_shardings=(_state_sharding(mesh, state_sharding), batch),
-                 out_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh, 3)))
+  step = functools.partial(eval_step, **kwargs)
+  return _PerStateStructure(lambda st: jax.jit(step, in_shardings=(st, batch), out_shardings=(
+      sharding.replicated(mesh), sharding.batch_sharding(mesh, 3))), mesh, state_sharding)
