@@ -91,11 +91,6 @@ def batch_sharding(mesh: Mesh, ndim: int = 4) -> NamedSharding:
   return NamedSharding(mesh, batch_spec(ndim))
 
 
-def batch_shardings(mesh: Mesh, batch: dict[str, Any]) -> dict[str, NamedSharding]:
-  """The sharding of each array of a batch dict (images [B,H,W,C], masks [B,H,W], indices [B])."""
-  return {k: batch_sharding(mesh, np.ndim(v) if not hasattr(v, "ndim") else v.ndim) for k, v in batch.items()}
-
-
 def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
   n = mesh.shape[DATA_AXIS]
   if batch_size % n:

@@ -214,4 +214,4 @@ def _evaluate_during_training(exp, state, step, writer, progress) -> None:
   keys = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "mean_dice")
   writer.write({"step": step, **{f"eval/{k}": result[k] for k in keys}})
   _say(f"step {step}: {exp.config.eval_split} mIoU {result['mean_iou']:.4f}, "
-                  f"pixel accuracy {result['pixel_accuracy']:.4f}")
+       f"pixel accuracy {result['pixel_accuracy']:.4f}")

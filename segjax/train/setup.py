@@ -48,11 +48,14 @@ class Experiment:
     return (1, d, d, self.spec.num_channels)
 
   @functools.cached_property
+  def _state_shapes(self) -> state_lib.TrainState:
+    return jax.eval_shape(functools.partial(state_lib.create_train_state, self.model, self.tx,
+                                            input_shape=self.init_shape()), jax.random.key(0))
+
+  @functools.cached_property
   def state_sharding(self) -> state_lib.TrainState:
     """The NamedSharding of every state leaf on this mesh, from `config.mesh.rules` (see segjax.sharding)."""
-    shapes = jax.eval_shape(functools.partial(state_lib.create_train_state, self.model, self.tx,
-                                              input_shape=self.init_shape()), jax.random.key(0))
-    return sharding.state_shardings(shapes, self.mesh, sharding.check_rules(self.config.mesh.rules))
+    return sharding.state_shardings(self._state_shapes, self.mesh, sharding.check_rules(self.config.mesh.rules))
 
   def init_state(self) -> state_lib.TrainState:
     """Fresh state, created directly in its shardings on the mesh."""
@@ -63,9 +66,7 @@ class Experiment:
   def abstract_state(self) -> state_lib.TrainState:
     """Shapes, dtypes and target shardings of the state, for restoring a checkpoint onto this mesh (of any size:
     orbax reshards what was saved from another mesh)."""
-    shapes = jax.eval_shape(functools.partial(state_lib.create_train_state, self.model, self.tx,
-                                              input_shape=self.init_shape()), jax.random.key(0))
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), self._state_shapes,
                         self.state_sharding)
 
 

@@ -30,10 +30,10 @@ def normalize(image: jax.Array, mean: Sequence[float], std: Sequence[float],
   return (image.astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def _variables(state: TrainState, params) -> dict[str, Any]:
+def _variables(params, batch_stats) -> dict[str, Any]:
   variables = {"params": params}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
   return variables
 
 
@@ -79,8 +79,7 @@ def train_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, see
   sows_aux = []  # set while tracing: whether the model has auxiliary heads
 
   def loss_fn(params, batch_stats, images, labels, weight, key):
-    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-    logits, updates = model.apply(variables, images, train=True, rngs={"dropout": key},
+    logits, updates = model.apply(_variables(params, batch_stats), images, train=True, rngs={"dropout": key},
                                   mutable=["batch_stats", "aux"])
     target, target_weight = labels, weight
     if logits.shape[1:3] != labels.shape[1:3]:
@@ -143,12 +142,12 @@ def predict(state: TrainState, images: jax.Array, *, model: flax.linen.Module, m
   """
   x = normalize(images, mean, std, normalization)
   if not models.is_valid_conv(model):
-    return model.apply(_variables(state, state.params), x, train=False)
+    return model.apply(_variables(state.params, state.batch_stats), x, train=False)
   h, w = x.shape[1:3]
   margin = int(model.input_margin)
   size_h, size_w = model.input_size_for(h), model.input_size_for(w)
   x = jnp.pad(x, ((0, 0), (margin, size_h - h - margin), (margin, size_w - w - margin), (0, 0)), mode="reflect")
-  logits = model.apply(_variables(state, state.params), x, train=False)
+  logits = model.apply(_variables(state.params, state.batch_stats), x, train=False)
   return logits[:, :h, :w]
 
 
