@@ -1,10 +1,15 @@
-"""Evaluates a checkpoint: python eval.py --config=configs/quickstart.py --workdir=DIR [--split=test]."""
+"""Evaluates a checkpoint: python eval.py --config=configs/quickstart.py --workdir=DIR [--split=test].
+
+Inference mode and test-time augmentation come from the recipe's `inference` block
+(`--config.inference.mode=slide --config.inference.hflip=True ...`); `--member` adds ensemble members.
+"""
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segjax import sharding
+from segjax import config as config_lib
 from segjax import evaluate
+from segjax import sharding
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Recipe file in configs/ (the one used for training).",
@@ -12,6 +17,8 @@ config_flags.DEFINE_config_file("config", None, "Recipe file in configs/ (the on
 flags.DEFINE_string("workdir", None, "Training directory holding checkpoints/.")
 flags.DEFINE_string("split", None, "Split to evaluate (default: the recipe's eval_split).")
 flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to restore (default: the latest).")
+flags.DEFINE_multi_string("member", [], "Another network to ensemble with, RECIPE:WORKDIR[:STEP] (repeatable); "
+                          "the members' softmax probabilities are averaged.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -19,8 +26,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  members = [config_lib.parse_member(text) for text in FLAGS.member]  # bad values fail before anything runs
   sharding.initialize_distributed(FLAGS.config.distributed)  # before any JAX computation
-  evaluate.run_eval(FLAGS.config, FLAGS.workdir, split=FLAGS.split, checkpoint_step=FLAGS.checkpoint_step)
+  evaluate.run_eval(FLAGS.config, FLAGS.workdir, split=FLAGS.split, checkpoint_step=FLAGS.checkpoint_step,
+                    members=members)
 
 
 if __name__ == "__main__":

@@ -21,4 +21,6 @@ def get_config():
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 5e-4
   c.optimizer.schedule = "poly"
+  # The paper's ImageNet VGG16 (docs/weights.md): Keras' Caffe-converted file, or torchvision's vgg16-397923af.pth.
+  # c.init_from.path = "../shared/weights/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
   return config_lib.finalize(c)

@@ -4,7 +4,7 @@ python train.py --config=configs/pspnet50_camvid.py --workdir=runs/pspnet_camvid
 python eval.py --config=configs/pspnet50_camvid.py --workdir=runs/pspnet_camvid
 
 The paper: SGD, base lr 0.01, poly power 0.9, momentum 0.9, weight decay 1e-4, auxiliary loss weight 0.4,
-ImageNet-pretrained backbone. From scratch here (no weight import yet).
+ImageNet-pretrained backbone. From scratch here; the commented init_from lines load torchvision's ResNet-50.
 """
 
 from segjax import config as config_lib
@@ -21,4 +21,7 @@ def get_config():
   c.optimizer.weight_decay = 1e-4
   c.optimizer.schedule = "poly"
   c.optimizer.poly_power = 0.9
+  # ImageNet ResNet-50 from torchvision (docs/weights.md); its stem is the standard 7x7 one, not the deep stem.
+  # c.model.stem = "standard"
+  # c.init_from.path = "../shared/weights/resnet50-0676ba61.pth"
   return config_lib.finalize(c)

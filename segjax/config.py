@@ -11,8 +11,10 @@ import ml_collections
 from segjax.data import augment
 from segjax.data import datasets
 from segjax.data import folder
+from segjax import conventions
 from segjax import models
 from segjax import sharding
+from segjax import weights
 from segjax.models import MODELS
 
 
@@ -51,6 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
   # key); `name` names the prepared copy under data_dir.
   c.dataset.folder = folder.config_block()
   c.dataset.folder.name = "custom"
+  # MMSegmentation's reduce_zero_label (ADE20K-style masks): raw label 0 is "other" and becomes ignored, every
+  # other id c becomes c - 1. The class list given by the dataset is then the reduced one.
+  c.dataset.reduce_zero_label = False
 
   # Device-side joint augmentation of image and mask (segjax.data.augment.AugmentConfig documents each op);
   # every op is off except horizontal flips.
@@ -59,6 +64,35 @@ def default_config() -> ml_collections.ConfigDict:
   # The chosen model's constructor options (see segjax.models); a recipe for another model replaces the block
   # with `models.model_config(name, ...)`.
   c.model = models.model_config("unet")
+
+  # Pretrained backbone weights (segjax.weights): a Keras .h5 (keras-applications layout) or a torchvision state
+  # dict (.pth / .safetensors) loaded over the fresh initialisation before training starts.
+  c.init_from = ml_collections.ConfigDict()
+  c.init_from.path = ml_collections.FieldReference(None, field_type=str)
+  c.init_from.format = "auto"  # auto (from the file) | keras_h5 | torch
+  c.init_from.architecture = "auto"  # auto (from the model) | vgg16 | vgg16_bn | resnet50 | resnet101
+  c.init_from.target = "auto"  # parameter path of the backbone in the model, e.g. "backbone"; auto finds it
+  # True: dataset.mean/std are replaced by the weights' own input convention (Caffe/Keras BGR mean subtraction
+  # or torchvision's ImageNet mean/std), which the backbone was trained with.
+  c.init_from.set_normalization = True
+
+  # How eval.py and predict.py run the network over an image (segjax.inference documents each key).
+  c.inference = ml_collections.ConfigDict()
+  c.inference.mode = "whole"  # whole | slide | overlap_tile
+  c.inference.tile_size = ml_collections.FieldReference(None, field_type=tuple)  # (h, w); default crop_size
+  c.inference.stride = ml_collections.FieldReference(None, field_type=tuple)  # (h, w); default 2/3 of the tile
+  c.inference.weighting = "mean"  # slide: "mean" or "gaussian" (nnU-Net) averaging of overlapping logits
+  c.inference.gaussian_sigma = 0.125  # as a fraction of the tile side
+  c.inference.hflip = False  # test-time augmentation: also predict the mirrored image and average
+  c.inference.vflip = False
+  c.inference.scales = (1.0,)  # test-time augmentation: image scales whose predictions are averaged
+  c.inference.merge = "probs"  # average softmax probabilities ("probs") or raw logits ("logits")
+  c.inference.tile_batch = 8  # tiles per device call
+
+  # Which convention eval.py prints as the headline numbers; metrics.json holds every convention.
+  c.metrics = ml_collections.ConfigDict()
+  c.metrics.convention = "segjax"  # segjax | mmseg | torchvision | smp_micro | smp_macro | smp_micro_imagewise ...
+  c.metrics.num_ranked = 4  # eval.py draws this many worst and best images (by image mIoU) in worst.png/best.png
 
   c.loss = ml_collections.ConfigDict()
   c.loss.ce_weight = 1.0
@@ -183,6 +217,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"give one weight per class ({spec.num_classes} for {spec.name})")
   if config.on_nonfinite not in ("stop", "skip"):
     fail("on_nonfinite", config.on_nonfinite, "choose 'stop' or 'skip'")
+  if config.metrics.convention not in conventions.CONVENTIONS:
+    fail("metrics.convention", config.metrics.convention, f"choose one of {list(conventions.CONVENTIONS)}")
   if config.dataset.normalization not in ("mean_std", "per_image"):
     fail("dataset.normalization", config.dataset.normalization, "choose 'mean_std' or 'per_image'")
   augment.from_config(config.augment)  # raises naming the key
@@ -201,3 +237,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config.dataset[key]
     if len(value) not in (1, spec.num_channels):
       fail(f"dataset.{key}", value, f"give 1 or {spec.num_channels} values for {spec.name}")
+  weights.check_config(config)  # init_from.*: raises naming the key
+
+
+def load_recipe(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of the recipe file `path` (what --config=path gives train.py and eval.py).
+
+  Raises:
+    FileNotFoundError: no such file, naming it.
+    ValueError: the file has no get_config().
+  """
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise FileNotFoundError(f"Recipe {path} does not exist (from {pathlib.Path.cwd()}); recipes live in configs/.")
+  spec = importlib.util.spec_from_file_location(file.stem, file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"Recipe {path} defines no get_config(); see configs/quickstart.py for the shape of a recipe.")
+  return module.get_config()
+
+
+def parse_member(text: str) -> tuple[ml_collections.ConfigDict, str, int | None]:
+  """An ensemble member given as "RECIPE:WORKDIR[:STEP]" -> (recipe, workdir, checkpoint step or None).
+
+  Raises:
+    ValueError: a malformed value, naming it and the expected form.
+  """
+  parts = text.split(":")
+  step = None
+  if len(parts) == 3 and parts[2].isdigit():
+    step = int(parts[2])
+    parts = parts[:2]
+  if len(parts) != 2 or not all(parts):
+    raise ValueError(f"--member={text!r}: give RECIPE:WORKDIR or RECIPE:WORKDIR:STEP, e.g. "
+                     "--member=configs/fcn8s_camvid.py:runs/fcn8s (the recipe the member was trained with).")
+  return load_recipe(parts[0]), parts[1], step

@@ -1,10 +1,13 @@
 """Segmentation metrics from a confusion matrix.
 
 The confusion matrix is built on device (`confusion_matrix`, jittable, summed
-across devices inside jit), accumulated on host in int64
-(`ConfusionAccumulator`) and turned into the FCN-paper metrics plus Dice in
-float64 on host (`compute_metrics`). Definitions, the absent-class rule and how
-they differ from other libraries: docs/metrics.md.
+across devices inside jit; `confusion_matrices` for one per image), summed on
+host in int64 (segjax.evaluate) and turned into the FCN-paper metrics plus
+precision, recall and F1 (= Dice) in float64 on host (`compute_metrics`).
+`segjax.conventions` gives the same matrix's numbers as MMSegmentation,
+torchvision, torchmetrics and segmentation_models_pytorch compute them.
+Definitions, the absent-class rules and how the conventions differ:
+docs/metrics.md.
 """
 
 from collections.abc import Sequence
@@ -60,6 +63,39 @@ def confusion_matrix(
   return counts.reshape(k, k)
 
 
+def confusion_matrices(
+    labels: jax.Array,
+    preds: jax.Array,
+    weights: jax.Array,
+    num_classes: int,
+) -> jax.Array:
+  """One confusion matrix per image; their sum over images is `confusion_matrix`.
+
+  Args:
+    labels: int ground truth, [B, ...] (e.g. [B, H, W]).
+    preds: int predictions, same shape.
+    weights: same shape; pixels with weight <= 0 are not counted.
+    num_classes: K.
+
+  Returns:
+    [B, K, K] int32, same validity rules as `confusion_matrix`.
+  """
+  k = num_classes
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  preds = jnp.asarray(preds).astype(jnp.int32)
+  b = labels.shape[0]
+  valid = ((jnp.asarray(weights) > 0)
+           & (labels >= 0) & (labels < k) & (preds >= 0) & (preds < k))
+  # One scatter into B*K*K cells: image i owns cells [i*K*K, (i+1)*K*K).
+  # Invalid pixels add 0, so where their index points does not matter.
+  offset = (jnp.arange(b, dtype=jnp.int32) * (k * k)).reshape(
+      (b,) + (1,) * (labels.ndim - 1))
+  index = (offset + labels * k + preds).reshape(-1)
+  counts = jnp.zeros((b * k * k,), jnp.int32).at[index].add(
+      valid.reshape(-1).astype(jnp.int32), mode="drop")
+  return counts.reshape(b, k, k)
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
   """num / den elementwise, NaN where den == 0, without warnings."""
   num = np.asarray(num, np.float64)
@@ -79,12 +115,14 @@ def compute_metrics(
     cm: np.ndarray,
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-  """FCN-paper metrics and Dice from a confusion matrix, in float64 on host.
+  """FCN-paper metrics, precision, recall and F1 from a confusion matrix.
 
-  Classes absent from the ground truth have accuracy NaN; classes absent from
-  both ground truth and prediction have IoU and Dice NaN. NaN entries are left
-  out of the class means (a class predicted but absent from the ground truth
-  has IoU 0 and counts). An empty matrix gives NaN everywhere.
+  In float64 on host. Recall is the FCN per-class accuracy and F1 is Dice
+  (both kept under both names). Classes absent from the ground truth have
+  accuracy (recall) NaN; classes never predicted have precision NaN; classes
+  absent from both ground truth and prediction have IoU and F1 NaN. NaN entries
+  are left out of the class means (a class predicted but absent from the
+  ground truth has IoU 0 and counts). An empty matrix gives NaN everywhere.
 
   Args:
     cm: [K, K] integer counts, rows = ground truth, columns = prediction.
@@ -92,9 +130,10 @@ def compute_metrics(
 
   Returns:
     A dict with floats `pixel_accuracy`, `mean_accuracy`, `mean_iou`,
-    `fw_iou`, `mean_dice`, and `per_class`: a list of K dicts with `name`,
-    `iou`, `accuracy`, `dice`, `precision` (floats), `pixel_count` (ground
-    truth pixels) and `pred_count` (ints).
+    `fw_iou`, `mean_dice`, `mean_precision`, `mean_recall` (=
+    `mean_accuracy`), `mean_f1` (= `mean_dice`), and `per_class`: a list of K
+    dicts with `name`, `iou`, `accuracy`, `recall`, `dice`, `f1`, `precision`
+    (floats), `pixel_count` (ground truth pixels) and `pred_count` (ints).
   """
   cm = np.asarray(cm)
   if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
@@ -121,7 +160,8 @@ def compute_metrics(
 
   per_class = [
       dict(name=str(class_names[i]), iou=float(iou[i]),
-           accuracy=float(accuracy[i]), dice=float(dice[i]),
+           accuracy=float(accuracy[i]), recall=float(accuracy[i]),
+           dice=float(dice[i]), f1=float(dice[i]),
            precision=float(precision[i]), pixel_count=int(gt[i]),
            pred_count=int(pred[i]))
       for i in range(k)
@@ -132,6 +172,9 @@ def compute_metrics(
       mean_iou=_nanmean(iou),
       fw_iou=float(fw_iou),
       mean_dice=_nanmean(dice),
+      mean_precision=_nanmean(precision),
+      mean_recall=_nanmean(accuracy),
+      mean_f1=_nanmean(dice),
       per_class=per_class,
   )
 
@@ -159,6 +202,8 @@ def _percent(x: float) -> str:
 def format_table(metrics: dict[str, Any]) -> str:
   """Per-class table then summary lines; percent with 2 decimals, "-" for NaN.
 
+  F1 is Dice (the same number), so it is shown once.
+
   Args:
     metrics: the output of `compute_metrics`.
 
@@ -166,9 +211,9 @@ def format_table(metrics: dict[str, Any]) -> str:
     Multi-line text, no trailing newline.
   """
   rows = [(c["name"], _percent(c["iou"]), _percent(c["accuracy"]),
-           _percent(c["dice"]), str(c["pixel_count"]))
+           _percent(c["precision"]), _percent(c["f1"]), str(c["pixel_count"]))
           for c in metrics["per_class"]]
-  header = ("class", "IoU", "acc", "Dice", "pixels")
+  header = ("class", "IoU", "acc", "precision", "F1", "pixels")
   widths = [max(len(row[i]) for row in [header, *rows])
             for i in range(len(header))]
 
@@ -181,56 +226,72 @@ def format_table(metrics: dict[str, Any]) -> str:
   lines += [line(row) for row in rows]
   lines.append("")
   summary = (("pixel accuracy", "pixel_accuracy"),
-             ("mean accuracy", "mean_accuracy"),
+             ("mean accuracy (recall)", "mean_accuracy"),
+             ("mean precision", "mean_precision"),
              ("mean IoU", "mean_iou"),
              ("frequency-weighted IoU", "fw_iou"),
-             ("mean Dice", "mean_dice"))
+             ("mean F1 (Dice)", "mean_f1"))
   width = max(len(title) for title, _ in summary)
   lines += [f"{title.ljust(width)}  {_percent(metrics[key]):>6}"
             for title, key in summary]
   return "\n".join(lines)
 
 
-class ConfusionAccumulator:
-  """Running int64 sum of device confusion matrices, on host.
+def image_stats(cms: np.ndarray) -> dict[str, np.ndarray]:
+  """Per-image, per-class true/false positives/negatives from per-image matrices.
 
-  `add` converts the matrix added one call earlier, not the one it is given:
-  converting the newest one would block until the step that produces it
-  finishes, stalling the dispatch of the next step.
+  The semantics of segmentation_models_pytorch's `get_stats(mode="multiclass")`
+  with ignored pixels removed: `tn` counts the image's valid pixels that are
+  neither ground truth nor prediction of the class.
 
-  Usage:
-    acc = ConfusionAccumulator()
-    for batch in batches:
-      acc.add(eval_step(state, batch))  # [K, K] jax.Array
-    cm = acc.result()  # [K, K] int64 numpy
+  Args:
+    cms: [N, K, K] integer counts, one matrix per image (`confusion_matrices`).
+
+  Returns:
+    A dict with int64 `tp`, `fp`, `fn`, `tn`, each [N, K].
   """
+  cms = np.asarray(cms).astype(np.int64)
+  if cms.ndim != 3 or cms.shape[1] != cms.shape[2]:
+    raise ValueError(f"per-image confusion matrices must be [N, K, K], got {cms.shape}")
+  tp = np.diagonal(cms, axis1=1, axis2=2).copy()
+  fp = cms.sum(axis=1) - tp
+  fn = cms.sum(axis=2) - tp
+  tn = cms.sum(axis=(1, 2))[:, None] - tp - fp - fn
+  return dict(tp=tp, fp=fp, fn=fn, tn=tn)
 
-  def __init__(self, num_classes: int | None = None):
-    """Args: num_classes: K, so that `result()` works before any `add`."""
-    self._total = (None if num_classes is None
-                   else np.zeros((num_classes, num_classes), np.int64))
-    self._pending = None
 
-  def add(self, cm: Any) -> None:
-    """Queues `cm` ([K, K], a device or numpy array) and sums the previous."""
-    self._flush()
-    self._pending = cm
+def image_scores(cms: np.ndarray) -> np.ndarray:
+  """Per-image mIoU, segjax's rule applied to each image alone.
 
-  def _flush(self) -> None:
-    if self._pending is None:
-      return
-    # The matrix from a jitted step is replicated, so every process can read it.
-    cm = np.asarray(self._pending).astype(np.int64)
-    self._pending = None
-    if self._total is None:
-      self._total = np.zeros_like(cm)
-    if cm.shape != self._total.shape:
-      raise ValueError(f"shape {cm.shape} != {self._total.shape}")
-    self._total += cm
+  Args:
+    cms: [N, K, K] integer counts, one matrix per image.
 
-  def result(self) -> np.ndarray:
-    """The [K, K] int64 sum of everything added so far (a copy)."""
-    self._flush()
-    if self._total is None:
-      raise ValueError("nothing added and num_classes not given")
-    return self._total.copy()
+  Returns:
+    [N] float64: the mean IoU over the classes in that image's ground truth or
+    prediction; NaN for an image without valid pixels.
+  """
+  s = image_stats(cms)
+  iou = _ratio(s["tp"], s["tp"] + s["fp"] + s["fn"])
+  defined = ~np.isnan(iou)
+  count = defined.sum(axis=1)
+  return _ratio(np.where(defined, iou, 0).sum(axis=1), count)
+
+
+def reduce_zero_label(label: np.ndarray, ignore_label: int = 255) -> np.ndarray:
+  """MMSegmentation's `reduce_zero_label` (LoadAnnotations): 0 -> ignored, c -> c - 1, ignored stays ignored.
+
+  For ADE20K-style masks whose id 0 means "other". With ignore_label 255 this is
+  mmseg's code line for line (`gt[gt == 0] = 255; gt = gt - 1; gt[gt == 254] = 255`).
+
+  Args:
+    label: integer mask of raw ids.
+    ignore_label: the ignore id of the raw and of the reduced mask.
+
+  Returns:
+    The reduced mask, same dtype.
+  """
+  label = np.array(label, copy=True)
+  label[label == 0] = ignore_label
+  label = label - np.asarray(1, label.dtype)
+  label[label == ignore_label - 1] = ignore_label
+  return label

@@ -1,14 +1,18 @@
-"""Colour-coded label maps and overlays written as PNG."""
+"""Colour-coded label maps, overlays and captioned panels, as RGB arrays and PNG files."""
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 IGNORE_COLOR = (0, 0, 0)
+# Between the panels of a row (image | ground truth | prediction | overlay).
+SEPARATOR = 4
+PANEL_NAMES = ("image", "label", "pred", "overlay")
 
 
 def colorize(label: np.ndarray, palette: Sequence[Sequence[int]], valid: np.ndarray | None = None) -> np.ndarray:
@@ -21,6 +25,7 @@ def colorize(label: np.ndarray, palette: Sequence[Sequence[int]], valid: np.ndar
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
+  """[H, W], [H, W, 1] or [H, W, C >= 3] -> uint8 [H, W, 3] (grey repeated, extra channels dropped)."""
   image = np.asarray(image, np.uint8)
   if image.ndim == 2:
     image = image[..., None]
@@ -28,20 +33,114 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, rgb_label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+  """`rgb_label` blended over `image` with weight `alpha`; uint8 [H, W, 3]."""
   blended = (1 - alpha) * to_rgb(image).astype(np.float32) + alpha * rgb_label.astype(np.float32)
   return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
+def crop_to_valid(valid: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+  """`arrays` ([H, W, ...] each) cut to rows/columns [0, last valid + 1): evaluation pads images at the bottom and
+  right, with weight 0. Unchanged when no pixel is valid."""
+  rows, cols = np.nonzero(np.asarray(valid) > 0)
+  if not rows.size:
+    return arrays
+  return tuple(a[:rows.max() + 1, :cols.max() + 1] for a in arrays)
+
+
+def scaled_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+  """(h, w) with the longer side at most `max_side` and the aspect ratio kept; never upscales."""
+  if max_side is None or max(height, width) <= max_side:
+    return height, width
+  scale = max_side / max(height, width)
+  return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resize of [H, W, ...] to `size` (h, w), sampling at pixel centres. For label maps: an
+  interpolating resize would invent classes at the borders between two others."""
+  height, width = array.shape[:2]
+  rows = np.minimum(((np.arange(size[0]) + 0.5) * height / size[0]).astype(np.int64), height - 1)
+  cols = np.minimum(((np.arange(size[1]) + 0.5) * width / size[1]).astype(np.int64), width - 1)
+  return array[rows[:, None], cols[None, :]]
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """uint8 image -> RGB uint8 [h, w, 3], box-filtered (averages every source pixel, so no aliasing)."""
+  rgb = to_rgb(image)
+  if rgb.shape[:2] == tuple(size):
+    return rgb
+  return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BOX))
+
+
+def panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, valid: np.ndarray,
+          palette: Sequence[Sequence[int]], *, max_side: int | None = None) -> np.ndarray:
+  """image | ground truth | prediction | prediction over image, side by side, `SEPARATOR` white columns apart.
+
+  Args:
+    image: uint8 [H, W] or [H, W, C].
+    label: ground truth [H, W]; drawn black where `valid` == 0.
+    pred: prediction [H, W].
+    valid: [H, W] weight; the panel is cropped to the bounding box of valid > 0 (evaluation pads images).
+    palette: RGB per class id.
+    max_side: downscale each of the four panels so that its longer side is at most this (None: full size).
+
+  Returns:
+    uint8 [h, 4 * w + 3 * SEPARATOR, 3].
+  """
+  image, label, pred, valid = crop_to_valid(valid, np.asarray(image), np.asarray(label), np.asarray(pred),
+                                            np.asarray(valid))
+  size = scaled_size(*label.shape[:2], max_side)
+  image = resize_image(image, size)
+  label, pred, valid = (resize_nearest(a, size) for a in (label, pred, valid))
+  pred_rgb = colorize(pred, palette)
+  sep = np.full((size[0], SEPARATOR, 3), 255, np.uint8)
+  return np.concatenate([image, sep, colorize(label, palette, valid), sep, pred_rgb, sep, overlay(image, pred_rgb)],
+                        axis=1)
+
+
+def panel_boxes(panel_shape: Sequence[int], top: int = 0, left: int = 0) -> dict[str, tuple[int, int, int, int]]:
+  """Where `panel`'s four parts lie: {name in PANEL_NAMES: (top, left, bottom, right)}, offset by (top, left)."""
+  height, width = panel_shape[:2]
+  part = (width - 3 * SEPARATOR) // 4
+  return {name: (top, left + i * (part + SEPARATOR), top + height, left + i * (part + SEPARATOR) + part)
+          for i, name in enumerate(PANEL_NAMES)}
+
+
+@functools.cache
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+  return ImageFont.load_default()
+
+
+def text_size(text: str) -> tuple[int, int]:
+  """(width, height) in pixels of `text` in the default font."""
+  left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=_font())
+  return right - min(left, 0), bottom - min(top, 0)
+
+
+def caption(rgb: np.ndarray, text: str, *, width: int | None = None, pad: int = 3) -> np.ndarray:
+  """`rgb` [H, W, 3] under a white strip with `text` in black (PIL's default font), padded on the right with white
+  to max(W, the text's width, `width`).
+
+  Returns:
+    uint8 [strip + H, max(W, text, width), 3]; `rgb` starts at row `strip` = `caption_height(text, pad)`.
+  """
+  text_w, _ = text_size(text)
+  strip = caption_height(text, pad)
+  out_w = max(rgb.shape[1], text_w + 2 * pad, width or 0)
+  out = np.full((strip + rgb.shape[0], out_w, 3), 255, np.uint8)
+  out[strip:, :rgb.shape[1]] = rgb
+  canvas = Image.fromarray(out)
+  ImageDraw.Draw(canvas).text((pad, pad), text, fill=(0, 0, 0), font=_font())
+  return np.asarray(canvas)
+
+
+def caption_height(text: str, pad: int = 3) -> int:
+  """Rows of the strip `caption` puts above an image."""
+  return text_size(text)[1] + 2 * pad
+
+
 def save_panel(path: str | pathlib.Path, image: np.ndarray, label: np.ndarray, pred: np.ndarray,
                valid: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
-  """Writes `path`: image | ground truth | prediction | prediction over image, side by side, cropped to
-  the valid region's bounding box (evaluation pads images)."""
-  rows, cols = np.nonzero(np.asarray(valid) > 0)
-  if rows.size:
-    window = (slice(0, rows.max() + 1), slice(0, cols.max() + 1))
-    image, label, pred, valid = image[window], label[window], pred[window], valid[window]
-  pred_rgb = colorize(pred, palette)
-  sep = np.full((image.shape[0], 4, 3), 255, np.uint8)
-  panel = np.concatenate([to_rgb(image), sep, colorize(label, palette, valid), sep, pred_rgb, sep,
-                          overlay(image, pred_rgb)], axis=1)
-  Image.fromarray(panel).save(path)
+  """Writes `path`: `panel(...)` at full size, cropped to the valid region's bounding box (evaluation pads
+  images)."""
+  Image.fromarray(panel(image, label, pred, valid, palette)).save(path)

@@ -41,6 +41,32 @@ def as_str(filename) -> str:
   return filename.decode() if isinstance(filename, bytes) else filename
 
 
+def import_torchvision(required: bool = True):
+  """torchvision (the reference for weight import; torchmetrics imports it too), or a skip when it is absent.
+
+  PyPI's torchvision wheel is built for CUDA; beside the CPU torch it cannot load its C extension
+  (libc10_cuda.so) and fails on import while registering its detection operators. The models need none of them,
+  so the import is retried with those registrations left out. `required=False` returns None instead of skipping.
+  """
+  import sys  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+
+  pytest.importorskip("torch")
+  try:
+    import torchvision  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    if required:
+      pytest.skip("torchvision is not installed (pip install -e '.[test]')")
+    return None
+  except (RuntimeError, OSError):
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+      del sys.modules[name]
+    for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+      sys.modules[name] = types.ModuleType(name)
+    import torchvision  # pylint: disable=import-outside-toplevel,reimported
+  return torchvision
+
+
 def shared_dataset(name: str) -> pathlib.Path:
   """Path of a dataset under ../shared/data, or skip the test saying why."""
   path = SHARED_DATA / name
@@ -56,6 +82,41 @@ def shapes_data_dir(tmp_path_factory) -> str:
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   datasets.get_builder("shapes", data_dir=data_dir)
   return data_dir
+
+
+def random_state(abstract, seed):
+  """Every leaf of a state's shapes drawn at random, on the host: a stand-in for a trained state (no jit of the
+  initialiser, which costs ~15 s on 2 cores). Kernels get fan-in scaled weights so activations stay in range;
+  vectors (biases, BatchNorm scales, running means and variances) 1 +- 0.2, so every variance is positive and
+  the running averages differ from their initial 0/1: predicting with batch statistics instead would differ."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(seed)
+
+  def draw(leaf):
+    if not np.issubdtype(leaf.dtype, np.floating):
+      return np.zeros(leaf.shape, leaf.dtype)
+    if len(leaf.shape) >= 2:
+      return (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(leaf.dtype)
+    return (1.0 + 0.2 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
+
+  return jax.tree.map(draw, abstract)
+
+
+def random_checkpoint(config, workdir, seed: int = 0, step: int = 3):
+  """Saves a checkpoint (at `step`) of `config`'s state drawn by `random_state` into `workdir`, on one device
+  (orbax's first save over 8 fake devices costs ~10 s). Returns (Experiment, state)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from segjax.train import checkpoint, setup  # pylint: disable=import-outside-toplevel
+
+  exp = setup.build(config, jax.devices()[:1])
+  state = random_state(exp.abstract_state(), seed).replace(step=np.int32(step))
+  ckpt = checkpoint.Checkpointer(workdir)
+  ckpt.save(step, state, config)
+  ckpt.close()
+  return exp, state
 
 
 def tiny_config(data_dir: str, **overrides):

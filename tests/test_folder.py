@@ -510,7 +510,8 @@ def test_config_name_tracks_params_and_files(tmp_path, monkeypatch):
 
 def test_config_block_round_trip_and_spec(tmp_path):
   block = folder.config_block()
-  fields = dataclasses.fields(folder.FolderParams)
+  # reduce_zero_label comes from config.dataset, not from the folder block.
+  fields = [f for f in dataclasses.fields(folder.FolderParams) if f.name != "reduce_zero_label"]
   assert sorted(block.keys()) == sorted(f.name for f in fields)
   for f in fields:
     want = None if f.default is dataclasses.MISSING else f.default
@@ -541,3 +542,25 @@ def test_config_block_round_trip_and_spec(tmp_path):
   given = ((1, 2, 3), (4, 5, 6))
   assert folder.spec_fields(
       dataclasses.replace(params, palette=given))[1] == given
+
+
+def test_reduce_zero_label_masks_hold_one_more_id_and_reduce_like_mmseg(tmp_path):
+  """ADE20K-style masks: 0 is "other", 1..K are the K listed classes. Preparing accepts id K only with
+  reduce_zero_label; the pipeline's labels then equal MMSegmentation's transform (0 -> 255, c -> c - 1)."""
+  from segjax import metrics  # pylint: disable=import-outside-toplevel
+  from segjax.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  root = tmp_path / "src"
+  rng = np.random.default_rng(3)
+  _save(root / "images" / "x.png", rng.integers(0, 256, (6, 8, 3), np.uint8))
+  raw = rng.integers(0, 5, (6, 8), np.uint8)  # 0..4 for the 4 class names
+  raw[0, :3] = 255
+  _save(root / "masks" / "x.png", raw)
+  with pytest.raises(ValueError, match="holds id 4"):
+    _prepare(_params(root), tmp_path / "plain")
+  params = dataclasses.replace(_params(root), reduce_zero_label=True)
+  stored = _by_stem(_prepare(params, tmp_path / "reduced"), "train")["x"]
+  ex = pipeline.to_example(stored, 255, 4, reduce_zero_label=True)
+  reference = metrics.reduce_zero_label(raw, 255)
+  np.testing.assert_array_equal(ex.weight, reference != 255)
+  np.testing.assert_array_equal(ex.label[reference != 255], reference[reference != 255])

@@ -85,7 +85,7 @@ def test_second_axes_and_restore_onto_a_mesh_of_another_size(shapes_data_dir, tm
   for devices in (jax.devices()[:1], jax.devices()):
     exp = setup.build(_config(shapes_data_dir, 6, data=-1), devices)
     restored = ckpt.restore(6, exp.abstract_state())
-    results.append(evaluate.evaluate(exp, restored, "validation[:20]")[0])
+    results.append(evaluate.evaluate(exp, restored, "validation[:20]").cm)
   np.testing.assert_array_equal(results[0], results[1])
   assert results[0].sum() == 20 * 64 * 64
 

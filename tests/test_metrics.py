@@ -54,17 +54,22 @@ def reference_metrics(labels, preds, weights, num_classes):
       fw_iou=(sum(c["pixel_count"] * c["iou"] for c in per_class
                   if c["pixel_count"]) / n) if n else math.nan,
       mean_dice=mean_of_defined("dice"),
+      mean_precision=mean_of_defined("precision"),
       per_class=per_class)
 
 
 def assert_metrics_equal(got, want):
   for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou",
-              "mean_dice"):
+              "mean_dice", "mean_precision"):
     np.testing.assert_allclose(got[key], want[key], rtol=1e-12, err_msg=key)
+  # Recall is the FCN accuracy and F1 is Dice, under their other names.
+  np.testing.assert_allclose(got["mean_recall"], want["mean_accuracy"], rtol=1e-12)
+  np.testing.assert_allclose(got["mean_f1"], want["mean_dice"], rtol=1e-12)
   assert len(got["per_class"]) == len(want["per_class"])
   for i, (g, w) in enumerate(zip(got["per_class"], want["per_class"])):
-    for key in ("iou", "accuracy", "dice", "precision"):
-      np.testing.assert_allclose(g[key], w[key], rtol=1e-12,
+    for key, ref in (("iou", "iou"), ("accuracy", "accuracy"), ("dice", "dice"), ("precision", "precision"),
+                     ("recall", "accuracy"), ("f1", "dice")):
+      np.testing.assert_allclose(g[key], w[ref], rtol=1e-12,
                                  err_msg=f"class {i} {key}")
     assert g["pixel_count"] == w["pixel_count"]
     assert g["pred_count"] == w["pred_count"]
@@ -128,6 +133,10 @@ def test_hand_computed_example():
   assert got["fw_iou"] == pytest.approx(0.5)
   # Dice: a 6/9, b 8/12, d 0.
   assert got["mean_dice"] == pytest.approx(4 / 9)
+  assert got["mean_f1"] == pytest.approx(4 / 9)
+  # Precision: a 3/5, b 4/5, c undefined, d 0/1.
+  assert got["mean_precision"] == pytest.approx(7 / 15)
+  assert got["mean_recall"] == got["mean_accuracy"]
   assert [c["name"] for c in got["per_class"]] == ["a", "b", "c", "d"]
   assert [c["pixel_count"] for c in got["per_class"]] == [4, 7, 0, 0]
   assert [c["pred_count"] for c in got["per_class"]] == [5, 5, 0, 1]
@@ -143,11 +152,12 @@ def test_all_ignored_gives_nan_without_warnings():
     warnings.simplefilter("error")
     got = metrics.compute_metrics(np.asarray(cm))
   for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou",
-              "mean_dice"):
+              "mean_dice", "mean_precision", "mean_recall", "mean_f1"):
     assert math.isnan(got[key]), key
   for c in got["per_class"]:
     assert all(math.isnan(c[key])
-               for key in ("iou", "accuracy", "dice", "precision"))
+               for key in ("iou", "accuracy", "dice", "precision", "recall",
+                           "f1"))
 
 
 def test_single_class():
@@ -200,45 +210,6 @@ def test_sharded_under_jit():
   np.testing.assert_array_equal(fn(*args, k), cm)
 
 
-def test_accumulator_sums_batches():
-  rng = np.random.default_rng(4)
-  k = 4
-  batches = [rng.integers(0, 100, (k, k)) for _ in range(5)]
-  acc = metrics.ConfusionAccumulator()
-  for cm in batches:
-    acc.add(jnp.asarray(cm, jnp.int32))
-  total = acc.result()
-  assert total.dtype == np.int64
-  np.testing.assert_array_equal(total, sum(batches))
-  np.testing.assert_array_equal(acc.result(), total)
-  acc.add(jnp.asarray(batches[0], jnp.int32))
-  np.testing.assert_array_equal(acc.result(), total + batches[0])
-  np.testing.assert_array_equal(
-      metrics.ConfusionAccumulator(num_classes=3).result(), np.zeros((3, 3)))
-
-
-def test_accumulator_lags_one_batch():
-  converted = []
-
-  class Probe:
-    """Array-like that records when it is converted to numpy."""
-
-    def __init__(self, name):
-      self.name = name
-
-    def __array__(self, dtype=None, copy=None):
-      converted.append(self.name)
-      return np.ones((2, 2), dtype or np.int32)
-
-  acc = metrics.ConfusionAccumulator()
-  acc.add(Probe("a"))
-  assert not converted
-  acc.add(Probe("b"))
-  assert converted == ["a"]
-  np.testing.assert_array_equal(acc.result(), 2 * np.ones((2, 2)))
-  assert converted == ["a", "b"]
-
-
 def test_json_nan_becomes_null():
   cm = np.array([[2, 0, 0], [1, 0, 0], [0, 0, 0]])
   got = metrics.compute_metrics(cm)
@@ -256,8 +227,11 @@ def test_format_table():
   text = metrics.format_table(
       metrics.compute_metrics(cm, ["road", "sky", "cat"]))
   lines = text.splitlines()
-  assert lines[0].split() == ["class", "IoU", "acc", "Dice", "pixels"]
-  assert lines[2].split() == ["road", "50.00", "75.00", "66.67", "4"]
-  assert lines[4].split() == ["cat", "-", "-", "-", "0"]
+  assert lines[0].split() == ["class", "IoU", "acc", "precision", "F1",
+                              "pixels"]
+  # road: IoU 3/6, acc 3/4, precision 3/5, F1 6/9.
+  assert lines[2].split() == ["road", "50.00", "75.00", "60.00", "66.67", "4"]
+  assert lines[4].split() == ["cat", "-", "-", "-", "-", "0"]
   assert "mean IoU" in text and "53.57" in text
   assert "pixel accuracy" in text and "70.00" in text
+  assert "mean F1 (Dice)" in text and "Dice" not in lines[0]

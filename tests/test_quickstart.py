@@ -19,7 +19,7 @@ def test_quickstart_reaches_target_miou(shapes_data_dir, tmp_path):
   start = time.perf_counter()
   state = loop.train_and_evaluate(config, tmp_path, progress=False)
   train_seconds = time.perf_counter() - start
-  cm, _ = evaluate.evaluate(setup.build(config), state, "test", progress=False)
+  cm = evaluate.evaluate(setup.build(config), state, "test", progress=False).cm
   result = metrics.compute_metrics(cm)
   print(f"quickstart: {config.num_train_steps} steps in {train_seconds:.0f} s, test mIoU {result['mean_iou']:.4f}, "
         f"pixel accuracy {result['pixel_accuracy']:.4f}")

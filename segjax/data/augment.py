@@ -370,5 +370,7 @@ def standardize_per_image(image: jax.Array) -> jax.Array:
   x = image.astype(jnp.float32)
   axes = tuple(range(1, x.ndim))
   mean = x.mean(axes, keepdims=True)
-  floor = 1.0 / np.sqrt(np.prod(x.shape[1:]))
+  n = math.prod(x.shape[1:])
+  # A symbolic size (shape-polymorphic export) has no numpy square root; a concrete one keeps numpy's float.
+  floor = 1.0 / np.sqrt(n) if isinstance(n, int) else jax.lax.rsqrt(jnp.asarray(n, jnp.float32))
   return (x - mean) / jnp.maximum(x.std(axes, keepdims=True), floor)

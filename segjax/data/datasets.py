@@ -50,6 +50,8 @@ class DatasetSpec:
     num_channels: image channels.
     splits: splits always present once prepared.
     needs_manual_dir: whether preparing needs files given via manual_dir.
+    reduce_zero_label: MMSegmentation's reduce_zero_label (`config.dataset.reduce_zero_label`): raw label 0 is
+      ignored and raw c is class c - 1, so `class_names` lists the classes of raw ids 1..K.
   """
   name: str
   tfds_name: str
@@ -59,6 +61,7 @@ class DatasetSpec:
   num_channels: int
   splits: tuple[str, ...]
   needs_manual_dir: bool
+  reduce_zero_label: bool = False
 
   @property
   def num_classes(self) -> int:
@@ -119,7 +122,7 @@ def known_names() -> list[str]:
 
 
 def _folder_spec(dataset_config) -> DatasetSpec:
-  params = folder.params_from_config(dataset_config.folder)
+  params = folder.params_from_config(dataset_config.folder, dataset_config.get("reduce_zero_label", False))
   class_names, palette, ignore_label, num_channels, splits = folder.spec_fields(params)
   return DatasetSpec(name=FOLDER, tfds_name=folder.SegjaxFolder.name, class_names=tuple(class_names),
                      palette=tuple(palette), ignore_label=ignore_label, num_channels=num_channels,
@@ -144,13 +147,26 @@ def get_spec(dataset) -> DatasetSpec:
     if isinstance(dataset, str):
       raise ValueError("The folder dataset is defined by config.dataset.folder: pass the config.dataset block "
                        "to get_spec / data_source instead of the name.")
-    return _folder_spec(dataset)
-  try:
-    return DATASETS[name]
-  except KeyError:
-    raise ValueError(
-        f"Unknown dataset {name!r}; known datasets: {known_names()}."
-    ) from None
+    spec = _folder_spec(dataset)
+  else:
+    try:
+      spec = DATASETS[name]
+    except KeyError:
+      raise ValueError(
+          f"Unknown dataset {name!r}; known datasets: {known_names()}."
+      ) from None
+  if isinstance(dataset, str) or not dataset.get("reduce_zero_label", False):
+    return spec
+  if name != FOLDER:
+    # Only the folder dataset passes raw ADE20K-style masks through; every registered dataset's class list
+    # already names its stored ids, so shifting them would mislabel every class.
+    why = ("ade20k is stored reduced already (raw 0 'other' -> 255, c -> c - 1, as MMSegmentation's "
+           "reduce_zero_label)" if name == "ade20k" else
+           f"{name}'s stored ids already match its class list ({spec.class_names[0]!r} is id 0)")
+    raise ValueError(f"config.dataset.reduce_zero_label=True with dataset {name!r}: {why}. Set "
+                     "--config.dataset.reduce_zero_label=False; it is for the folder dataset, whose raw masks "
+                     "use 0 for 'other' and 1..K for the K classes listed in config.dataset.folder.class_names.")
+  return dataclasses.replace(spec, reduce_zero_label=True)
 
 
 def get_builder(name: str, *, data_dir=None, manual_dir=None):
@@ -222,7 +238,8 @@ def data_source(dataset, split: str, *, data_dir=None,
     return catalog.data_source(name, split, data_dir=data_dir, manual_dir=manual_dir)
   if name == FOLDER:
     get_spec(dataset)  # the folder dataset needs its config block
-    builder = folder.make_builder(folder.params_from_config(dataset.folder), name=dataset.folder.name,
+    builder = folder.make_builder(folder.params_from_config(dataset.folder, dataset.reduce_zero_label),
+                                  name=dataset.folder.name,
                                   data_dir=data_dir)
     if not builder.is_prepared():
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))

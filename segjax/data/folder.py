@@ -92,6 +92,7 @@ class FolderParams:
     split_fractions: ((split, fraction), ...) summing to 1; used when
       split_files is None.
     split_seed: seed of the split by fractions.
+    reduce_zero_label: set from `config.dataset.reduce_zero_label` (not a key of the folder block).
   """
   images_dir: str
   masks_dir: str
@@ -108,6 +109,9 @@ class FolderParams:
   split_fractions: tuple[tuple[str, float], ...] = (
       ("train", 0.8), ("validation", 0.2))
   split_seed: int = 0
+  # Not a folder key: copied from config.dataset.reduce_zero_label. Index masks then hold 0 ("other", ignored
+  # later) and 1..K for the K class_names, so id K is accepted.
+  reduce_zero_label: bool = False
 
   def __post_init__(self):
     # Normalise lists, dicts and Paths to tuples and str: hashable, and the
@@ -491,7 +495,7 @@ def _decode_rgb(path: pathlib.Path, rgb: np.ndarray,
 
 def _read_mask(path: pathlib.Path, params: FolderParams) -> np.ndarray:
   """Stored uint8 class ids of a mask (IGNORE_LABEL = not labelled)."""
-  n = len(params.class_names)
+  n = len(params.class_names) + int(params.reduce_zero_label)
   with _open(path, "mask") as img:
     if params.mask_format == "rgb":
       if _wide(img):
@@ -513,7 +517,8 @@ def _read_mask(path: pathlib.Path, params: FolderParams) -> np.ndarray:
     value = int(ids[bad][0])
     raise ValueError(
         f"Folder dataset: mask {path} holds id {value} ({int(bad.sum())} "
-        f"pixels); ids must be 0..{n - 1} ({n} class_names) or the ignore "
+        f"pixels); ids must be 0..{n - 1} ({len(params.class_names)} class_names"
+        f"{', raw 0 reduced away' if params.reduce_zero_label else ''}) or the ignore "
         f"index {params.ignore_index}: add class names "
         f"({FLAG}.class_names), set {FLAG}.ignore_index={value} if it marks "
         "unlabelled pixels, or fix the mask.")
@@ -680,6 +685,8 @@ def config_block() -> ml_collections.ConfigDict:
   """`config.dataset.folder`: every FolderParams field with its default."""
   block = ml_collections.ConfigDict()
   for field in dataclasses.fields(FolderParams):
+    if field.name == "reduce_zero_label":
+      continue
     default = field.default
     if default is dataclasses.MISSING or default is None:
       default = ml_collections.FieldReference(
@@ -688,8 +695,8 @@ def config_block() -> ml_collections.ConfigDict:
   return block
 
 
-def params_from_config(cfg: ml_collections.ConfigDict) -> FolderParams:
-  """FolderParams from a `config_block()` a recipe filled in.
+def params_from_config(cfg: ml_collections.ConfigDict, reduce_zero_label: bool = False) -> FolderParams:
+  """FolderParams from a `config_block()` a recipe filled in (and `config.dataset.reduce_zero_label`).
 
   Raises:
     ValueError: naming a required key left unset.
@@ -698,5 +705,5 @@ def params_from_config(cfg: ml_collections.ConfigDict) -> FolderParams:
     if cfg[key] is None:
       raise ValueError(f"{FLAG}.{key} is not set: the folder dataset needs "
                        "images_dir, masks_dir and class_names.")
-  return FolderParams(**{f.name: cfg[f.name]
-                         for f in dataclasses.fields(FolderParams)})
+  return FolderParams(**{f.name: cfg[f.name] for f in dataclasses.fields(FolderParams)
+                         if f.name != "reduce_zero_label"}, reduce_zero_label=bool(reduce_zero_label))

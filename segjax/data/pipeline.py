@@ -33,12 +33,20 @@ class Example:
   weight: np.ndarray  # float32 [H, W]
 
 
-def to_example(raw: dict[str, Any], ignore_label: int | None, num_classes: int) -> Example:
+def to_example(raw: dict[str, Any], ignore_label: int | None, num_classes: int,
+               reduce_zero_label: bool = False) -> Example:
   """Converts a decoded tfds example into (image, label, weight), masking the ignore label.
+
+  Args:
+    raw: a decoded example (`image`, `label`, optionally `filename`).
+    ignore_label: raw id meaning "not labelled", or None.
+    num_classes: K.
+    reduce_zero_label: MMSegmentation's reduce_zero_label (ADE20K-style masks): raw 0 is ignored and raw c
+      becomes class c - 1, so the raw ids 1..K are the K classes (and the ignore label stays ignored).
 
   Raises:
     ValueError: naming the example, the sizes or the id and how many pixels hold it, and the fix: an image and
-      label of different sizes, or a label id outside [0, num_classes) that is not the ignore label.
+      label of different sizes, or a label id outside the class range that is not the ignore label.
   """
   image = np.asarray(raw["image"])
   label = np.asarray(raw["label"])
@@ -51,13 +59,22 @@ def to_example(raw: dict[str, Any], ignore_label: int | None, num_classes: int) 
                      f"{label.shape[0]}x{label.shape[1]} (HxW); image and mask must have the same height and "
                      f"width: re-export the mask at the image's size {afresh}.")
   valid = np.ones(label.shape, bool) if ignore_label is None else label != ignore_label
+  # int32 first: uint8 would wrap 0 - 1 to 255.
+  label = label.astype(np.int32)
+  first = 0
+  if reduce_zero_label:
+    valid &= label != 0
+    label = label - 1
+    first = 1
   out_of_range = valid & (label >= num_classes)
   if out_of_range.any():
-    bad = int(label[out_of_range].max())
+    bad = int(label[out_of_range].max()) + first
     ignore = "this dataset has no ignore label" if ignore_label is None else f"the ignore label is {ignore_label}"
+    reduced = (f"; reduce_zero_label is on: raw 0 is ignored and raw 1..{num_classes} are the classes"
+               if reduce_zero_label else "")
     raise ValueError(f"Example {_name(raw)}: label id {bad} ({int(out_of_range.sum())} pixels with ids >= "
-                     f"{num_classes}) is outside 0..{num_classes - 1} ({num_classes} classes; {ignore}): fix "
-                     f"the mask or the dataset's class list {afresh}.")
+                     f"{num_classes + first}) is outside {first}..{num_classes - 1 + first} ({num_classes} "
+                     f"classes; {ignore}{reduced}): fix the mask or the dataset's class list {afresh}.")
   return Example(image=image, label=np.where(valid, label, 0).astype(np.int32),
                  weight=valid.astype(np.float32))
 
@@ -85,13 +102,15 @@ class RandomCrop(grain.transforms.RandomMap):
   sampled sequence, so the crop depends only on (seed, step), not on worker count or timing.
   """
 
-  def __init__(self, crop_size: Sequence[int], ignore_label: int | None, num_classes: int):
+  def __init__(self, crop_size: Sequence[int], ignore_label: int | None, num_classes: int,
+               reduce_zero_label: bool = False):
     self.crop_h, self.crop_w = crop_size
     self.ignore_label = ignore_label
     self.num_classes = num_classes
+    self.reduce_zero_label = reduce_zero_label
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    ex = to_example(element, self.ignore_label, self.num_classes)
+    ex = to_example(element, self.ignore_label, self.num_classes, self.reduce_zero_label)
     h, w = ex.label.shape
     ex = pad_to(ex, max(h, self.crop_h), max(w, self.crop_w))
     h, w = ex.label.shape
@@ -137,7 +156,7 @@ def train_dataset(source, *, spec: datasets.DatasetSpec, batch_size: int, crop_s
     raise ValueError(f"The training split of {spec.name} is empty (0 examples): check "
                      "--config.dataset.train_split (a slice like 'train[10:10]' selects nothing) and the data.")
   rows = _check_rows(rows, batch_size)
-  crop = RandomCrop(crop_size, spec.ignore_label, spec.num_classes)
+  crop = RandomCrop(crop_size, spec.ignore_label, spec.num_classes, spec.reduce_zero_label)
   stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).random_map(crop, seed=seed)
   local = grain.MapDataset.range(len(rows) * (len(stream) // batch_size))
   return local.map(_GlobalRows(stream, batch_size, rows)).batch(len(rows), drop_remainder=True)
@@ -187,7 +206,7 @@ class _EvalExample:
               "label": np.zeros((self.height, self.width), np.int32),
               "weight": np.zeros((self.height, self.width), np.float32), "index": np.int32(-1)}
     raw = self.source[index]
-    ex = to_example(raw, self.spec.ignore_label, self.spec.num_classes)
+    ex = to_example(raw, self.spec.ignore_label, self.spec.num_classes, self.spec.reduce_zero_label)
     h, w = ex.label.shape
     if h > self.height or w > self.width:
       raise ValueError(f"Example {_name(raw)} of {self.spec.name} is {h}x{w}, larger than the eval size "

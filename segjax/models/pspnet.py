@@ -132,6 +132,8 @@ class PSPNet(nn.Module):
     output_stride: backbone output stride; 8 in the paper (16 or 32 are cheaper variants).
     stem: "deep" (three 3x3 convolutions, the ResNet PSPNet was trained with) or "standard" (torchvision).
     stem_width: deep-stem width: 64 (semseg, 64-64-128) or 32 (MMSeg ResNetV1c, 32-32-64).
+    stride_in_1x1: ResNet v1 blocks (stride in the first 1x1 convolution), for Keras/Caffe ResNet weights with
+      `stem="standard"`; False is torchvision's v1.5.
     bins: pyramid pooling output sides (1, 2, 3, 6).
     dropout_rate: channel dropout before both classifiers (0.1).
     aux_head: build the auxiliary layer3 head for the deep-supervision loss.
@@ -146,6 +148,7 @@ class PSPNet(nn.Module):
   output_stride: int = 8
   stem: str = "deep"
   stem_width: int = 64
+  stride_in_1x1: bool = False
   bins: tuple[int, ...] = (1, 2, 3, 6)
   dropout_rate: float = 0.1
   aux_head: bool = True
@@ -161,8 +164,8 @@ class PSPNet(nn.Module):
       raise ValueError(f"PSPNet bins must be positive pooling sizes, got {self.bins}")
     size = x.shape[1:3]
     features = ResNet(depth=self.depth, output_stride=self.output_stride, stem=self.stem,
-                      stem_width=self.stem_width, width=self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name="backbone")(x, train=train)
+                      stem_width=self.stem_width, stride_in_1x1=self.stride_in_1x1, width=self.width,
+                      dtype=self.dtype, param_dtype=self.param_dtype, name="backbone")(x, train=train)
     head = functools.partial(ConvHead, self.num_classes, dropout_rate=self.dropout_rate, dtype=self.dtype,
                              param_dtype=self.param_dtype)
 

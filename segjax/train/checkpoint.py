@@ -216,3 +216,55 @@ def check_compatible(ckpt: Checkpointer, step: int, config: ml_collections.Confi
         f"Cannot {action} {ckpt.directory} at step {step}: it was trained with another model or classes. "
         + "; ".join(diffs) + ". Use the recipe it was trained with (saved with the checkpoint, see "
         "Checkpointer.restore_config) or another --workdir.")
+
+
+def _no_checkpoint(workdir: str, workdir_path: pathlib.Path, ckpt_dir: pathlib.Path) -> str:
+  """Why `workdir` has nothing to restore, and what to do, for the FileNotFoundError `restore_checkpoint` raises."""
+  train = (f"train first with `python train.py --config=... --workdir={workdir}`, or pass the --workdir you trained "
+           "in")
+  if not workdir_path.is_dir():
+    return f"--workdir={workdir} does not exist (from {pathlib.Path.cwd()}): {train}."
+  if not ckpt_dir.is_dir():
+    return f"{ckpt_dir} does not exist, so {workdir_path} is no training directory: {train}."
+  entries = sorted(p.name for p in ckpt_dir.iterdir())
+  # orbax writes a step to "<step>.orbax-checkpoint-tmp*" and renames it once complete.
+  unfinished = [name for name in entries if ".orbax-checkpoint-tmp" in name]
+  if unfinished:
+    return (f"{ckpt_dir} holds no complete checkpoint, only unfinished saves ({', '.join(unfinished)}): the run "
+            "stopped while saving (killed, or out of disk space). Rerun the same train.py command to train and "
+            f"save again, or pass the --workdir of a finished run.")
+  if not entries:
+    return f"{ckpt_dir} is empty: no checkpoint was saved there yet; {train}."
+  return f"{ckpt_dir} holds no checkpoint step directory (only {entries[:5]}): {train}."
+
+
+def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       checkpoint_step: int | None = None, purpose: str = "evaluate", devices=None):
+  """The experiment of `config` (on `devices`, default all) and the state of `workdir`'s checkpoint (latest, or
+  `checkpoint_step`), for eval.py, predict.py, ensemble members and export.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no complete checkpoint (missing, empty, or only an unfinished save),
+      saying which and what to do.
+    ValueError: a checkpoint of another model or classes, or an unknown checkpoint step.
+  """
+  from segjax.train import setup as setup_lib  # pylint: disable=import-outside-toplevel  (setup builds models)
+
+  workdir = str(workdir)
+  workdir_path = pathlib.Path(workdir)
+  ckpt_dir = (workdir_path / "checkpoints").absolute()
+  if not ckpt_dir.is_dir():
+    raise FileNotFoundError(_no_checkpoint(workdir, workdir_path, ckpt_dir))
+  exp = setup_lib.build(config, devices)
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  try:
+    steps_available = ckpt.all_steps()
+    if not steps_available:
+      raise FileNotFoundError(_no_checkpoint(workdir, workdir_path, ckpt_dir))
+    step = steps_available[-1] if checkpoint_step is None else checkpoint_step
+    if step not in steps_available:
+      raise ValueError(f"--checkpoint_step={step} is not in {ckpt.directory}; available steps: {steps_available}")
+    check_compatible(ckpt, step, config, purpose)
+    return exp, ckpt.restore(step, exp.abstract_state()), int(step)
+  finally:
+    ckpt.close()

@@ -209,7 +209,7 @@ def _say(message: str) -> None:
 
 
 def _evaluate_during_training(exp, state, step, writer, progress) -> None:
-  cm, _ = evaluate.evaluate(exp, state, exp.config.eval_split, progress=progress)
+  cm = evaluate.evaluate(exp, state, exp.config.eval_split, progress=progress).cm
   result = metrics.compute_metrics(cm, exp.spec.class_names)
   keys = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "mean_dice")
   writer.write({"step": step, **{f"eval/{k}": result[k] for k in keys}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 
 import flax
 import jax
@@ -12,10 +13,12 @@ import optax
 from jax.sharding import Mesh
 
 from segjax import config as config_lib
-from segjax import models, sharding
+from segjax import models, sharding, weights
 from segjax.data import augment as augment_lib
 from segjax.data import datasets
 from segjax.train import state as state_lib
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -27,16 +30,30 @@ class Experiment:
   tx: optax.GradientTransformation
 
   @property
+  def _pretrained_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    # The input convention the imported weights were trained with (segjax.weights.input_normalization). It comes
+    # from the config alone, so eval and predict, which restore a checkpoint and never read the weight file,
+    # normalise as training did.
+    init_from = self.config.init_from
+    if init_from.path is None or not init_from.set_normalization:
+      return None
+    fmt = weights.resolve_format(init_from.path, init_from.format)
+    return weights.input_normalization(fmt, init_from.architecture, self.spec.num_channels)
+
+  @property
   def mean(self) -> tuple[float, ...]:
-    return tuple(self.config.dataset.mean)
+    pretrained = self._pretrained_normalization
+    return pretrained[0] if pretrained else tuple(self.config.dataset.mean)
 
   @property
   def std(self) -> tuple[float, ...]:
-    return tuple(self.config.dataset.std)
+    pretrained = self._pretrained_normalization
+    return pretrained[1] if pretrained else tuple(self.config.dataset.std)
 
   @property
   def normalization(self) -> str:
-    return self.config.dataset.normalization
+    # Pretrained weights expect their fixed mean/std, not per-image standardisation.
+    return "mean_std" if self._pretrained_normalization else self.config.dataset.normalization
 
   @property
   def augment(self) -> augment_lib.AugmentConfig:
@@ -58,10 +75,28 @@ class Experiment:
     return sharding.state_shardings(self._state_shapes, self.mesh, sharding.check_rules(self.config.mesh.rules))
 
   def init_state(self) -> state_lib.TrainState:
-    """Fresh state, created directly in its shardings on the mesh."""
+    """Fresh state, created directly in its shardings on the mesh, with the backbone weights of
+    `config.init_from.path` loaded over the initialisation when it is set (segjax.weights.load_into)."""
+    loaded = None
+    if self.config.init_from.path is not None:
+      # Read and checked against the state's shapes first, so a wrong file fails before the init compiles.
+      params, batch_stats, report = weights.load_into(self._state_shapes.params, self._state_shapes.batch_stats,
+                                                      self.config.init_from, self.model)
+      loaded = (params, batch_stats)
     key = jax.random.key(self.config.seed)
     init = functools.partial(state_lib.create_train_state, self.model, self.tx, input_shape=self.init_shape())
-    return jax.jit(init, out_shardings=self.state_sharding)(key)
+    state = jax.jit(init, out_shardings=self.state_sharding)(key)
+    if loaded is None:
+      return state
+    log.info("%s", report.summary())
+    # Loaded leaves are host arrays (the others still shapes); every process reads the same file, so placing them
+    # with the state's shardings is valid on several hosts too. The optimiser's moments start at zero whatever
+    # the parameters are, so opt_state stays as initialised.
+    def merge(new, old, sharding):
+      return old if isinstance(new, jax.ShapeDtypeStruct) else jax.device_put(new, sharding)
+    return state.replace(
+        params=jax.tree.map(merge, loaded[0], state.params, self.state_sharding.params),
+        batch_stats=jax.tree.map(merge, loaded[1], state.batch_stats, self.state_sharding.batch_stats))
 
   def abstract_state(self) -> state_lib.TrainState:
     """Shapes, dtypes and target shardings of the state, for restoring a checkpoint onto this mesh (of any size:

@@ -25,6 +25,12 @@ bottom/right only), so torchvision / semseg / MMSegmentation weights compute the
 paths follow torchvision's names: `layer3_0/conv2/kernel` is `layer3.0.conv2.weight` (transposed to HWIO),
 `layer3_0/downsample_0` and `downsample_1` are `layer3.0.downsample.0` (1x1 conv) and `.1` (BN), and the stem is
 `conv1`/`bn1` (plus `conv2`/`bn2`/`conv3`/`bn3` for the deep stem, semseg's names).
+
+`stride_in_1x1=True` is the original ResNet v1 ("caffe" style, MMSegmentation's `style='caffe'`): a downsampling
+block strides in its first 1x1 convolution, as the paper's Table 1, Caffe's and Keras' ResNet50/101 do. Keras
+ImageNet weights need it; they also have convolution biases before every BN and BN epsilon 1.001e-5, which
+segjax.weights folds into the BN statistics exactly (mean - bias; var + 1.001e-5 - 1e-5), so the blocks here stay
+bias-free with epsilon 1e-5 in both styles and the parameter shapes are the same.
 """
 
 from __future__ import annotations
@@ -74,10 +80,12 @@ class Bottleneck(nn.Module):
 
   Attributes:
     features: channels of the 1x1 and 3x3 convolutions; the block outputs `4 * features`.
-    strides: stride of the 3x3 convolution and of the projection shortcut (v1.5).
+    strides: stride of the 3x3 convolution (v1.5) or of the first 1x1 one (`stride_in_1x1`), and of the
+      projection shortcut.
     dilation: dilation (and padding) of the 3x3 convolution.
     project: 1x1 convolution + BN on the shortcut (needed when the shape changes).
     zero_init_last_bn: start the last BN's scale at 0 so the block starts as the identity (Goyal et al. 2017).
+    stride_in_1x1: stride in the first 1x1 convolution instead of the 3x3 (ResNet v1, "caffe" style).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -87,6 +95,7 @@ class Bottleneck(nn.Module):
   dilation: int = 1
   project: bool = False
   zero_init_last_bn: bool = False
+  stride_in_1x1: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -97,9 +106,10 @@ class Bottleneck(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype, param_dtype=self.param_dtype)
     d = self.dilation
-    y = conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
+    s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    y = conv(self.features, (1, 1), strides=s1, padding="VALID", name="conv1")(x)
     y = nn.relu(norm(name="bn1")(y))
-    y = conv(self.features, (3, 3), strides=self.strides, padding=_pad(3, d), kernel_dilation=d, name="conv2")(y)
+    y = conv(self.features, (3, 3), strides=s3, padding=_pad(3, d), kernel_dilation=d, name="conv2")(y)
     y = nn.relu(norm(name="bn2")(y))
     y = conv(EXPANSION * self.features, (1, 1), padding="VALID", name="conv3")(y)
     last_scale = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
@@ -132,6 +142,8 @@ class ResNet(nn.Module):
     contract_dilation: give the first block of a dilated stage half the stage's dilation (torchvision's
       `replace_stride_with_dilation`; MMSeg's `contract_dilation`). Off for semseg's and MMSeg's PSPNet.
     zero_init_residual: initialise every block's last BN scale to zero (torchvision's option of the same name).
+    stride_in_1x1: ResNet v1 / "caffe" blocks, striding in the first 1x1 convolution (Keras and Caffe weights);
+      False is torchvision's v1.5 (stride in the 3x3).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -143,6 +155,7 @@ class ResNet(nn.Module):
   width: int = 64
   contract_dilation: bool = False
   zero_init_residual: bool = False
+  stride_in_1x1: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -188,6 +201,7 @@ class ResNet(nn.Module):
             # torchvision's rule: project the shortcut whenever the block changes the shape.
             project=stride != 1 or x.shape[-1] != EXPANSION * features,
             zero_init_last_bn=self.zero_init_residual,
+            stride_in_1x1=self.stride_in_1x1,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name=f"layer{stage + 1}_{i}")(x, train=train)

@@ -1,0 +1,344 @@
+"""Exports a trained checkpoint as serialized StableHLO (jax.export) that `segjax.serving` runs without segjax.
+
+python -m segjax.export --config=configs/quickstart.py --workdir=runs/quickstart --out=exported/quickstart
+
+writes OUT/model.jaxexport (the serialized `jax.export.Exported`) and OUT/model.json (format version, classes,
+palette, input channels and size rules, recipe, versions, platforms). The exported function takes uint8 images
+[B, H, W, C] and returns {"labels": int32 [B, H, W], "probs": float32 [B, H, W, K]}: the recipe's normalisation and
+the model's padding (`steps.predict`) are inside it, and the parameters are baked in as constants, so the file is
+about as large as the float parameters (4 bytes each in float32). docs/export.md has the details.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import pathlib
+import types
+from typing import Any, Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from segjax import models, serving
+from segjax.data import augment, datasets
+from segjax.train import checkpoint as checkpoint_lib
+from segjax.train import setup as setup_lib
+from segjax.train import steps
+
+OUTPUTS = ("labels", "probs", "logits")
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def inference_function(model: flax.linen.Module, variables: dict[str, Any], *, mean: Sequence[float],
+                       std: Sequence[float], normalization: str = "mean_std",
+                       outputs: Sequence[str] = ("labels", "probs")) -> Callable[[jax.Array], dict[str, jax.Array]]:
+  """images uint8 [B, H, W, C] -> {"labels": int32 [B, H, W], "probs": float32 [B, H, W, K], "logits": ...}.
+
+  The computation of `steps.predict` (normalisation, and the mirror padding of valid-convolution nets) with
+  `variables` ({"params", "batch_stats"}) closed over, so exporting bakes them in as constants.
+  """
+  state = types.SimpleNamespace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+
+  def predict(images: jax.Array) -> dict[str, jax.Array]:
+    if normalization == "per_image":
+      # Normalised here (shape-polymorphic); predict's own mean 0 / std 1 normalisation is then exactly the identity.
+      logits = steps.predict(state, augment.standardize_per_image(images), model=model, mean=(0.0,), std=(1.0,))
+    else:
+      logits = steps.predict(state, images, model=model, mean=mean, std=std, normalization=normalization)
+    out = {"labels": jnp.argmax(logits, axis=-1).astype(jnp.int32),
+           "probs": jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
+           "logits": logits.astype(jnp.float32)}
+    return {k: out[k] for k in outputs}
+
+  return predict
+
+
+def size_rules(model: flax.linen.Module, height: int | None, width: int | None) -> dict[str, dict[str, int]]:
+  """What image heights and widths the export takes: {"height": rule, "width": rule}, each rule {"fixed": n} or
+  {"multiple_of": d, "min": m} (a symbolic side).
+
+  Raises:
+    ValueError: a valid-convolution net without fixed sizes, or a fixed size the model cannot take.
+  """
+  rules = {}
+  for name, side in (("height", height), ("width", width)):
+    if side is None:
+      if models.is_valid_conv(model):
+        raise ValueError(
+            f"{type(model).__name__} is a valid-convolution net: its padding (input_size_for) is computed in Python "
+            f"from the image size, so it exports for one fixed size only. Pass --{name} (and the other side), "
+            "e.g. the size of the images you will segment.")
+      rules[name] = {"multiple_of": models.size_divisor(model), "min": models.init_size(model)}
+      continue
+    if side < 1:
+      raise ValueError(f"--{name}={side}: give a positive number of pixels.")
+    if not models.is_valid_conv(model):
+      d, low = models.size_divisor(model), models.init_size(model)
+      if side % d or side < low:
+        up = max(-(-side // d) * d, low)
+        raise ValueError(f"--{name}={side}: {type(model).__name__} takes sides that are multiples of {d} and at "
+                         f"least {low}; use --{name}={up} (and pad the images), or leave --{name} out for any "
+                         "valid size.")
+    rules[name] = {"fixed": int(side)}
+  return rules
+
+
+def input_spec(rules: dict[str, dict[str, int]], channels: int, batch: str | int) -> jax.ShapeDtypeStruct:
+  """The uint8 [B, H, W, C] argument spec for jax.export: symbolic where `batch` is a name or a side's rule is not
+  fixed (side = multiple_of * variable, so divisibility holds by construction)."""
+  if isinstance(batch, str) and batch.isdigit():
+    batch = int(batch)
+  names = {"height": "h", "width": "w"}
+  if isinstance(batch, str) and (not batch.isidentifier() or batch in names.values()):
+    raise ValueError(f"batch={batch!r}: give an integer (fixed batch) or a dimension name other than 'h' and 'w' "
+                     "(symbolic batch, e.g. 'b').")
+  dims = [str(batch)]
+  for side in ("height", "width"):
+    rule = rules[side]
+    d = rule.get("multiple_of")
+    dims.append(str(rule["fixed"]) if "fixed" in rule else f"{d}*{names[side]}" if d > 1 else names[side])
+  shape = jax.export.symbolic_shape(", ".join(dims + [str(channels)]), constraints=_constraints(rules))
+  return jax.ShapeDtypeStruct(shape, jnp.uint8)
+
+
+def _constraints(rules: dict[str, dict[str, int]]) -> list[str]:
+  """Lower bounds of the symbolic sides' variables (side = multiple_of * variable; variables are >= 1 anyway)."""
+  out = []
+  for side, v in (("height", "h"), ("width", "w")):
+    rule = rules[side]
+    low = -(-rule["min"] // rule["multiple_of"]) if "fixed" not in rule else 1
+    if low > 1:
+      out.append(f"{v} >= {low}")
+  return out
+
+
+def _segjax_version() -> str:
+  try:
+    return importlib.metadata.version("segjax")
+  except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+    import tomllib  # pylint: disable=import-outside-toplevel
+    pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+      return tomllib.loads(pyproject.read_text())["project"]["version"] + "+checkout"
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+      return "unknown"
+
+
+def _check_choices(name: str, values: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
+  values = tuple(values)
+  bad = [v for v in values if v not in allowed]
+  if bad or not values or len(set(values)) != len(values):
+    raise ValueError(f"{name}={list(values)}: give one or more distinct values of {list(allowed)} (bad: {bad}).")
+  return values
+
+
+def export_model(model: flax.linen.Module, variables: dict[str, Any], spec: datasets.DatasetSpec,
+                 out_dir: str | pathlib.Path, *, mean: Sequence[float] = (127.5,), std: Sequence[float] = (127.5,),
+                 normalization: str = "mean_std", batch: str | int = "b", height: int | None = None,
+                 width: int | None = None, outputs: Sequence[str] = ("labels", "probs"),
+                 platforms: Sequence[str] = ("cpu",), recipe: dict[str, Any] | None = None) -> pathlib.Path:
+  """Exports `model` with `variables` (host or device arrays) to out_dir/model.jaxexport + model.json.
+
+  `export_checkpoint` is this for a checkpoint; this form serves models that are in memory.
+
+  Returns:
+    `out_dir` as a Path.
+
+  Raises:
+    ValueError: bad outputs/platforms/batch/sizes, or a model that cannot be exported with symbolic sizes
+      (naming the fix: fixed --height/--width).
+  """
+  outputs = _check_choices("outputs", outputs, OUTPUTS)
+  platforms = _check_choices("platforms", platforms, PLATFORMS)
+  variables = jax.device_get(dict(variables))  # host arrays: baked in as constants, no device placement
+  rules = size_rules(model, height, width)
+  arg = input_spec(rules, spec.num_channels, batch)
+  fn = inference_function(model, variables, mean=mean, std=std, normalization=normalization, outputs=outputs)
+  try:
+    exported = jax.export.export(jax.jit(fn), platforms=platforms)(arg)
+  except Exception as e:  # pylint: disable=broad-except  (shape polymorphism fails with several types)
+    symbolic = [side for side, rule in rules.items() if "fixed" not in rule]
+    symbolic_batch = not isinstance(arg.shape[0], int)
+    if not symbolic and not symbolic_batch:
+      raise
+    first = str(e).strip().splitlines()[0][:400] if str(e).strip() else ""
+    d, low = models.size_divisor(model), models.init_size(model)
+    example = max(low, -(-64 // d) * d)
+    fixes = []
+    if symbolic:
+      fixes.append(f"fixed sizes: --height and --width (multiples of {d}, at least {low}; e.g. --height={example} "
+                   f"--width={example})")
+    if symbolic_batch:
+      fixes.append("a fixed batch (--batch=1) if fixed sizes alone do not do")
+    dims = ", ".join((["batch"] if symbolic_batch else []) + symbolic)
+    raise ValueError(
+        f"{type(model).__name__} cannot be exported with a symbolic {dims} ({type(e).__name__}: {first}). "
+        f"Export {'; or '.join(fixes)}. docs/export.md lists which models take symbolic sizes.") from e
+  blob = exported.serialize()
+  leaves = jax.tree.leaves(variables)
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  exported_file = out_dir / serving.EXPORTED_FILE
+  exported_file.write_bytes(blob)
+  meta = {
+      "format": serving.FORMAT,
+      "format_version": serving.FORMAT_VERSION,
+      "files": {"exported": serving.EXPORTED_FILE},
+      "class_names": list(spec.class_names),
+      "palette": [list(map(int, c)) for c in spec.palette],
+      "ignore_label": spec.ignore_label,
+      "input": {"dtype": "uint8", "layout": "NHWC", "channels": spec.num_channels,
+                "shape": [str(d) for d in arg.shape],
+                "batch": batch if isinstance(batch, int) else (int(batch) if batch.isdigit() else "any"), **rules},
+      "outputs": {k: {"dtype": str(a.dtype), "shape": [str(d) for d in a.shape]}
+                  for k, a in jax.tree.unflatten(exported.out_tree, exported.out_avals).items()},
+      "normalization": {"method": normalization, "mean": list(mean), "std": list(std), "baked_in": True},
+      "recipe": recipe or {"name": None, "model": {"name": type(model).__name__}, "dataset": spec.name},
+      "parameters": {"baked_in_as_constants": True, "count": int(sum(np.size(x) for x in leaves)),
+                     "bytes": int(sum(np.asarray(x).nbytes for x in leaves))},
+      "exported_bytes": len(blob),
+      "platforms": list(exported.platforms),
+      "calling_convention_version": exported.calling_convention_version,
+      "segjax_version": _segjax_version(),
+      "jax_version": jax.__version__,
+  }
+  # model.json last, and by rename: a loader that finds it finds a complete model.jaxexport beside it.
+  tmp = out_dir / (serving.META_FILE + ".tmp")
+  tmp.write_text(json.dumps(meta, indent=2) + "\n")
+  tmp.replace(out_dir / serving.META_FILE)
+  return out_dir
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+            step: int | None = None) -> tuple[setup_lib.Experiment, dict[str, Any], int]:
+  """Restores checkpoint `step` (default the latest) of `workdir` as eval.py does.
+
+  Returns:
+    (the Experiment, host variables {"params", "batch_stats"}, the step).
+  """
+  exp, state, step = checkpoint_lib.restore_checkpoint(config, workdir, step, purpose="export")
+  variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
+  return exp, variables, step
+
+
+def _recipe(config: ml_collections.ConfigDict, recipe: str | None, workdir, step: int) -> dict[str, Any]:
+  return json.loads(json.dumps({"name": recipe, "model": config.model.to_dict(), "dataset": config.dataset.name,
+                                "workdir": str(pathlib.Path(workdir).absolute()), "checkpoint_step": step},
+                               default=str))
+
+
+def export_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out_dir: str | pathlib.Path,
+                      *, step: int | None = None, batch: str | int = "b", height: int | None = None,
+                      width: int | None = None, outputs: Sequence[str] = ("labels", "probs"),
+                      platforms: Sequence[str] = ("cpu",), recipe: str | None = None) -> pathlib.Path:
+  """Restores a checkpoint of `workdir` and exports it to out_dir/model.jaxexport + out_dir/model.json.
+
+  Args:
+    config: the recipe it was trained with.
+    workdir: the training directory (holding checkpoints/).
+    out_dir: where to write (created).
+    step: checkpoint step (default the latest).
+    batch: a dimension name (any batch size) or an integer (that batch only).
+    height, width: None: any size the model takes (multiples of its size divisor), traced symbolically; an
+      integer: that size only (required for valid-convolution nets).
+    outputs: which of "labels", "probs", "logits" the function returns.
+    platforms: subset of cpu, cuda, rocm, tpu; the artifact runs on each (exported from any machine).
+    recipe: the recipe's file name, recorded in model.json.
+
+  Returns:
+    `out_dir` as a Path.
+  """
+  exp, variables, step = restore(config, workdir, step)
+  return export_model(exp.model, variables, exp.spec, out_dir, mean=exp.mean, std=exp.std,
+                      normalization=exp.normalization, batch=batch, height=height, width=width, outputs=outputs,
+                      platforms=platforms, recipe=_recipe(config, recipe, workdir, step))
+
+
+def export_saved_model(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out_dir: str | pathlib.Path,
+                       *, step: int | None = None, height: int | None = None, width: int | None = None,
+                       outputs: Sequence[str] = ("labels", "probs"), platforms: Sequence[str] = ("cpu",)
+                       ) -> pathlib.Path:
+  """Writes a TensorFlow SavedModel (via jax2tf, StableHLO inside an XlaCallModule op) of a checkpoint.
+
+  Its "serving_default" signature takes `images` uint8 [B, H, W, C] (B any; H, W as for `export_checkpoint`) and
+  returns the chosen outputs. Needs TensorFlow (`pip install 'segjax[tf]'`); the parameters are baked in as
+  constants as in the jax.export artifact.
+
+  Raises:
+    ImportError: TensorFlow is not installed, naming the extra to install.
+  """
+  try:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(f"Exporting a TensorFlow SavedModel needs TensorFlow: pip install 'segjax[tf]' ({e}). The "
+                      "jax.export artifact (export_checkpoint) needs no TensorFlow.") from e
+  outputs = _check_choices("outputs", outputs, OUTPUTS)
+  exp, variables, step = restore(config, workdir, step)
+  rules = size_rules(exp.model, height, width)
+  arg = input_spec(rules, exp.spec.num_channels, "b")
+  fn = inference_function(exp.model, variables, mean=exp.mean, std=exp.std, normalization=exp.normalization,
+                          outputs=outputs)
+  tf_fn = jax2tf.convert(fn, polymorphic_shapes=["(" + ", ".join(str(d) for d in arg.shape) + ")"],
+                         polymorphic_constraints=_constraints(rules), with_gradient=False,
+                         native_serialization_platforms=tuple(platforms))
+  signature = [tf.TensorSpec([None] + [r.get("fixed") for r in (rules["height"], rules["width"])]
+                             + [exp.spec.num_channels], tf.uint8, name="images")]
+  module = tf.Module()
+  module.serve = tf.function(tf_fn, input_signature=signature, autograph=False)
+  out_dir = pathlib.Path(out_dir)
+  tf.saved_model.save(module, str(out_dir), signatures={"serving_default": module.serve})
+  return out_dir
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  config_flags.DEFINE_config_file("config", None, "Recipe file in configs/ (the one used for training).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Training directory holding checkpoints/.")
+  flags.DEFINE_string("out", None, "Directory to write model.jaxexport and model.json (or the SavedModel) to.")
+  flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+  flags.DEFINE_integer("height", None, "Export this image height only (default: any multiple of the model's size "
+                       "divisor; required for valid-convolution nets).")
+  flags.DEFINE_integer("width", None, "Export this image width only (as --height).")
+  flags.DEFINE_string("batch", "b", "A name: any batch size; an integer: that batch size only.")
+  flags.DEFINE_list("platforms", ["cpu"], "Platforms the artifact runs on: cpu, cuda, rocm, tpu (comma-separated).")
+  flags.DEFINE_list("outputs", ["labels", "probs"], "Outputs: labels, probs, logits (comma-separated).")
+  flags.DEFINE_enum("format", "jax", ["jax", "saved_model"], "jax: jax.export (needs only jax to run); "
+                    "saved_model: a TensorFlow SavedModel (needs segjax[tf]).")
+  flags.mark_flags_as_required(["config", "workdir", "out"])
+  return flags.FLAGS
+
+
+def main(argv, flags_=None):
+  from absl import app, logging  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every step of a restore at INFO
+  f = flags_
+  if f.format == "saved_model":
+    out = export_saved_model(f.config, f.workdir, f.out, step=f.step, height=f.height, width=f.width,
+                             outputs=f.outputs, platforms=f.platforms)
+    print(f"Wrote the TensorFlow SavedModel {out}")
+    return
+  recipe = f["config"].config_filename if hasattr(f["config"], "config_filename") else None
+  out = export_checkpoint(f.config, f.workdir, f.out, step=f.step, batch=f.batch, height=f.height, width=f.width,
+                          outputs=f.outputs, platforms=f.platforms, recipe=recipe)
+  meta = serving.read_meta(out)
+  i = meta["input"]
+  print(f"Wrote {out / serving.EXPORTED_FILE} ({meta['exported_bytes'] / 2**20:.1f} MiB; "
+        f"{meta['parameters']['count']:,} parameters baked in as constants) and {out / serving.META_FILE}: input "
+        f"uint8 {tuple(i['shape'])}, outputs {list(meta['outputs'])}, platforms {meta['platforms']}, checkpoint "
+        f"step {meta['recipe']['checkpoint_step']}.\nLoad it with: from segjax import serving; "
+        f"model = serving.load({str(out)!r}); model(images)")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=import-outside-toplevel
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS))
