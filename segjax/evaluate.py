@@ -262,5 +262,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
     convention = config.metrics.convention
     print(f"\nThe same predictions under each toolkit's convention (docs/metrics.md), percent:\n"
           f"{conventions.format_conventions(result['conventions'], convention)}")
-    print(f"Wrote {', '.join(str(p) for p in written.values())}")
+    images = written.pop("images", [])
+    print(f"Wrote {', '.join(str(p) for p in written.values())}"
+          + (f" and {len(images)} images under {out_dir / 'images'}" if images else ""))
   return result

@@ -3,7 +3,6 @@ write palette label PNGs, overlays and optionally float16 probabilities streamed
 
 from __future__ import annotations
 
-import logging
 import pathlib
 import sys
 import warnings
@@ -104,8 +103,7 @@ def run(config, workdir: str, inputs: str, output: str, *, members: Sequence[tup
     try:
       image = read_image(path, spec.num_channels)
     except ValueError as e:
-      logging.error("Skipping %s", e)
-      print(f"skipped: {e}", file=sys.stderr)
+      tqdm.tqdm.write(f"skipped: {e}", file=sys.stderr)  # above the progress bar, not through it
       failed.append((path, str(e)))
       continue
     probs = None

@@ -311,7 +311,7 @@ def write_report(out_dir: str | pathlib.Path, result: dict[str, Any], cm: np.nda
   where = " / ".join(str(result[key]) for key in ("dataset", "split") if key in result)
   try:
     plot_confusion(out_dir / "confusion.png", cm, names,
-                   title=f"{where + ': ' if where else ''}confusion matrix (each ground-truth row sums to 1)")
+                   title=f"{where + ': ' if where else ''}confusion matrix\n(each ground-truth row sums to 1)")
     paths["confusion"] = out_dir / "confusion.png"
   except ImportError as e:
     log.warning("Not writing %s: %s", out_dir / "confusion.png", e)
