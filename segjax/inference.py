@@ -42,7 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from segjax import models, sharding
-from segjax.data import datasets
+from segjax.data import augment, datasets
 
 MODES = ("whole", "slide", "overlap_tile")
 WEIGHTINGS = ("mean", "gaussian")
@@ -276,13 +276,6 @@ def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
   return np.where(j >= size, period - j, j)
 
 
-def _image_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-image mean and floored std of [B, H, W, C], tf.image.per_image_standardization's definition."""
-  axes = tuple(range(1, x.ndim))
-  floor = 1.0 / np.sqrt(np.prod(x.shape[1:]))
-  return x.mean(axes, keepdims=True), jnp.maximum(x.std(axes, keepdims=True), floor)
-
-
 def _normalize(x: jax.Array, member: Member, stats) -> jax.Array:
   if member.normalization == "per_image":
     return (x - stats[0]) / stats[1]
@@ -399,7 +392,7 @@ class Segmenter:
     p = self.params
     b, h, w, _ = images.shape
     x = images.astype(jnp.float32)
-    stats = _image_stats(x) if any(m.normalization == "per_image" for m in self.members) else None
+    stats = augment.per_image_stats(x) if any(m.normalization == "per_image" for m in self.members) else None
     total = jnp.zeros((b, h, w, self.num_classes), jnp.float32)
     for scale in p.scales:
       hs, ws = (h, w) if scale == 1 else (int(h * scale + 0.5), int(w * scale + 0.5))

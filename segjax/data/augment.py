@@ -364,13 +364,18 @@ def augment_batch(cfg: AugmentConfig, key: jax.Array, image: jax.Array, label: j
   return jax.vmap(lambda k, x, y, m: augment_example(cfg, k, x, y, m))(keys, image, label, weight)
 
 
-def standardize_per_image(image: jax.Array) -> jax.Array:
-  """[B, H, W, C] -> zero mean, unit variance per image (tf.image.per_image_standardization's definition:
-  the standard deviation is floored at 1/sqrt(number of values), so a constant image maps to zeros)."""
-  x = image.astype(jnp.float32)
+def per_image_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-image mean and standard deviation of float [B, H, W, C], the deviation floored at 1/sqrt(number of values)
+  (tf.image.per_image_standardization's definition, so a constant image maps to zeros)."""
   axes = tuple(range(1, x.ndim))
-  mean = x.mean(axes, keepdims=True)
   n = math.prod(x.shape[1:])
   # A symbolic size (shape-polymorphic export) has no numpy square root; a concrete one keeps numpy's float.
   floor = 1.0 / np.sqrt(n) if isinstance(n, int) else jax.lax.rsqrt(jnp.asarray(n, jnp.float32))
-  return (x - mean) / jnp.maximum(x.std(axes, keepdims=True), floor)
+  return x.mean(axes, keepdims=True), jnp.maximum(x.std(axes, keepdims=True), floor)
+
+
+def standardize_per_image(image: jax.Array) -> jax.Array:
+  """[B, H, W, C] -> zero mean, unit variance per image (`per_image_stats`)."""
+  x = image.astype(jnp.float32)
+  mean, std = per_image_stats(x)
+  return (x - mean) / std
