@@ -40,6 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.manual_dir = ml_collections.FieldReference(None, field_type=str)
   c.dataset.train_split = "train"
   c.dataset.crop_size = (64, 64)  # (height, width) of training crops; smaller images are padded
+  # (min, max) factor each training example is resized by before cropping, drawn uniformly; (0.5, 0.5) trains
+  # at half resolution (evaluate it with inference.scales=(0.5,) to score full-resolution labels).
+  c.dataset.train_scale = (1.0, 1.0)
   # Evaluation pads every image to this size (None: the first example's size rounded up to the model's
   # divisor). Padding carries weight 0, so it never enters a metric.
   c.dataset.eval_size = ml_collections.FieldReference(None, field_type=tuple)
@@ -199,6 +202,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "keep_checkpoints"):
     if config[key] <= 0:
       fail(key, config[key], "must be a positive integer")
+  scale = tuple(config.dataset.train_scale)
+  if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+    fail("dataset.train_scale", scale, "give (min, max) with 0 < min <= max, e.g. (0.5, 0.5) or (0.5, 2.0)")
   if len(config.dataset.crop_size) != 2 or min(config.dataset.crop_size) <= 0:
     fail("dataset.crop_size", config.dataset.crop_size, "give (height, width), both positive")
   if config.optimizer.name not in ("adamw", "adam", "sgd"):

@@ -59,6 +59,39 @@ def test_random_crop_keeps_image_and_mask_aligned():
   assert len(lefts) > 1  # the window moves
 
 
+@pytest.mark.parametrize("scale", [0.5, 0.37, 1.6])
+def test_rescale_matches_device_resize_and_nearest_labels(scale):
+  """Host rescaling (dataset.train_scale) against jax.image.resize, the resize inference's TTA scales use, and a
+  brute-force nearest-pixel loop for the mask."""
+  import jax  # pylint: disable=import-outside-toplevel
+  src = make_source([(36, 50)])[0]
+  ex = pipeline.to_example(src, 255, 3)
+  out = pipeline.rescale(ex, scale)
+  oh, ow = int(36 * scale + 0.5), int(50 * scale + 0.5)
+  assert out.image.shape == (oh, ow, 3) and out.image.dtype == np.uint8 and out.label.shape == (oh, ow)
+  ref = np.asarray(jax.image.resize(ex.image.astype(np.float32)[None], (1, oh, ow, 3), "bilinear",
+                                    antialias=False))[0]
+  assert np.abs(out.image.astype(np.float32) - ref).max() <= 0.5 + 1e-3  # only the rounding to uint8
+  for i in range(oh):
+    for j in range(ow):
+      si, sj = min(int((i + 0.5) * 36 / oh), 35), min(int((j + 0.5) * 50 / ow), 49)
+      assert out.label[i, j] == ex.label[si, sj] and out.weight[i, j] == ex.weight[si, sj]
+
+
+def test_random_crop_with_scale_range_resizes_before_cropping():
+  source = make_source([(40, 60)])
+  fixed = pipeline.RandomCrop((20, 30), ignore_label=255, num_classes=3, scale_range=(0.5, 0.5))
+  out = fixed.random_map(source[0], np.random.default_rng(0))
+  # At scale 0.5 the 40x60 frame becomes exactly the 20x30 crop: nothing is cut away or padded.
+  np.testing.assert_array_equal(out["label"], pipeline.rescale(pipeline.to_example(source[0], 255, 3), 0.5).label)
+  jitter = pipeline.RandomCrop((16, 16), ignore_label=255, num_classes=3, scale_range=(0.5, 2.0))
+  widths = set()
+  for trial in range(20):  # the green channel holds the source column: its step reveals the drawn scale
+    cols = jitter.random_map(source[0], np.random.default_rng(trial))["image"][0, :, 1].astype(float)
+    widths.add(round(float(cols[-1] - cols[0]) / 15, 1))  # ~1 / scale
+  assert len(widths) > 5
+
+
 # Row layouts of a global batch over processes: one process; two contiguous halves; rows interleaved (a mesh whose
 # devices are not ordered by process); three processes.
 LAYOUTS = {"1": [[0, 1, 2, 3, 4, 5]], "2-blocks": [[0, 1, 2], [3, 4, 5]], "2-interleaved": [[0, 2, 4], [1, 3, 5]],

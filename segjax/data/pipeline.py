@@ -94,23 +94,62 @@ def pad_to(ex: Example, height: int, width: int) -> Example:
                  weight=np.pad(ex.weight, pad))
 
 
+def _linear_taps(n_in: int, n_out: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Source rows (lo, hi) and weights of hi for bilinear resizing with half-pixel centres along one axis."""
+  src = np.clip((np.arange(n_out) + 0.5) / scale - 0.5, 0, n_in - 1)
+  lo = np.floor(src).astype(np.int64)
+  return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
+
+
+def rescale(ex: Example, scale: float) -> Example:
+  """The example resized by `scale`: the image bilinearly, label and weight by their nearest pixel.
+
+  The image resize is the one multi-scale inference applies on device (`inference._resize`: half-pixel
+  centres, no antialiasing, as cv2's INTER_LINEAR), so a model trained on `train_scale` s and evaluated with
+  `inference.scales=(s,)` sees the same kind of pixels in both.
+  """
+  h, w = ex.label.shape
+  oh, ow = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+  if (oh, ow) == (h, w):
+    return ex
+  r0, r1, fr = _linear_taps(h, oh, oh / h)
+  c0, c1, fc = _linear_taps(w, ow, ow / w)
+  x = ex.image.astype(np.float32)
+  x = x[r0] * (1 - fr)[:, None, None] + x[r1] * fr[:, None, None]
+  x = x[:, c0] * (1 - fc)[None, :, None] + x[:, c1] * fc[None, :, None]
+  if np.issubdtype(ex.image.dtype, np.integer):
+    info = np.iinfo(ex.image.dtype)
+    x = np.clip(np.rint(x), info.min, info.max)
+  rows = np.minimum(((np.arange(oh) + 0.5) * h / oh).astype(np.int64), h - 1)
+  cols = np.minimum(((np.arange(ow) + 0.5) * w / ow).astype(np.int64), w - 1)
+  return Example(image=x.astype(ex.image.dtype), label=ex.label[np.ix_(rows, cols)],
+                 weight=ex.weight[np.ix_(rows, cols)])
+
+
 class RandomCrop(grain.transforms.RandomMap):
   """Random crop to a fixed size, padding smaller images first (padding gets weight 0), joint on image and mask.
 
-  The host only decodes and crops, so every batch has one shape; flips and every other augmentation run on
+  With `scale_range` (lo, hi) other than (1, 1) each example is first resized by a factor drawn uniformly from
+  it (MMSegmentation's RandomResize ratio_range): (0.5, 0.5) trains on half-resolution frames.
+
+  The host only decodes, rescales and crops, so every batch has one shape; flips and every other augmentation run on
   device (segjax.data.augment). grain seeds `rng` from the sampler seed and the record's position in the
   sampled sequence, so the crop depends only on (seed, step), not on worker count or timing.
   """
 
   def __init__(self, crop_size: Sequence[int], ignore_label: int | None, num_classes: int,
-               reduce_zero_label: bool = False):
+               reduce_zero_label: bool = False, scale_range: Sequence[float] = (1.0, 1.0)):
     self.crop_h, self.crop_w = crop_size
+    self.scale_range = tuple(float(s) for s in scale_range)
     self.ignore_label = ignore_label
     self.num_classes = num_classes
     self.reduce_zero_label = reduce_zero_label
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     ex = to_example(element, self.ignore_label, self.num_classes, self.reduce_zero_label)
+    if self.scale_range != (1.0, 1.0):
+      lo, hi = self.scale_range
+      ex = rescale(ex, lo if lo == hi else float(rng.uniform(lo, hi)))
     h, w = ex.label.shape
     ex = pad_to(ex, max(h, self.crop_h), max(w, self.crop_w))
     h, w = ex.label.shape
@@ -140,7 +179,7 @@ class _GlobalRows:
 
 
 def train_dataset(source, *, spec: datasets.DatasetSpec, batch_size: int, crop_size: Sequence[int], seed: int,
-                  rows: Sequence[int] | None = None) -> grain.MapDataset:
+                  rows: Sequence[int] | None = None, scale_range: Sequence[float] = (1.0, 1.0)) -> grain.MapDataset:
   """This process's endless training batches: element s holds rows `rows` of the global batch of step s + 1.
 
   The global batch of step s + 1 is examples [s * B, (s + 1) * B) of one stream: the split shuffled from `seed`,
@@ -156,7 +195,7 @@ def train_dataset(source, *, spec: datasets.DatasetSpec, batch_size: int, crop_s
     raise ValueError(f"The training split of {spec.name} is empty (0 examples): check "
                      "--config.dataset.train_split (a slice like 'train[10:10]' selects nothing) and the data.")
   rows = _check_rows(rows, batch_size)
-  crop = RandomCrop(crop_size, spec.ignore_label, spec.num_classes, spec.reduce_zero_label)
+  crop = RandomCrop(crop_size, spec.ignore_label, spec.num_classes, spec.reduce_zero_label, scale_range)
   stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).random_map(crop, seed=seed)
   local = grain.MapDataset.range(len(rows) * (len(stream) // batch_size))
   return local.map(_GlobalRows(stream, batch_size, rows)).batch(len(rows), drop_remainder=True)

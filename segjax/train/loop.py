@@ -129,7 +129,8 @@ def _train(config, exp, workdir, preemption, progress):
   rows = sharding.process_rows(sharding.batch_sharding(exp.mesh), config.batch_size,
                                (*config.dataset.crop_size, 1))
   train_ds = pipeline.train_dataset(source, spec=exp.spec, batch_size=config.batch_size,
-                                    crop_size=config.dataset.crop_size, seed=config.seed, rows=rows)
+                                    crop_size=config.dataset.crop_size, seed=config.seed, rows=rows,
+                                    scale_range=config.dataset.train_scale)
 
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   start = ckpt.latest_step()
