@@ -9,7 +9,7 @@ from ml_collections import config_flags
 
 from segjax import config as config_lib
 from segjax import evaluate
-from segjax import sharding
+from segjax import platform, sharding
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Recipe file in configs/ (the one used for training).",
@@ -27,7 +27,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   members = [config_lib.parse_member(text) for text in FLAGS.member]  # bad values fail before anything runs
-  sharding.initialize_distributed(FLAGS.config.distributed)  # before any JAX computation
+  platform.configure_xla_cpu()  # XLA reads its flags when the backend starts: before any JAX computation
+  sharding.initialize_distributed(FLAGS.config.distributed)
   evaluate.run_eval(FLAGS.config, FLAGS.workdir, split=FLAGS.split, checkpoint_step=FLAGS.checkpoint_step,
                     members=members)
 

@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from segjax import config as config_lib
+from segjax import platform
 from segjax import predict
 
 FLAGS = flags.FLAGS
@@ -32,6 +33,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  platform.configure_xla_cpu()  # before any JAX computation
   members = [config_lib.parse_member(text) for text in FLAGS.member]  # bad values fail before anything runs
   failed = predict.run(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output, members=members,
                        checkpoint_step=FLAGS.checkpoint_step, probabilities=FLAGS.probabilities,

@@ -3,7 +3,7 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segjax import sharding
+from segjax import platform, sharding
 from segjax.train import loop
 
 FLAGS = flags.FLAGS
@@ -16,7 +16,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  sharding.initialize_distributed(FLAGS.config.distributed)  # before any JAX computation
+  platform.configure_xla_cpu()  # XLA reads its flags when the backend starts: before any JAX computation
+  sharding.initialize_distributed(FLAGS.config.distributed)
   loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -6,6 +6,9 @@ import pathlib
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+from segjax import platform  # noqa: E402  (imports no JAX)
+
+platform.configure_xla_cpu()  # the tests run with the XLA:CPU settings train.py and eval.py use
 
 import pytest  # noqa: E402
 
