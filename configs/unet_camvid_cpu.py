@@ -1,0 +1,36 @@
+"""U-Net on CamVid from scratch, reduced for a 2-core CPU: half resolution, 16 base channels (1.9 M parameters).
+
+python train.py --config=configs/unet_camvid_cpu.py --workdir=runs/unet_camvid_cpu
+python eval.py --config=configs/unet_camvid_cpu.py --workdir=runs/unet_camvid_cpu --split=validation
+
+Frames are resized to half size on the host (180x240, with a 0.4..0.6 scale jitter) and cropped to 160x224;
+evaluation resizes the whole 360x480 validation frames by 0.5 (`inference.scales`), resizes the scores back and
+scores every labelled full-resolution pixel, so the metrics are comparable with full-resolution recipes.
+The full-resolution recipe is configs/unet_camvid.py (run it on a GPU). Results: BENCHMARKS.md.
+"""
+
+from segjax import config as config_lib
+from segjax.data import camvid
+
+
+def get_config():
+  c = config_lib.use_dataset(config_lib.default_config(), "camvid")
+  c.dataset.train_scale = (0.4, 0.6)
+  c.dataset.crop_size = (160, 224)
+  c.dataset.eval_size = (368, 480)
+  c.inference.scales = (0.5,)
+  c.augment.hflip_prob = 0.5
+  c.loss.class_weights = camvid.MEDIAN_FREQUENCY_WEIGHTS
+  c.num_train_steps = 800
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 400
+  c.eval_every_steps = 0
+  c.model.depth = 4
+  c.model.base_features = 16
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.warmup_steps = 100
+  c.optimizer.weight_decay = 1e-4
+  return config_lib.finalize(c)
