@@ -51,6 +51,10 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from segjax import platform as segjax_platform  # noqa: E402  (imports no JAX)
+
+segjax_platform.configure_xla_cpu()  # train.py's XLA:CPU flags, before any JAX computation
+
 from segjax import config as config_lib  # noqa: E402  pylint: disable=wrong-import-position
 from segjax import evaluate, metrics  # noqa: E402  pylint: disable=wrong-import-position
 from segjax.data import datasets, pipeline  # noqa: E402  pylint: disable=wrong-import-position
