@@ -43,6 +43,8 @@ def parse_args(argv=None):
                  help="XLA:CPU's own defaults instead of segjax.platform's flags (the 'before' of BENCHMARKS.md)")
   p.add_argument("--top", type=int, default=0, help="also list the N most expensive operations")
   p.add_argument("--xla-flags", default="")
+  p.add_argument("--conv-backend", default="auto", choices=["auto", "xla", "onednn"],
+                 help="segjax's convolution kernels (config.conv_backend)")
   return p.parse_args(argv)
 
 
@@ -65,8 +67,12 @@ import optax  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from segjax import models  # noqa: E402
+from segjax.ops import conv as conv_lib  # noqa: E402
 from segjax.train import state as state_lib, steps  # noqa: E402
 
+# segjax's oneDNN convolutions (segjax.ops.conv) appear as custom calls.
+_ONEDNN_KINDS = {"SegjaxOnednnConvForward": "conv forward", "SegjaxOnednnConvBackwardData": "conv input grad",
+                 "SegjaxOnednnConvBackwardWeights": "conv kernel grad"}
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)\s+([\w\-]+)\(")
 
 
@@ -126,7 +132,8 @@ def classify(hlo_text: str) -> dict[str, str]:
       elif opcode in ("reduce", "reduce-window"):
         kinds[name] = "reduction"
       elif opcode in ("custom-call",):
-        kinds[name] = "custom call"
+        target = re.search(r'custom_call_target="([^"]+)"', line)
+        kinds[name] = _ONEDNN_KINDS.get(target.group(1) if target else "", "custom call")
       elif opcode not in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast"):
         kinds.setdefault(name, "other")
   return kinds
@@ -144,7 +151,8 @@ def main(args) -> None:
            "weight": np.ones((args.batch, h, w), np.float32)}
   batch = jax.device_put(batch)
   step = jax.jit(functools.partial(steps.train_step, model=model, seed=0, mean=(0.0, 0.0, 0.0),
-                                   std=(255.0, 255.0, 255.0), ce_weight=1.0, dice_weight=0.0, class_weights=None),
+                                   std=(255.0, 255.0, 255.0), ce_weight=1.0, dice_weight=0.0, class_weights=None,
+                                   conv_backend=conv_lib.resolve_backend(args.conv_backend, 1)),
                  donate_argnums=0)
   compiled = step.lower(state, batch).compile()
   kinds = classify(compiled.as_text())
@@ -214,13 +222,23 @@ def _flops_per_op(hlo_text: str) -> dict[str, float]:
       comp = header.group(1)
       continue
     m = _INSTR.match(line)
-    if not m or m.group(3) not in ("convolution", "dot"):
+    if not m or m.group(3) not in ("convolution", "dot", "custom-call"):
       continue
     operands = re.findall(r"%([\w.\-]+)", line.split("(", 1)[1])
     if len(operands) < 2:
       continue
     out, a, b = dims(m.group(2)), dims(shapes.get(operands[0], "")), dims(shapes.get(operands[1], ""))
-    if m.group(3) == "convolution":
+    if m.group(3) == "custom-call":
+      target = re.search(r'custom_call_target="([^"]+)"', line)
+      if not target or target.group(1) not in _ONEDNN_KINDS:
+        continue
+      # Operands and result are two [N, H, W, C]-like activations and one [KH, KW, C, O] kernel; every output
+      # pixel of the convolution costs KH * KW * C multiply-adds per output channel.
+      kernel = b if target.group(1) != "SegjaxOnednnConvBackwardWeights" else out
+      grid = out if target.group(1) == "SegjaxOnednnConvForward" else (a if target.group(1) ==
+                                                                     "SegjaxOnednnConvBackwardData" else b)
+      fl = 2.0 * float(np.prod(grid)) * kernel[0] * kernel[1] * kernel[2]
+    elif m.group(3) == "convolution":
       # out elements x (kernel spatial x in-features): kernel = the operand whose product is smaller
       lab = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", line)
       if not lab:

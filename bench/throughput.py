@@ -48,6 +48,8 @@ def parse_args(argv=None):
                  help="XLA:CPU's own defaults instead of segjax.platform's flags (the 'before' of BENCHMARKS.md)")
   p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the segjax side")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="segjax compute dtype")
+  p.add_argument("--conv-backend", default="auto", choices=["auto", "xla", "onednn"],
+                 help="segjax's convolution kernels (config.conv_backend; auto: oneDNN on one CPU device if built)")
   p.add_argument("--profile", default="", help="write a jax.profiler trace of 3 segjax steps to this folder")
   return p.parse_args(argv)
 
@@ -67,6 +69,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from segjax import models, sharding  # noqa: E402
+from segjax.ops import conv as conv_lib  # noqa: E402
 from segjax.train import state as state_lib, steps  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +92,8 @@ def segjax_step(name: str, args) -> dict:
   state = jax.jit(lambda key: state_lib.create_train_state(model, tx, key, (args.batch, h, w, 3)),
                   out_shardings=sharding.replicated(mesh))(jax.random.key(0))
   fn = steps.jit_train_step(mesh, model=model, seed=0, mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0),
-                            ce_weight=1.0, dice_weight=0.0, class_weights=None)
+                            ce_weight=1.0, dice_weight=0.0, class_weights=None,
+                            conv_backend=conv_lib.resolve_backend(args.conv_backend, mesh.size))
   image, label = _batch(args.batch, h, w, args.classes)
   batch = jax.device_put({"image": image, "label": label, "weight": np.ones(label.shape, np.float32)},
                          {k: sharding.batch_sharding(mesh, n) for k, n in (("image", 4), ("label", 3), ("weight", 3))})
@@ -165,7 +169,8 @@ def main(args) -> None:
   print("-" * len(header))
   for name in args.models:
     ours = segjax_step(name, args)
-    rows = [(f"segjax ({len(jax.devices())} dev)", ours)]
+    backend = conv_lib.resolve_backend(args.conv_backend, len(jax.devices()))
+    rows = [(f"segjax ({len(jax.devices())} dev, {backend})", ours)]
     for mode in args.torch:
       try:
         rows.append((f"pytorch {mode}", torch_step(name, mode, args)))

@@ -118,6 +118,11 @@ def default_config() -> ml_collections.ConfigDict:
   # global batch of one optimiser step.
   c.grad_accum_steps = 1
 
+  # Convolution kernels (segjax.ops.conv): "auto" runs them on oneDNN on a single CPU device when segjax's oneDNN
+  # library is installed (pip install -e '.[cpu]'), on XLA's own kernels everywhere else; "xla" always XLA's;
+  # "onednn" insists (an error where it cannot run). Same parameters and results either way (to rounding).
+  c.conv_backend = "auto"
+
   # The (data, spatial, model) device mesh; see segjax.sharding. data=-1 takes every device the others leave.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # batch split (data parallel)
@@ -207,6 +212,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("dataset.train_scale", scale, "give (min, max) with 0 < min <= max, e.g. (0.5, 0.5) or (0.5, 2.0)")
   if len(config.dataset.crop_size) != 2 or min(config.dataset.crop_size) <= 0:
     fail("dataset.crop_size", config.dataset.crop_size, "give (height, width), both positive")
+  if config.conv_backend not in ("auto", "xla", "onednn"):
+    fail("conv_backend", config.conv_backend, "choose auto, xla or onednn")
   if config.optimizer.name not in ("adamw", "adam", "sgd"):
     fail("optimizer.name", config.optimizer.name, "choose adamw, adam or sgd")
   if config.optimizer.schedule not in ("cosine", "constant", "poly"):

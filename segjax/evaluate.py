@@ -114,7 +114,8 @@ def _evaluate_whole(exp, members, params, source, split, collector, progress) ->
   sharding.check_batch_divisible(config.eval_batch_size, exp.mesh, "eval_batch_size")
   # Padding to the recipe's divisor as training does; the segmenter pads further for members that need it.
   size = pipeline.eval_size(source, config.dataset.eval_size, models.size_divisor(exp.model))
-  segmenter = inference.Segmenter(members, exp.spec.num_classes, params, mesh=exp.mesh)
+  segmenter = inference.Segmenter(members, exp.spec.num_classes, params, mesh=exp.mesh,
+                                  conv_backend=exp.conv_backend)
   step = _whole_step(segmenter, exp.spec.num_classes, exp.mesh)
   variables = segmenter.variables
   rows = sharding.process_rows(sharding.batch_sharding(exp.mesh), config.eval_batch_size, (*size, 1))
@@ -155,7 +156,8 @@ def _host_confusion(label: np.ndarray, pred: np.ndarray, weight: np.ndarray, k: 
 
 def _evaluate_per_image(exp, members, params, source, split, collector, progress) -> None:
   """Tiled modes: this process's images (every P-th), each at its own size; matrices gathered across processes."""
-  segmenter = inference.Segmenter(members, exp.spec.num_classes, params, mesh=exp.mesh)
+  segmenter = inference.Segmenter(members, exp.spec.num_classes, params, mesh=exp.mesh,
+                                  conv_backend=exp.conv_backend)
   k, spec = exp.spec.num_classes, exp.spec
   mine = range(jax.process_index(), len(source), jax.process_count())
   for index in tqdm.tqdm(mine, desc=f"eval {split} ({params.mode})",

@@ -46,9 +46,11 @@ def inference_function(model: flax.linen.Module, variables: dict[str, Any], *, m
   def predict(images: jax.Array) -> dict[str, jax.Array]:
     if normalization == "per_image":
       # Normalised here (shape-polymorphic); predict's own mean 0 / std 1 normalisation is then exactly the identity.
-      logits = steps.predict(state, augment.standardize_per_image(images), model=model, mean=(0.0,), std=(1.0,))
+      logits = steps.predict(state, augment.standardize_per_image(images), model=model, mean=(0.0,), std=(1.0,),
+                             conv_backend="xla")
     else:
-      logits = steps.predict(state, images, model=model, mean=mean, std=std, normalization=normalization)
+      logits = steps.predict(state, images, model=model, mean=mean, std=std, normalization=normalization,
+                             conv_backend="xla")
     out = {"labels": jnp.argmax(logits, axis=-1).astype(jnp.int32),
            "probs": jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
            "logits": logits.astype(jnp.float32)}

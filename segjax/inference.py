@@ -28,6 +28,7 @@ host ever hold full-resolution scores. Multi-scale TTA resizes the whole image a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -43,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from segjax import models, sharding
 from segjax.data import augment, datasets
+from segjax.ops import conv as conv_lib
 
 MODES = ("whole", "slide", "overlap_tile")
 WEIGHTINGS = ("mean", "gaussian")
@@ -339,15 +341,19 @@ class Segmenter:
     params: how to run them.
     mesh: devices to run on: the members' variables are replicated over it and tile batches split over its
       data axis. None: one device.
+    conv_backend: the kernels of the members' convolutions ("xla" or "onednn", segjax.ops.conv); None leaves
+      the caller's choice (XLA's unless traced under `conv.backend("onednn")`).
   """
 
-  def __init__(self, members: Sequence[Member], num_classes: int, params: InferenceParams, mesh: Mesh | None = None):
+  def __init__(self, members: Sequence[Member], num_classes: int, params: InferenceParams, mesh: Mesh | None = None,
+               conv_backend: str | None = None):
     if not members:
       raise ValueError("Segmenter needs at least one member (network).")
     self.members = tuple(members)
     self.num_classes = int(num_classes)
     self.params = params
     self.mesh = mesh
+    self.conv_backend = conv_backend
     for member in self.members:
       params.check_model(member.model)
       if member.normalization not in ("mean_std", "per_image"):
@@ -388,7 +394,13 @@ class Segmenter:
     Jittable; inside a jit pass `variables` (e.g. `self.variables` as a jit argument) so the parameters are not
     baked into the program as constants. The batch may be sharded over a mesh.
     """
-    variables = self._variables if variables is None else tuple(variables)
+    with self._conv_backend():
+      return self._batch_scores(images, self._variables if variables is None else tuple(variables))
+
+  def _conv_backend(self):
+    return contextlib.nullcontext() if self.conv_backend is None else conv_lib.backend(self.conv_backend)
+
+  def _batch_scores(self, images: jax.Array, variables: tuple[dict, ...]) -> jax.Array:
     p = self.params
     b, h, w, _ = images.shape
     x = images.astype(jnp.float32)
@@ -490,10 +502,11 @@ class Segmenter:
       def tiles(variables, raw, mask, stats):
         x = raw.astype(jnp.float32)
         outs = []
-        for member, var in zip(members, variables):
-          xn = jnp.where(mask[..., None], _normalize(x, member, stats), 0.0)
-          logits = member.model.apply(var, xn, train=False).astype(jnp.float32)
-          outs.append(logits if weight is None else logits * weight[None, :, :, None])
+        with self._conv_backend():
+          for member, var in zip(members, variables):
+            xn = jnp.where(mask[..., None], _normalize(x, member, stats), 0.0)
+            logits = member.model.apply(var, xn, train=False).astype(jnp.float32)
+            outs.append(logits if weight is None else logits * weight[None, :, :, None])
         return jnp.stack(outs)  # [M, B, oh, ow, K]
 
       self._jit_tiles[key] = jax.jit(tiles)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from segjax import inference, viz
 from segjax.data import datasets, png
+from segjax.ops import conv as conv_lib
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
@@ -95,7 +96,8 @@ def run(config, workdir: str, inputs: str, output: str, *, members: Sequence[tup
   for member_config, member_workdir, member_step in members:
     inference.check_same_classes(spec, member_workdir, datasets.get_spec(member_config.dataset))
     loaded.append(inference.load_member(member_config, member_workdir, member_step))
-  segmenter = inference.Segmenter(loaded, spec.num_classes, params)
+  segmenter = inference.Segmenter(loaded, spec.num_classes, params,
+                                  conv_backend=conv_lib.resolve_backend(config.conv_backend, num_devices=1))
   out_dir = pathlib.Path(output)
   out_dir.mkdir(parents=True, exist_ok=True)
   failed = []

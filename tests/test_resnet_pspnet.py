@@ -11,6 +11,7 @@ import pytest
 
 from segjax.models import pspnet as pspnet_lib
 from segjax.models.backbones import resnet as resnet_lib
+from segjax.ops.norm import BatchNorm
 
 X64 = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
 
@@ -270,11 +271,11 @@ def test_head_dropout_drops_whole_channels():
   @jax.jit
   def run(variables, x):
     return head.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2, impl="rbg")},
-                      capture_intermediates=lambda m, _: isinstance(m, (nn.Dropout, nn.BatchNorm)),
+                      capture_intermediates=lambda m, _: isinstance(m, (nn.Dropout, BatchNorm)),
                       mutable=["batch_stats", "intermediates"])[1]
 
   state = run(variables, x)
-  kept = np.maximum(np.asarray(state["intermediates"]["bn"]["__call__"][0]), 0) / 0.5
+  kept = np.asarray(state["intermediates"]["bn"]["__call__"][0]) / 0.5  # the BatchNorm's fused ReLU output
   dropped = np.asarray(state["intermediates"]["Dropout_0"]["__call__"][0])
   keep = np.any(dropped != 0, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
   assert 0.2 < keep.mean() < 0.8

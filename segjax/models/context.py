@@ -42,6 +42,7 @@ import numpy as np
 
 from segjax.models.backbones.vgg import VGG16, VGG16_STAGES, conv_init
 from segjax.models.deeplab import upsample_aligned
+from segjax.ops.conv import Conv
 
 Dtype = Any
 
@@ -108,9 +109,9 @@ class ContextModule(nn.Module):
     for i, (name, k, dilation, mult) in enumerate(CONTEXT_LAYERS):
       features = mult * c if self.large else c
       pad = dilation * (k - 1) // 2
-      x = nn.Conv(features, (k, k), padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
-                  kernel_init=identity_init(c, noise), dtype=self.dtype, param_dtype=self.param_dtype,
-                  name=name)(x)
+      x = Conv(features, (k, k), padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
+               kernel_init=identity_init(c, noise), dtype=self.dtype, param_dtype=self.param_dtype,
+               name=name)(x)
       if i < len(CONTEXT_LAYERS) - 1:
         x = nn.relu(x)
     return x
@@ -151,11 +152,11 @@ class ContextNet(nn.Module):
     y = feats["conv5"]
     for name, k, dilation in (("fc6", 7, 4), ("fc7", 1, 1)):
       pad = dilation * (k - 1) // 2
-      y = nn.Conv(self.fc_features, (k, k), padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
-                  kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(y)
+      y = Conv(self.fc_features, (k, k), padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
+               kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(y)
       y = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(y))
-    scores = nn.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.001), dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="final")(y)
+    scores = Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.001), dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="final")(y)
     if self.context != "none":
       scores = ContextModule(self.num_classes, large=self.context == "large", init_noise=self.init_noise,
                              dtype=self.dtype, param_dtype=self.param_dtype, name="context")(scores)

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 from segjax.models.backbones.vgg import conv_init
 from segjax.models.segnet import VGG16ArgmaxEncoder, scaled_stages
 from segjax.ops import max_unpool
+from segjax.ops.conv import Conv
+from segjax.ops.norm import BatchNorm
 
 Dtype = Any
 
@@ -76,9 +78,9 @@ class DeconvNet(nn.Module):
           f"DeconvNet(fc6_padding='VALID') needs height and width of at least {self.min_input_size} (pool5 at "
           f"least 7x7 for the 7x7 fc6), got {x.shape[1]}x{x.shape[2]}: resize or pad the input (the paper uses "
           f"224x224 crops) or set fc6_padding='SAME'.")
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype, param_dtype=self.param_dtype)
-    conv = functools.partial(nn.Conv, kernel_init=conv_init, dtype=self.dtype,
+    conv = functools.partial(Conv, kernel_init=conv_init, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     deconv = functools.partial(nn.ConvTranspose, kernel_init=_DECODER_INIT, dtype=self.dtype,
                                param_dtype=self.param_dtype)
@@ -86,10 +88,11 @@ class DeconvNet(nn.Module):
     x, switches = VGG16ArgmaxEncoder(self.base_features, self.dtype, self.param_dtype, name="encoder")(
         x.astype(self.dtype), train=train)
     pool5_channels = x.shape[-1]
-    x = nn.relu(norm(name="fc6_bn")(conv(self.fc_features, (7, 7), padding=self.fc6_padding, name="fc6")(x)))
-    x = nn.relu(norm(name="fc7_bn")(conv(self.fc_features, (1, 1), name="fc7")(x)))
+    x = conv(self.fc_features, (7, 7), padding=self.fc6_padding, name="fc6")(x)
+    x = norm(name="fc6_bn", activation="relu")(x)
+    x = norm(name="fc7_bn", activation="relu")(conv(self.fc_features, (1, 1), name="fc7")(x))
     x = deconv(pool5_channels, (7, 7), padding=self.fc6_padding, name="fc6_deconv")(x)
-    x = nn.relu(norm(name="fc6_deconv_bn")(x))
+    x = norm(name="fc6_deconv_bn", activation="relu")(x)
 
     stages = scaled_stages(self.base_features)
     for s in reversed(range(1, 6)):
@@ -102,7 +105,7 @@ class DeconvNet(nn.Module):
         features = stages[s - 2][0] if i == num_convs and s > 1 else width
         # A 3x3 stride-1 transposed convolution with padding 1 keeps the size (Caffe's pad: 1).
         x = deconv(features, (3, 3), padding="SAME", name=f"deconv{s}_{i}")(x)
-        x = nn.relu(norm(name=f"deconv{s}_{i}_bn")(x))
-    x = nn.Conv(self.num_classes, (1, 1), kernel_init=_DECODER_INIT, dtype=self.dtype,
-                param_dtype=self.param_dtype, name="seg_score")(x)
+        x = norm(name=f"deconv{s}_{i}_bn", activation="relu")(x)
+    x = Conv(self.num_classes, (1, 1), kernel_init=_DECODER_INIT, dtype=self.dtype,
+             param_dtype=self.param_dtype, name="seg_score")(x)
     return x.astype(jnp.float32)

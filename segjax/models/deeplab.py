@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones.vgg import VGG16, VGG16_STAGES, conv_init
+from segjax.ops.conv import Conv
 from segjax.ops.upsample import resize_bilinear
 
 Dtype = Any
@@ -99,9 +100,9 @@ class DeepLabLargeFOV(nn.Module):
     d = self.fc6_dilation
     for name, k, dilation in (("fc6", 3, d), ("fc7", 1, 1)):
       pad = dilation * (k - 1) // 2
-      y = nn.Conv(self.fc_features, (k, k), padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
-                  kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(y)
+      y = Conv(self.fc_features, (k, k), padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
+               kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(y)
       y = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(y))
-    scores = nn.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="fc8")(y)
+    scores = Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="fc8")(y)
     return upsample_aligned(scores, (h, w), OUTPUT_STRIDE, centre=0).astype(jnp.float32)

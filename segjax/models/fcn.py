@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from segjax.models.backbones.vgg import VGG16, VGG16_STAGES, conv_init
+from segjax.ops.conv import Conv
 from segjax.ops.upsample import bilinear_kernel, transposed_conv
 
 Dtype = Any
@@ -129,8 +130,8 @@ class _FCN(nn.Module):
 
   def _score(self, x: jax.Array, name: str) -> jax.Array:
     # Zero-initialised as in the reference (its Caffe default filler), so skips start as no-ops.
-    return nn.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                   param_dtype=self.param_dtype, name=name)(x)
+    return Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                param_dtype=self.param_dtype, name=name)(x)
 
   def _upscore(self, x: jax.Array, stride: int, name: str) -> jax.Array:
     return Upscore(stride, self.learn_upsampling, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
@@ -144,8 +145,8 @@ class _FCN(nn.Module):
                   param_dtype=self.param_dtype, name="backbone")(x, train=train)
     y = feats["pool5"]
     for name, k in (("fc6", 7), ("fc7", 1)):
-      y = nn.Conv(self.fc_features, (k, k), padding="VALID", kernel_init=conv_init, dtype=self.dtype,
-                  param_dtype=self.param_dtype, name=name)(y)
+      y = Conv(self.fc_features, (k, k), padding="VALID", kernel_init=conv_init, dtype=self.dtype,
+               param_dtype=self.param_dtype, name=name)(y)
       y = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(y))
     score = self._score(y, "score_fr")
 

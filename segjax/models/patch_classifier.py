@@ -31,6 +31,7 @@ import numpy as np
 from jax import lax
 
 from segjax.models.unet import max_pool_2x2
+from segjax.ops.conv import Conv
 
 Dtype = Any
 
@@ -119,8 +120,8 @@ class PatchNet(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     act = _ACTIVATIONS[self.activation]
     for i, (features, k) in enumerate(zip(self.features, self.kernel_sizes)):
-      x = nn.Conv(features, (k, k), padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype,
-                  name=f"conv{i}")(x)
+      x = Conv(features, (k, k), padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype,
+               name=f"conv{i}")(x)
       _, h, w, _ = x.shape
       x = act(max_pool_2x2(x[:, :h // 2 * 2, :w // 2 * 2]))
     x = x.reshape(x.shape[0], -1)

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from segjax.models.backbones.resnet import ResNet, conv_init
+from segjax.ops.conv import Conv
+from segjax.ops.norm import BatchNorm
 from segjax.ops.upsample import resize_bilinear
 
 Dtype = Any
@@ -81,11 +83,11 @@ class PyramidPooling(nn.Module):
     outputs = [x]
     for i, b in enumerate(self.bins):
       y = adaptive_avg_pool(x, b)
-      y = nn.Conv(reduced, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                  param_dtype=self.param_dtype, name=f"conv{i}")(y)
-      y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name=f"bn{i}")(y)
-      outputs.append(resize_bilinear(nn.relu(y), (h, w), align_corners=True))
+      y = Conv(reduced, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+               param_dtype=self.param_dtype, name=f"conv{i}")(y)
+      y = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                    param_dtype=self.param_dtype, activation="relu", name=f"bn{i}")(y)
+      outputs.append(resize_bilinear(y, (h, w), align_corners=True))
     return jnp.concatenate(outputs, axis=-1)
 
 
@@ -108,15 +110,14 @@ class ConvHead(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=conv_init,
-                dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="bn")(x)
-    x = nn.relu(x)
+    x = Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=conv_init,
+             dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+    x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                  param_dtype=self.param_dtype, activation="relu", name="bn")(x)
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
     # MMSeg's decode heads start the classifier at N(0, 0.01^2).
-    return nn.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
-                   param_dtype=self.param_dtype, name="classifier")(x)
+    return Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
+                param_dtype=self.param_dtype, name="classifier")(x)
 
 
 class PSPNet(nn.Module):

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 
 from segjax.models.backbones.vgg import VGG16_STAGES, conv_init, vgg_stage
 from segjax.ops import max_pool_with_argmax
+from segjax.ops.conv import Conv
+from segjax.ops.norm import BatchNorm
 from segjax.ops.upsample import Upsample
 
 Dtype = Any
@@ -121,9 +123,9 @@ class SegNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     if x.ndim != 4:
       raise ValueError(f"SegNet expects images [B, H, W, C], got shape {x.shape}")
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=1, kernel_init=conv_init, dtype=self.dtype,
+    conv = functools.partial(Conv, kernel_size=(3, 3), padding=1, kernel_init=conv_init, dtype=self.dtype,
                              param_dtype=self.param_dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype, param_dtype=self.param_dtype)
     x, switches = VGG16ArgmaxEncoder(self.base_features, self.dtype, self.param_dtype, name="encoder")(
         x.astype(self.dtype), train=train)
@@ -141,7 +143,7 @@ class SegNet(nn.Module):
         # The mirror image of encoder conv{s}_{i}: it maps back to that layer's input width.
         features = width if i > 1 else stages[s - 2][0]
         x = conv(features, name=f"conv{s}_{i}_D")(x)
-        x = nn.relu(norm(name=f"conv{s}_{i}_D_bn")(x))
+        x = norm(name=f"conv{s}_{i}_D_bn", activation="relu")(x)
     return x.astype(jnp.float32)
 
 
@@ -176,16 +178,16 @@ class SegNetBasic(nn.Module):
     if x.ndim != 4:
       raise ValueError(f"SegNetBasic expects images [B, H, W, C], got shape {x.shape}")
     k = self.kernel_size
-    conv = functools.partial(nn.Conv, self.features, (k, k), padding=k // 2, kernel_init=conv_init,
+    conv = functools.partial(Conv, self.features, (k, k), padding=k // 2, kernel_init=conv_init,
                              dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype, param_dtype=self.param_dtype)
     if self.input_lrn:
       x = local_response_norm(x)
     x = x.astype(self.dtype)
     switches = []
     for s in range(1, 5):
-      x = nn.relu(norm(name=f"conv{s}_bn")(conv(name=f"conv{s}")(x)))
+      x = norm(name=f"conv{s}_bn", activation="relu")(conv(name=f"conv{s}")(x))
       self.sow("intermediates", f"pre_pool{s}", x)
       size = (x.shape[1], x.shape[2])
       x, indices = max_pool_with_argmax(x, 2, 2, ceil_mode=True)
@@ -196,7 +198,7 @@ class SegNetBasic(nn.Module):
           x, indices=indices if self.upsample == "unpool" else None, output_shape=size)
       self.sow("intermediates", f"unpool{s}", x)
       x = norm(name=f"conv_decode{s}_bn")(conv(name=f"conv_decode{s}")(x))
-    x = nn.Conv(self.num_classes, (1, 1), kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                name="conv_classifier")(x)
+    x = Conv(self.num_classes, (1, 1), kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
+             name="conv_classifier")(x)
     return x.astype(jnp.float32)
 

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.unet import ConvBlock, max_pool_2x2
+from segjax.ops.conv import Conv
+from segjax.ops.norm import BatchNorm
 from segjax.ops.upsample import Upsample
 
 Dtype = Any
@@ -56,10 +58,10 @@ class SmallEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, list[jax.Array]]:
-    conv = functools.partial(nn.Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
     norm = None
     if self.batch_norm:
-      norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+      norm = functools.partial(BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                                param_dtype=self.param_dtype)
     skips = []
     for stage in range(NUM_POOLINGS):
@@ -106,8 +108,8 @@ class FCNNearest(nn.Module):
     _check_input(self, x)
     x, _ = SmallEncoder(self.base_features, self.batch_norm, self.dtype, self.param_dtype,
                         name="encoder")(x.astype(self.dtype), train=train)
-    scores = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="classifier")(x)
+    scores = Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                  name="classifier")(x)
     return Upsample("nearest", 2**NUM_POOLINGS, dtype=self.dtype)(scores).astype(jnp.float32)
 
 
@@ -143,17 +145,17 @@ class FCNSkipConcat(nn.Module):
       raise ValueError(f"FCNSkipConcat.upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
     x, skips = SmallEncoder(self.base_features, self.batch_norm, self.dtype, self.param_dtype,
                             name="encoder")(x.astype(self.dtype), train=train)
-    conv = functools.partial(nn.Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
     norm = None
     if self.batch_norm:
-      norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+      norm = functools.partial(BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                                param_dtype=self.param_dtype)
     for stage in reversed(range(NUM_POOLINGS)):
       x = Upsample(self.upsample, 2, dtype=self.dtype)(x)
       x = jnp.concatenate([skips[stage], x], axis=-1)
       x = ConvBlock(self.base_features * 2**stage, conv=conv, norm=norm, name=f"decoder{stage}")(x, train=train)
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="classifier")(x)
+    logits = Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                  name="classifier")(x)
     return logits.astype(jnp.float32)
 
 
@@ -191,7 +193,7 @@ class FCNTransposedSkip(nn.Module):
                        f"{self.upsample!r}")
     x, skips = SmallEncoder(self.base_features, self.batch_norm, self.dtype, self.param_dtype,
                             name="encoder")(x.astype(self.dtype), train=train)
-    score = functools.partial(nn.Conv, self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype)
+    score = functools.partial(Conv, self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype)
     scores = score(name="score3")(x)
     for stage in reversed(range(NUM_POOLINGS)):
       scores = Upsample(self.upsample, 2, dtype=self.dtype, param_dtype=self.param_dtype,

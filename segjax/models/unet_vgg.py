@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones.vgg import VGG16
+from segjax.ops.conv import Conv
 from segjax.ops.upsample import resize_bilinear
 
 Dtype = Any
@@ -63,7 +64,7 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", kernel_init=nn.initializers.he_normal(),
+    conv = functools.partial(Conv, kernel_size=(3, 3), padding="SAME", kernel_init=nn.initializers.he_normal(),
                              dtype=self.dtype, param_dtype=self.param_dtype)
     b, h, w, _ = x.shape
     if self.upsample == "bilinear":
@@ -121,8 +122,8 @@ class UNetVGG16(nn.Module):
     y = block(16 * f, 8 * f, name="dec4")(jnp.concatenate([y, features["conv4"]], axis=-1))
     y = block(8 * f, 2 * f, name="dec3")(jnp.concatenate([y, features["conv3"]], axis=-1))
     y = block(4 * f, f, name="dec2")(jnp.concatenate([y, features["conv2"]], axis=-1))
-    y = nn.Conv(f, (3, 3), padding="SAME", kernel_init=nn.initializers.he_normal(), dtype=self.dtype,
-                param_dtype=self.param_dtype, name="dec1")(jnp.concatenate([y, features["conv1"]], axis=-1))
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="classifier")(nn.relu(y))
+    y = Conv(f, (3, 3), padding="SAME", kernel_init=nn.initializers.he_normal(), dtype=self.dtype,
+             param_dtype=self.param_dtype, name="dec1")(jnp.concatenate([y, features["conv1"]], axis=-1))
+    logits = Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                  name="classifier")(nn.relu(y))
     return logits.astype(jnp.float32)

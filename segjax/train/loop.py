@@ -122,6 +122,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 def _train(config, exp, workdir, preemption, progress):
   workdir.mkdir(parents=True, exist_ok=True)
+  log.info("Mesh %s on %s; convolutions: %s (config.conv_backend=%s)", dict(exp.mesh.shape),
+           jax.default_backend(), exp.conv_backend, config.conv_backend)
   sharding.check_batch_divisible(config.batch_size, exp.mesh)
   sharding.check_batch_divisible(config.batch_size // config.grad_accum_steps, exp.mesh,
                                  "batch_size / config.grad_accum_steps")
@@ -149,7 +151,8 @@ def _train(config, exp, workdir, preemption, progress):
       exp.mesh, exp.state_sharding, grad_accum_steps=config.grad_accum_steps, model=exp.model, seed=config.seed,
       mean=exp.mean, std=exp.std, ce_weight=config.loss.ce_weight, dice_weight=config.loss.dice_weight,
       aux_weight=config.loss.aux_weight, augment=exp.augment, normalization=exp.normalization,
-      class_weights=None if config.loss.class_weights is None else tuple(config.loss.class_weights))
+      class_weights=None if config.loss.class_weights is None else tuple(config.loss.class_weights),
+      conv_backend=exp.conv_backend)
   schedule = state_lib.make_schedule(config.optimizer, config.num_train_steps)
   writer = MetricsWriter(workdir)
   bar = tqdm.tqdm(total=config.num_train_steps, initial=start, desc="train", dynamic_ncols=True,

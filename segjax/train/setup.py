@@ -16,6 +16,7 @@ from segjax import config as config_lib
 from segjax import models, sharding, weights
 from segjax.data import augment as augment_lib
 from segjax.data import datasets
+from segjax.ops import conv as conv_lib
 from segjax.train import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,11 @@ class Experiment:
   def normalization(self) -> str:
     # Pretrained weights expect their fixed mean/std, not per-image standardisation.
     return "mean_std" if self._pretrained_normalization else self.config.dataset.normalization
+
+  @functools.cached_property
+  def conv_backend(self) -> str:
+    """The kernels this run's convolutions use: `config.conv_backend` resolved for this mesh (segjax.ops.conv)."""
+    return conv_lib.resolve_backend(self.config.conv_backend, self.mesh.size)
 
   @property
   def augment(self) -> augment_lib.AugmentConfig:

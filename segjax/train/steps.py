@@ -1,4 +1,8 @@
-"""The jitted train and eval steps: pure functions of (state, batch), sharded over the mesh."""
+"""The jitted train and eval steps: pure functions of (state, batch), sharded over the mesh.
+
+Each step takes `conv_backend` ("xla" or "onednn", see segjax.ops.conv; None keeps the caller's): the kernels its
+convolutions are traced with. `Experiment.conv_backend` resolves it from `config.conv_backend` and the mesh.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from jax.sharding import Mesh
 from segjax import losses, metrics, models, sharding
 from segjax.data import augment as augment_lib
 from segjax.models import unet
+from segjax.ops import conv as conv_lib
 from segjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -37,12 +42,24 @@ def _variables(params, batch_stats) -> dict[str, Any]:
   return variables
 
 
+def _with_conv_backend(fn: Callable) -> Callable:
+  """Adds the keyword `conv_backend` to a step: the convolutions `fn` traces use it (None: left as it is)."""
+  @functools.wraps(fn)
+  def step(*args, conv_backend: str | None = None, **kwargs):
+    if conv_backend is None:
+      return fn(*args, **kwargs)
+    with conv_lib.backend(conv_backend):
+      return fn(*args, **kwargs)
+  return step
+
+
 def _split_microbatches(x: jax.Array, k: int) -> jax.Array:
   """[B, ...] -> [k, B / k, ...] with microbatch j = rows j, j + k, ...: every device's block of rows holds an
   equal share of each microbatch, so splitting moves no data between devices."""
   return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
 
 
+@_with_conv_backend
 def train_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, seed: int,
                mean: Sequence[float], std: Sequence[float], ce_weight: float, dice_weight: float,
                class_weights: Sequence[float] | None,
@@ -133,6 +150,7 @@ def train_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, see
   return new_state, out
 
 
+@_with_conv_backend
 def predict(state: TrainState, images: jax.Array, *, model: flax.linen.Module, mean: Sequence[float],
             std: Sequence[float], normalization: str = "mean_std") -> jax.Array:
   """Logits [B, H, W, K] float32 in inference mode (BatchNorm running averages, no dropout).
@@ -151,6 +169,7 @@ def predict(state: TrainState, images: jax.Array, *, model: flax.linen.Module, m
   return logits[:, :h, :w]
 
 
+@_with_conv_backend
 def eval_step(state: TrainState, batch: Batch, *, model: flax.linen.Module, num_classes: int,
               mean: Sequence[float], std: Sequence[float],
               normalization: str = "mean_std") -> tuple[jax.Array, jax.Array]:

@@ -42,6 +42,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.ops.conv import Conv
+from segjax.ops.norm import BatchNorm
+
 Dtype = Any
 
 # Bottleneck blocks per stage, He et al. 2016, Table 1.
@@ -101,16 +104,16 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+    conv = functools.partial(Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                              param_dtype=self.param_dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype, param_dtype=self.param_dtype)
     d = self.dilation
     s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
     y = conv(self.features, (1, 1), strides=s1, padding="VALID", name="conv1")(x)
-    y = nn.relu(norm(name="bn1")(y))
+    y = norm(name="bn1", activation="relu")(y)
     y = conv(self.features, (3, 3), strides=s3, padding=_pad(3, d), kernel_dilation=d, name="conv2")(y)
-    y = nn.relu(norm(name="bn2")(y))
+    y = norm(name="bn2", activation="relu")(y)
     y = conv(EXPANSION * self.features, (1, 1), padding="VALID", name="conv3")(y)
     last_scale = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
     y = norm(scale_init=last_scale, name="bn3")(y)
@@ -168,20 +171,20 @@ class ResNet(nn.Module):
     if x.ndim != 4:
       raise ValueError(f"ResNet expects images [B, H, W, C], got shape {x.shape}")
     strides, dilations = stage_strides_and_dilations(self.output_stride)
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+    conv = functools.partial(Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                              param_dtype=self.param_dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype, param_dtype=self.param_dtype)
 
     x = x.astype(self.dtype)
     if self.stem == "standard":
       x = conv(self.stem_width, (7, 7), strides=2, padding=_pad(7), name="conv1")(x)
-      x = nn.relu(norm(name="bn1")(x))
+      x = norm(name="bn1", activation="relu")(x)
     else:
       widths = (self.stem_width, self.stem_width, 2 * self.stem_width)
       for i, features in enumerate(widths):
         x = conv(features, (3, 3), strides=2 if i == 0 else 1, padding=_pad(3), name=f"conv{i + 1}")(x)
-        x = nn.relu(norm(name=f"bn{i + 1}")(x))
+        x = norm(name=f"bn{i + 1}", activation="relu")(x)
     outputs = {"stem": x}
     # PyTorch's MaxPool2d(3, 2, padding=1) pads with -inf, as reduce_window's padding does here.
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -27,6 +27,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.ops.conv import Conv
+from segjax.ops.norm import BatchNorm
+
 Dtype = Any
 
 # (output channels, number of 3x3 convolutions) per stage: Simonyan & Zisserman 2015, Table 1, column D.
@@ -65,12 +68,13 @@ def vgg_stage(x: jax.Array, stage: int, features: int, num_convs: int, *, train:
   """
   for i in range(1, num_convs + 1):
     pad = dilation if (i > 1 or first_padding is None) else first_padding
-    x = nn.Conv(features, (3, 3), padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
-                kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype, name=f"conv{stage}_{i}")(x)
+    x = Conv(features, (3, 3), padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
+             kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype, name=f"conv{stage}_{i}")(x)
     if batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                       param_dtype=param_dtype, name=f"bn{stage}_{i}")(x)
-    x = nn.relu(x)
+      x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                    param_dtype=param_dtype, activation="relu", name=f"bn{stage}_{i}")(x)
+    else:
+      x = nn.relu(x)
   return x
 
 

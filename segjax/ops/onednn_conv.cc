@@ -1,0 +1,248 @@
+// oneDNN convolutions for XLA:CPU, called from JAX through the XLA FFI (segjax/ops/conv.py).
+//
+// Three handlers cover a 2-D convolution and its two gradients on channels-last data: activations
+// [N, H, W, C] (oneDNN's nhwc), kernels [KH, KW, C, O] (oneDNN's hwio), any strides, explicit non-negative
+// padding and kernel dilation, float32 or bfloat16 (float32 accumulation). XLA:CPU runs convolutions with
+// Eigen's im2col-style kernels, which on few channels (32-64, a U-Net's top levels) reach about half the
+// throughput of oneDNN's direct kernels, and computes kernel gradients after transposing both operands to
+// put the batch innermost; oneDNN takes every operand as it is (BENCHMARKS.md, "Training throughput").
+//
+// Primitive descriptors are built once per shape and kept (oneDNN compiles its kernels when a primitive is
+// created); executing a primitive is thread-safe, so concurrent XLA thunks may share them.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace segjax {
+namespace {
+
+using dnnl::memory;
+
+dnnl::engine& Engine() {
+  static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *engine;
+}
+
+// Everything that identifies one convolution: shapes, strides, padding, dilation and element type.
+struct ConvKey {
+  int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw;
+  memory::data_type dtype;
+
+  auto Tie() const {
+    return std::tie(n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw, dtype);
+  }
+  bool operator<(const ConvKey& other) const { return Tie() < other.Tie(); }
+};
+
+// The primitives of one convolution, each created on first use.
+struct ConvPrimitives {
+  dnnl::convolution_forward::primitive_desc forward_pd;
+  std::optional<dnnl::convolution_forward> forward;
+  std::optional<dnnl::convolution_backward_data::primitive_desc> backward_data_pd;
+  std::optional<dnnl::convolution_backward_data> backward_data;
+  std::optional<dnnl::convolution_backward_weights::primitive_desc> backward_weights_pd;
+  std::optional<dnnl::convolution_backward_weights> backward_weights;
+};
+
+struct Descs {
+  memory::desc src, dst, weights_any, user_weights;
+  memory::dims strides, dilation, pad_l, pad_r;
+};
+
+Descs MakeDescs(const ConvKey& k) {
+  Descs d;
+  d.src = memory::desc({k.n, k.c, k.h, k.w}, k.dtype, memory::format_tag::nhwc);
+  d.dst = memory::desc({k.n, k.o, k.oh, k.ow}, k.dtype, memory::format_tag::nhwc);
+  d.weights_any = memory::desc({k.o, k.c, k.kh, k.kw}, k.dtype, memory::format_tag::any);
+  d.user_weights = memory::desc({k.o, k.c, k.kh, k.kw}, k.dtype, memory::format_tag::hwio);
+  d.strides = {k.sh, k.sw};
+  d.dilation = {k.dh - 1, k.dw - 1};  // oneDNN counts the gaps between taps, XLA the step
+  d.pad_l = {k.pt, k.pl};
+  d.pad_r = {k.pb, k.pr};
+  return d;
+}
+
+class PrimitiveCache {
+ public:
+  // The primitives for `key` with the primitive of `kind` (0 forward, 1 backward data, 2 backward weights)
+  // created. The returned object lives as long as the process.
+  ConvPrimitives* Get(const ConvKey& key, int kind) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& slot = cache_[key];
+    Descs d = MakeDescs(key);
+    if (!slot) {
+      slot = std::make_unique<ConvPrimitives>(ConvPrimitives{dnnl::convolution_forward::primitive_desc(
+          Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, d.src, d.weights_any,
+          d.dst, d.strides, d.dilation, d.pad_l, d.pad_r)});
+    }
+    ConvPrimitives* p = slot.get();
+    if (kind == 0 && !p->forward) {
+      p->forward.emplace(p->forward_pd);
+    } else if (kind == 1 && !p->backward_data) {
+      p->backward_data_pd.emplace(Engine(), dnnl::algorithm::convolution_direct, d.src, d.weights_any, d.dst,
+                                  d.strides, d.dilation, d.pad_l, d.pad_r, p->forward_pd);
+      p->backward_data.emplace(*p->backward_data_pd);
+    } else if (kind == 2 && !p->backward_weights) {
+      p->backward_weights_pd.emplace(Engine(), dnnl::algorithm::convolution_direct, d.src, d.weights_any, d.dst,
+                                     d.strides, d.dilation, d.pad_l, d.pad_r, p->forward_pd);
+      p->backward_weights.emplace(*p->backward_weights_pd);
+    }
+    return p;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<ConvKey, std::unique_ptr<ConvPrimitives>> cache_;
+};
+
+PrimitiveCache& Cache() {
+  static PrimitiveCache* cache = new PrimitiveCache();
+  return *cache;
+}
+
+std::optional<memory::data_type> DnnlType(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F32:
+      return memory::data_type::f32;
+    case ffi::DataType::BF16:
+      return memory::data_type::bf16;
+    default:
+      return std::nullopt;
+  }
+}
+
+// Builds the key from the activation [N, H, W, C], kernel [KH, KW, C, O] and output [N, OH, OW, O] dimensions,
+// checking that they and the attributes describe one convolution.
+ffi::ErrorOr<ConvKey> MakeKey(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions w,
+                              ffi::AnyBuffer::Dimensions y, ffi::DataType type, ffi::Span<const int64_t> stride,
+                              ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
+  if (x.size() != 4 || w.size() != 4 || y.size() != 4) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument("segjax oneDNN convolution: activations, kernel and output must be rank 4"));
+  }
+  if (stride.size() != 2 || padding.size() != 4 || dilation.size() != 2) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument("segjax oneDNN convolution: stride[2], padding[4], dilation[2] expected"));
+  }
+  auto dtype = DnnlType(type);
+  if (!dtype) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument("segjax oneDNN convolution: only float32 and bfloat16 are supported"));
+  }
+  ConvKey k{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2], stride[0], stride[1],
+            padding[0], padding[1], padding[2], padding[3], dilation[0], dilation[1], *dtype};
+  bool consistent = w[2] == k.c && y[0] == k.n && y[3] == k.o && k.sh > 0 && k.sw > 0 && k.dh > 0 && k.dw > 0 &&
+                    k.pt >= 0 && k.pb >= 0 && k.pl >= 0 && k.pr >= 0 &&
+                    k.oh == (k.h + k.pt + k.pb - (k.kh - 1) * k.dh - 1) / k.sh + 1 &&
+                    k.ow == (k.w + k.pl + k.pr - (k.kw - 1) * k.dw - 1) / k.sw + 1;
+  if (!consistent) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument("segjax oneDNN convolution: inconsistent shapes or attributes"));
+  }
+  return k;
+}
+
+// The kernel as oneDNN wants it: `user` itself when the primitive takes hwio, else a reordered copy.
+memory KernelIn(const memory::desc& wanted, const memory& user, dnnl::stream& s) {
+  if (wanted == user.get_desc()) return user;
+  memory m(wanted, Engine());
+  dnnl::reorder(user, m).execute(s, const_cast<memory&>(user), m);
+  return m;
+}
+
+template <typename F>
+ffi::Error Guarded(F&& body) {
+  try {
+    body();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                           ffi::Span<const int64_t> stride, ffi::Span<const int64_t> padding,
+                           ffi::Span<const int64_t> dilation) {
+  auto key = MakeKey(x.dimensions(), w.dimensions(), y->dimensions(), x.element_type(), stride, padding, dilation);
+  if (key.has_error()) return key.error();
+  return Guarded([&] {
+    ConvPrimitives* p = Cache().Get(*key, 0);
+    Descs d = MakeDescs(*key);
+    dnnl::stream s(Engine());
+    memory src(d.src, Engine(), x.untyped_data());
+    memory dst(d.dst, Engine(), y->untyped_data());
+    memory weights = KernelIn(p->forward_pd.weights_desc(), memory(d.user_weights, Engine(), w.untyped_data()), s);
+    p->forward->execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
+    s.wait();
+  });
+}
+
+ffi::Error ConvBackwardDataImpl(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
+                                ffi::Span<const int64_t> stride, ffi::Span<const int64_t> padding,
+                                ffi::Span<const int64_t> dilation) {
+  auto key = MakeKey(dx->dimensions(), w.dimensions(), dy.dimensions(), dy.element_type(), stride, padding,
+                     dilation);
+  if (key.has_error()) return key.error();
+  return Guarded([&] {
+    ConvPrimitives* p = Cache().Get(*key, 1);
+    Descs d = MakeDescs(*key);
+    dnnl::stream s(Engine());
+    memory diff_dst(d.dst, Engine(), dy.untyped_data());
+    memory diff_src(d.src, Engine(), dx->untyped_data());
+    memory weights =
+        KernelIn(p->backward_data_pd->weights_desc(), memory(d.user_weights, Engine(), w.untyped_data()), s);
+    p->backward_data->execute(s, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights},
+                                  {DNNL_ARG_DIFF_SRC, diff_src}});
+    s.wait();
+  });
+}
+
+ffi::Error ConvBackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                                   ffi::Span<const int64_t> stride, ffi::Span<const int64_t> padding,
+                                   ffi::Span<const int64_t> dilation) {
+  auto key = MakeKey(x.dimensions(), dw->dimensions(), dy.dimensions(), x.element_type(), stride, padding,
+                     dilation);
+  if (key.has_error()) return key.error();
+  return Guarded([&] {
+    ConvPrimitives* p = Cache().Get(*key, 2);
+    Descs d = MakeDescs(*key);
+    dnnl::stream s(Engine());
+    memory src(d.src, Engine(), x.untyped_data());
+    memory diff_dst(d.dst, Engine(), dy.untyped_data());
+    memory user(d.user_weights, Engine(), dw->untyped_data());
+    const memory::desc& wanted = p->backward_weights_pd->diff_weights_desc();
+    memory diff_weights = wanted == d.user_weights ? user : memory(wanted, Engine());
+    p->backward_weights->execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
+                                     {DNNL_ARG_DIFF_WEIGHTS, diff_weights}});
+    if (wanted != d.user_weights) dnnl::reorder(diff_weights, user).execute(s, diff_weights, user);
+    s.wait();
+  });
+}
+
+}  // namespace
+}  // namespace segjax
+
+#define SEGJAX_CONV_ATTRS                          \
+  .Attr<ffi::Span<const int64_t>>("stride")        \
+      .Attr<ffi::Span<const int64_t>>("padding")   \
+      .Attr<ffi::Span<const int64_t>>("dilation")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SegjaxOnednnConvForward, segjax::ConvForwardImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  SEGJAX_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SegjaxOnednnConvBackwardData, segjax::ConvBackwardDataImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  SEGJAX_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SegjaxOnednnConvBackwardWeights, segjax::ConvBackwardWeightsImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  SEGJAX_CONV_ATTRS);
+
+// Lets the Python side check that the library it loaded is the one it was built against.
+extern "C" int SegjaxOnednnConvAbiVersion() { return 1; }
