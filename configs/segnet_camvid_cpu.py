@@ -22,11 +22,12 @@ def get_config():
   c.inference.scales = (0.5,)
   c.augment.hflip_prob = 0.5
   c.loss.class_weights = camvid.MEDIAN_FREQUENCY_WEIGHTS
-  c.num_train_steps = 800
+  c.num_train_steps = 4000
   c.batch_size = 8
   c.eval_batch_size = 8
   c.log_every_steps = 50
-  c.checkpoint_every_steps = 400
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 4
   c.eval_every_steps = 0
   c.optimizer.name = "adamw"
   c.optimizer.learning_rate = 2e-3
