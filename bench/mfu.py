@@ -32,6 +32,7 @@ import optax  # noqa: E402
 
 import _timing  # noqa: E402
 from segjax import models, sharding  # noqa: E402
+from segjax.ops import conv as conv_lib  # noqa: E402
 from segjax.train import state as state_lib, steps  # noqa: E402
 
 # Dense peak TFLOP/s from the vendors' data sheets (SXM parts), by jax's device_kind.
@@ -54,6 +55,8 @@ def parse_args(argv=None):
   p.add_argument("--classes", type=int, default=11)
   p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--conv-backend", default="auto", choices=["auto", "xla", "onednn"],
+                 help="segjax's convolution kernels for the timed step (FLOPs are always XLA's count of the step)")
   p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's dense peak (overrides the table)")
   return p.parse_args(argv)
 
@@ -71,13 +74,17 @@ def measure(name: str, dtype: str, args) -> dict:
            "label": rng.integers(0, args.classes, (args.batch, h, w)).astype(np.int32),
            "weight": np.ones((args.batch, h, w), np.float32)}
   batch = jax.device_put(batch, {k: sharding.batch_sharding(mesh, v.ndim) for k, v in batch.items()})
-  step = jax.jit(functools.partial(steps.train_step, model=model, seed=0, mean=(0.0, 0.0, 0.0),
-                                   std=(255.0, 255.0, 255.0), ce_weight=1.0, dice_weight=0.0, class_weights=None),
-                 donate_argnums=0)
-  compiled = step.lower(state, batch).compile()
-  cost = compiled.cost_analysis()
+  def jitted(conv_backend):
+    return jax.jit(functools.partial(steps.train_step, model=model, seed=0, mean=(0.0, 0.0, 0.0),
+                                     std=(255.0, 255.0, 255.0), ce_weight=1.0, dice_weight=0.0, class_weights=None,
+                                     conv_backend=conv_backend), donate_argnums=0)
+
+  # XLA's cost analysis cannot see inside the oneDNN custom calls: count the FLOPs of the same step on XLA's
+  # kernels, time the step on the backend asked for.
+  cost = jitted("xla").lower(state, batch).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost["flops"])
+  compiled = jitted(conv_lib.resolve_backend(args.conv_backend, mesh.size)).lower(state, batch).compile()
   holder = {"state": state}
 
   def one():

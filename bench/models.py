@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import argparse
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from segjax import platform
 
-from segjax import losses, models
+platform.configure_xla_cpu()  # train.py's XLA:CPU flags, before JAX starts its CPU backend
 
-import _timing  # bench/_timing.py (this folder is on sys.path when a script runs)
+import jax  # noqa: E402  pylint: disable=wrong-import-position
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from segjax import losses, models  # noqa: E402
+from segjax.ops import conv as conv_lib  # noqa: E402
+
+import _timing  # noqa: E402  # bench/_timing.py (this folder is on sys.path when a script runs)
 
 
 def input_size(model, size: tuple[int, int]) -> tuple[int, int]:
@@ -31,7 +36,8 @@ def input_size(model, size: tuple[int, int]) -> tuple[int, int]:
   return tuple(max(-(-s // d) * d, models.init_size(model)) for s in size)
 
 
-def bench(name: str, batch: int, size: tuple[int, int], channels: int, classes: int, repeats: int) -> dict:
+def bench(name: str, batch: int, size: tuple[int, int], channels: int, classes: int, repeats: int,
+          conv_backend: str = "xla") -> dict:
   model = models.build_model(name, classes)
   h, w = input_size(model, size)
   rng = np.random.default_rng(0)
@@ -48,9 +54,16 @@ def bench(name: str, batch: int, size: tuple[int, int], channels: int, classes: 
                             mutable=["batch_stats", "aux"])
     return losses.cross_entropy(logits, labels, weights)
 
-  forward = jax.jit(lambda p, x: model.apply({"params": p, **state}, x, train=False))
-  grad = jax.jit(jax.grad(loss_fn))
-  flops = grad.lower(params, x).compile().cost_analysis()
+  def on(backend, fn):
+    def traced(*args):
+      with conv_lib.backend(backend):
+        return fn(*args)
+    return jax.jit(traced)
+
+  forward = on(conv_backend, lambda p, x: model.apply({"params": p, **state}, x, train=False))
+  grad = on(conv_backend, jax.grad(loss_fn))
+  # XLA's cost analysis does not see into oneDNN custom calls: the FLOPs are those of the XLA-kernel step.
+  flops = on("xla", jax.grad(loss_fn)).lower(params, x).compile().cost_analysis()
   flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
   fwd = _timing.median_ms(forward, params, x, repeats=repeats)
   train = _timing.median_ms(grad, params, x, repeats=repeats)
@@ -67,16 +80,19 @@ def main():
   parser.add_argument("--channels", type=int, default=3)
   parser.add_argument("--classes", type=int, default=11)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--conv-backend", default="auto", choices=["auto", "xla", "onednn"],
+                      help="segjax's convolution kernels (config.conv_backend)")
   args = parser.parse_args()
+  backend = conv_lib.resolve_backend(args.conv_backend, jax.device_count())
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s): "
         f"{jax.devices()[0].device_kind}; batch {args.batch}, requested size {args.size[0]}x{args.size[1]}, "
-        f"{args.classes} classes")
+        f"{args.classes} classes; convolutions: {backend}")
   rows = []
   header = (f"{'model':<22}{'input':>10}{'params':>14}{'GFLOP/step':>12}{'fwd ms':>10}{'fwd+bwd ms':>12}"
             f"{'img/s':>8}{'GFLOP/s':>9}{'vs unet':>9}")
   print(header)
   for name in args.models:
-    row = bench(name, args.batch, tuple(args.size), args.channels, args.classes, args.repeats)
+    row = bench(name, args.batch, tuple(args.size), args.channels, args.classes, args.repeats, backend)
     rows.append(row)
     print(f"{row['name']:<22}{row['input']:>10}{row['params']:>14,}{row['gflop']:>12.1f}{row['fwd_ms']:>10.0f}"
           f"{row['train_ms']:>12.0f}{row['img_s']:>8.2f}{row['gflops']:>9.1f}", flush=True)

@@ -169,7 +169,8 @@ def test_experiment_resolves_the_config(tmp_path):
 def test_ffi_rejects_inconsistent_attributes():
   x = jnp.ones((1, 5, 5, 2))
   w = jnp.ones((3, 3, 2, 4))
-  call = jax.ffi.ffi_call(conv._TARGETS["forward"], jax.ShapeDtypeStruct((1, 5, 5, 4), jnp.float32))  # pylint: disable=protected-access
+  target = conv._TARGETS["forward"]  # pylint: disable=protected-access
+  call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((1, 5, 5, 4), jnp.float32))
   with pytest.raises(Exception, match="inconsistent shapes or attributes"):
     jax.block_until_ready(call(x, w, stride=np.array([1, 1], np.int64), padding=np.array([0, 0, 0, 0], np.int64),
                                dilation=np.array([1, 1], np.int64)))

@@ -128,14 +128,17 @@ ffi::ErrorOr<ConvKey> MakeKey(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dime
                               ffi::AnyBuffer::Dimensions y, ffi::DataType type, ffi::Span<const int64_t> stride,
                               ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
   if (x.size() != 4 || w.size() != 4 || y.size() != 4) {
-    return ffi::Unexpected(ffi::Error::InvalidArgument("segjax oneDNN convolution: activations, kernel and output must be rank 4"));
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("segjax oneDNN convolution: activations, kernel and output must be rank 4"));
   }
   if (stride.size() != 2 || padding.size() != 4 || dilation.size() != 2) {
-    return ffi::Unexpected(ffi::Error::InvalidArgument("segjax oneDNN convolution: stride[2], padding[4], dilation[2] expected"));
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("segjax oneDNN convolution: stride[2], padding[4], dilation[2] expected"));
   }
   auto dtype = DnnlType(type);
   if (!dtype) {
-    return ffi::Unexpected(ffi::Error::InvalidArgument("segjax oneDNN convolution: only float32 and bfloat16 are supported"));
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("segjax oneDNN convolution: only float32 and bfloat16 are supported"));
   }
   ConvKey k{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2], stride[0], stride[1],
             padding[0], padding[1], padding[2], padding[3], dilation[0], dilation[1], *dtype};
@@ -144,7 +147,8 @@ ffi::ErrorOr<ConvKey> MakeKey(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dime
                     k.oh == (k.h + k.pt + k.pb - (k.kh - 1) * k.dh - 1) / k.sh + 1 &&
                     k.ow == (k.w + k.pl + k.pr - (k.kw - 1) * k.dw - 1) / k.sw + 1;
   if (!consistent) {
-    return ffi::Unexpected(ffi::Error::InvalidArgument("segjax oneDNN convolution: inconsistent shapes or attributes"));
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("segjax oneDNN convolution: inconsistent shapes or attributes"));
   }
   return k;
 }
