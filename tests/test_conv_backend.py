@@ -211,3 +211,13 @@ def test_exported_models_never_call_the_library():
   with conv.backend("onednn"):
     text = jax.jit(fn).lower(jnp.zeros((1, 16, 16, 3), jnp.uint8)).as_text()
   assert not re.search("SegjaxOnednn", text)
+
+
+def test_vmap_loops_over_the_mapped_axis():
+  rng = np.random.default_rng(4)
+  xs = rng.normal(size=(3, 2, 6, 6, 4)).astype(np.float32)
+  w = rng.normal(size=(3, 3, 4, 5)).astype(np.float32)
+  fn = functools.partial(_flax_style, "onednn", strides=(1, 1), padding="SAME", dilation=(1, 1))
+  ref = functools.partial(_lax, strides=(1, 1), padding="SAME", dilation=(1, 1))
+  got = jax.jit(jax.vmap(fn, in_axes=(0, None)))(xs, w)
+  np.testing.assert_allclose(got, jax.vmap(ref, in_axes=(0, None))(xs, w), rtol=0, atol=1e-4)

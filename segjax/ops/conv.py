@@ -189,7 +189,7 @@ def onednn_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: tupl
   """oneDNN convolution of NHWC `x` with HWIO `w` (same dtype, float32 or bfloat16): XLA's
   `conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))`."""
   out = jax.ShapeDtypeStruct(_output_shape(x.shape, w.shape, strides, pads, dilation), x.dtype)
-  return jax.ffi.ffi_call(_TARGETS["forward"], out)(x, w, **_attrs(strides, pads, dilation))
+  return jax.ffi.ffi_call(_TARGETS["forward"], out, vmap_method="sequential")(x, w, **_attrs(strides, pads, dilation))
 
 
 def _onednn_conv_fwd(x, w, strides, pads, dilation):
@@ -199,8 +199,11 @@ def _onednn_conv_fwd(x, w, strides, pads, dilation):
 def _onednn_conv_bwd(strides, pads, dilation, residuals, dy):
   x, w = residuals
   attrs = _attrs(strides, pads, dilation)
-  dx = jax.ffi.ffi_call(_TARGETS["backward_data"], jax.ShapeDtypeStruct(x.shape, x.dtype))(dy, w, **attrs)
-  dw = jax.ffi.ffi_call(_TARGETS["backward_weights"], jax.ShapeDtypeStruct(w.shape, w.dtype))(x, dy, **attrs)
+  # vmap (never used by segjax's models) loops over the mapped axis rather than failing.
+  dx = jax.ffi.ffi_call(_TARGETS["backward_data"], jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        vmap_method="sequential")(dy, w, **attrs)
+  dw = jax.ffi.ffi_call(_TARGETS["backward_weights"], jax.ShapeDtypeStruct(w.shape, w.dtype),
+                        vmap_method="sequential")(x, dy, **attrs)
   return dx, dw
 
 

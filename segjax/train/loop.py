@@ -122,8 +122,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 def _train(config, exp, workdir, preemption, progress):
   workdir.mkdir(parents=True, exist_ok=True)
-  log.info("Mesh %s on %s; convolutions: %s (config.conv_backend=%s)", dict(exp.mesh.shape),
-           jax.default_backend(), exp.conv_backend, config.conv_backend)
+  if progress:
+    _say(f"Training on {exp.mesh.size} {jax.default_backend()} device(s) {dict(exp.mesh.shape)}; convolutions on "
+         f"{exp.conv_backend} (config.conv_backend={config.conv_backend})")
   sharding.check_batch_divisible(config.batch_size, exp.mesh)
   sharding.check_batch_divisible(config.batch_size // config.grad_accum_steps, exp.mesh,
                                  "batch_size / config.grad_accum_steps")
