@@ -6,7 +6,10 @@ python eval.py --config=configs/segnet_camvid_cpu.py --workdir=runs/segnet_camvi
 
 As configs/unet_camvid_cpu.py: half-size frames (0.4..0.6 jitter) cropped to 160x224 for training, whole
 validation frames resized by 0.5 for inference and scored at full resolution; median-frequency class balancing
-as in the SegNet paper. The full recipe is configs/segnet_camvid.py. Results: BENCHMARKS.md.
+as in the SegNet paper. The full recipe is configs/segnet_camvid.py.
+
+Measured (BENCHMARKS.md, 2-core CPU, 4000 steps in 33 min): CamVid val global accuracy 79.23, class-average
+accuracy 74.56, mIoU 50.41 (SegNet-Basic, published on the test split: 82.8 / 62.3 / 46.3).
 """
 
 from segjax import config as config_lib

@@ -6,7 +6,10 @@ python eval.py --config=configs/unet_camvid_cpu.py --workdir=runs/unet_camvid_cp
 Frames are resized to half size on the host (180x240, with a 0.4..0.6 scale jitter) and cropped to 160x224;
 evaluation resizes the whole 360x480 validation frames by 0.5 (`inference.scales`), resizes the scores back and
 scores every labelled full-resolution pixel, so the metrics are comparable with full-resolution recipes.
-The full-resolution recipe is configs/unet_camvid.py (run it on a GPU). Results: BENCHMARKS.md.
+The full-resolution recipe is configs/unet_camvid.py (run it on a GPU).
+
+Measured (BENCHMARKS.md, 2-core CPU, 4000 steps in 39 min on oneDNN convolutions): CamVid val global accuracy
+87.72, class-average accuracy 83.08, mIoU 60.98 (SegNet-Basic, published on the test split: 82.8 / 62.3 / 46.3).
 """
 
 from segjax import config as config_lib
