@@ -221,3 +221,27 @@ def test_vmap_loops_over_the_mapped_axis():
   ref = functools.partial(_lax, strides=(1, 1), padding="SAME", dilation=(1, 1))
   got = jax.jit(jax.vmap(fn, in_axes=(0, None)))(xs, w)
   np.testing.assert_allclose(got, jax.vmap(ref, in_axes=(0, None))(xs, w), rtol=0, atol=1e-4)
+
+
+def test_concurrent_primitives_keep_their_own_scratchpads():
+  # Independent convolutions in one program run concurrently on XLA's threads; with oneDNN's shared
+  # "library" scratchpad two of them overwrote each other (FCN-8s' step segfaulted at 352x480). Eight
+  # independent layers with large kernel gradients, forward and backward, against XLA, several times.
+  rng = np.random.default_rng(5)
+  shapes = [((2, 18, 22, 256), (7, 7, 256, 512)), ((2, 40, 40, 64), (3, 3, 64, 128)),
+            ((2, 30, 30, 128), (3, 3, 128, 128)), ((1, 20, 20, 512), (3, 3, 512, 256))] * 2
+  xs = [jnp.asarray(rng.normal(size=s).astype(np.float32)) for s, _ in shapes]
+  ws = [jnp.asarray(rng.normal(size=k).astype(np.float32) * 0.01) for _, k in shapes]
+
+  def loss(backend, xs, ws):
+    with conv.backend(backend):
+      return sum(jnp.sum(conv.conv_general_dilated(x, w, (1, 1), "VALID",
+                                                    dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+                 for x, w in zip(xs, ws))
+
+  ref = jax.jit(jax.grad(functools.partial(loss, "xla"), argnums=(0, 1)))(xs, ws)
+  ours = jax.jit(jax.grad(functools.partial(loss, "onednn"), argnums=(0, 1)))
+  for _ in range(3):
+    got = ours(xs, ws)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(jnp.abs(b).max()))

@@ -8,7 +8,10 @@
 // put the batch innermost; oneDNN takes every operand as it is (BENCHMARKS.md, "Training throughput").
 //
 // Primitive descriptors are built once per shape and kept (oneDNN compiles its kernels when a primitive is
-// created); executing a primitive is thread-safe, so concurrent XLA thunks may share them.
+// created). XLA runs independent thunks concurrently (a layer's two gradients, for one), so every primitive uses a
+// scratchpad this library hands it from a per-thread buffer: oneDNN's own ("library" mode) is one buffer shared
+// by all primitives unless oneDNN was built for concurrent execution, and two primitives running at once from two
+// threads then write over each other (a segfault in FCN-8s' training step at 352x480).
 
 #include <cstdint>
 #include <map>
@@ -32,6 +35,23 @@ using dnnl::memory;
 dnnl::engine& Engine() {
   static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
   return *engine;
+}
+
+const dnnl::primitive_attr& UserScratchpad() {
+  static const dnnl::primitive_attr* attr = [] {
+    auto* a = new dnnl::primitive_attr();
+    a->set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return a;
+  }();
+  return *attr;
+}
+
+// The calling thread's scratchpad for a primitive described by `pd`, grown as needed and kept for the thread.
+memory Scratchpad(const dnnl::primitive_desc_base& pd) {
+  thread_local std::vector<char> buffer;
+  const memory::desc desc = pd.scratchpad_desc();
+  if (buffer.size() < desc.get_size()) buffer.resize(desc.get_size());
+  return memory(desc, Engine(), buffer.data());
 }
 
 // Everything that identifies one convolution: shapes, strides, padding, dilation and element type.
@@ -84,18 +104,18 @@ class PrimitiveCache {
     if (!slot) {
       slot = std::make_unique<ConvPrimitives>(ConvPrimitives{dnnl::convolution_forward::primitive_desc(
           Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, d.src, d.weights_any,
-          d.dst, d.strides, d.dilation, d.pad_l, d.pad_r)});
+          d.dst, d.strides, d.dilation, d.pad_l, d.pad_r, UserScratchpad())});
     }
     ConvPrimitives* p = slot.get();
     if (kind == 0 && !p->forward) {
       p->forward.emplace(p->forward_pd);
     } else if (kind == 1 && !p->backward_data) {
       p->backward_data_pd.emplace(Engine(), dnnl::algorithm::convolution_direct, d.src, d.weights_any, d.dst,
-                                  d.strides, d.dilation, d.pad_l, d.pad_r, p->forward_pd);
+                                  d.strides, d.dilation, d.pad_l, d.pad_r, p->forward_pd, UserScratchpad());
       p->backward_data.emplace(*p->backward_data_pd);
     } else if (kind == 2 && !p->backward_weights) {
       p->backward_weights_pd.emplace(Engine(), dnnl::algorithm::convolution_direct, d.src, d.weights_any, d.dst,
-                                     d.strides, d.dilation, d.pad_l, d.pad_r, p->forward_pd);
+                                     d.strides, d.dilation, d.pad_l, d.pad_r, p->forward_pd, UserScratchpad());
       p->backward_weights.emplace(*p->backward_weights_pd);
     }
     return p;
@@ -153,11 +173,17 @@ ffi::ErrorOr<ConvKey> MakeKey(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dime
   return k;
 }
 
+// Copies `from` into `to` (another layout of the same tensor) with a reorder primitive on its own scratchpad.
+void Reorder(memory& from, memory& to, dnnl::stream& s) {
+  dnnl::reorder::primitive_desc pd(from, to, UserScratchpad());
+  dnnl::reorder(pd).execute(s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, Scratchpad(pd)}});
+}
+
 // The kernel as oneDNN wants it: `user` itself when the primitive takes hwio, else a reordered copy.
-memory KernelIn(const memory::desc& wanted, const memory& user, dnnl::stream& s) {
+memory KernelIn(const memory::desc& wanted, memory user, dnnl::stream& s) {
   if (wanted == user.get_desc()) return user;
   memory m(wanted, Engine());
-  dnnl::reorder(user, m).execute(s, const_cast<memory&>(user), m);
+  Reorder(user, m, s);
   return m;
 }
 
@@ -183,7 +209,8 @@ ffi::Error ConvForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::
     memory src(d.src, Engine(), x.untyped_data());
     memory dst(d.dst, Engine(), y->untyped_data());
     memory weights = KernelIn(p->forward_pd.weights_desc(), memory(d.user_weights, Engine(), w.untyped_data()), s);
-    p->forward->execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
+    p->forward->execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst},
+                            {DNNL_ARG_SCRATCHPAD, Scratchpad(p->forward_pd)}});
     s.wait();
   });
 }
@@ -203,7 +230,8 @@ ffi::Error ConvBackwardDataImpl(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result
     memory weights =
         KernelIn(p->backward_data_pd->weights_desc(), memory(d.user_weights, Engine(), w.untyped_data()), s);
     p->backward_data->execute(s, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights},
-                                  {DNNL_ARG_DIFF_SRC, diff_src}});
+                                  {DNNL_ARG_DIFF_SRC, diff_src},
+                                  {DNNL_ARG_SCRATCHPAD, Scratchpad(*p->backward_data_pd)}});
     s.wait();
   });
 }
@@ -224,8 +252,9 @@ ffi::Error ConvBackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Res
     const memory::desc& wanted = p->backward_weights_pd->diff_weights_desc();
     memory diff_weights = wanted == d.user_weights ? user : memory(wanted, Engine());
     p->backward_weights->execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
-                                     {DNNL_ARG_DIFF_WEIGHTS, diff_weights}});
-    if (wanted != d.user_weights) dnnl::reorder(diff_weights, user).execute(s, diff_weights, user);
+                                     {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
+                                     {DNNL_ARG_SCRATCHPAD, Scratchpad(*p->backward_weights_pd)}});
+    if (wanted != d.user_weights) Reorder(diff_weights, user, s);
     s.wait();
   });
 }
