@@ -8,8 +8,8 @@ the same model, with the same parameters, runs either way:
   non-negative padding and kernel dilation, run as oneDNN primitives (the library PyTorch uses on CPUs) through
   `segjax/ops/onednn_conv.cc`, forward and both gradients. Anything else (grouped, input-dilated, other layouts
   or dtypes) still goes to XLA. On the 2-core CPU of BENCHMARKS.md the 3x3 convolutions of a U-Net at 32-64
-  channels run 1.6-2.2x faster this way, forward + backward, because XLA:CPU's Eigen kernels pack an im2col
-  matrix for every convolution and transpose both operands of every kernel gradient.
+  channels run 1.3-2.4x faster this way, forward + backward (bench/conv_layers.py), because XLA:CPU's Eigen
+  kernels pack an im2col matrix for every convolution and transpose both operands of every kernel gradient.
 
 The backend is chosen while a function is traced, with `with backend("onednn"): ...` around `model.apply`
 (segjax.train.steps does this from `config.conv_backend`, see `resolve_backend`). The oneDNN path is a custom
