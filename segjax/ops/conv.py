@@ -128,10 +128,12 @@ def resolve_backend(requested: str, num_devices: int, platform: str | None = Non
   platform = platform or jax.default_backend()
   if requested == "xla":
     return "xla"
-  ok, reason = available()
-  problem = (f"the platform is {platform}, not cpu" if platform != "cpu" else
-             f"the mesh has {num_devices} devices (oneDNN convolutions run unpartitioned, on one)" if num_devices != 1
-             else reason if not ok else "")
+  if platform != "cpu":
+    problem = f"the platform is {platform}, not cpu"
+  elif num_devices != 1:
+    problem = f"the mesh has {num_devices} devices (oneDNN convolutions run unpartitioned, on one)"
+  else:
+    problem = available()[1]  # "" when the library loads
   if requested == "auto":
     return "xla" if problem else "onednn"
   if problem:
