@@ -364,9 +364,11 @@ os.execv(sys.argv[2], sys.argv[2:])
 def test_file_size_limit_during_save_keeps_the_last_checkpoint(run, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(run.workdir, workdir)
-  arrays = [p.stat().st_size for p in (workdir / "checkpoints" / str(STEP)).rglob("ocdbt.process_0/d/*")]
   outside = [p.stat().st_size for p in workdir.iterdir() if p.is_file()]  # metrics.jsonl
-  limit = max(arrays) // 2
+  # OCDBT packs whatever values are ready together into one data file, so file sizes vary from save to save (in CI
+  # a limit of half the largest earlier file let the next save through in smaller files); a value is never split
+  # across files, so half the largest array cannot be written whatever the packing.
+  limit = max(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(run.abstract_state)) // 2
   # The largest array cannot be written; metrics.jsonl can, for many more steps: the error comes from the save.
   assert limit > 10 * max(outside), (limit, max(outside))
   flags = [f"--config={REPO / 'configs/quickstart.py'}", f"--workdir={workdir}",

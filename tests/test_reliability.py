@@ -105,3 +105,40 @@ def test_class_list_and_channel_differences_are_named(shapes_data_dir):
                                        r"\['background'.*image channels: 1 in the checkpoint, 3 now"):
     checkpoint_lib.check_compatible(_SavedRecipe(saved), 7, config, "evaluate")
   checkpoint_lib.check_compatible(_SavedRecipe(json.loads(json.dumps(config.to_dict()))), 7, config, "evaluate")
+
+
+def test_stop_at_an_evaluation_step_still_evaluates_it(shapes_data_dir, tmp_path, monkeypatch):
+  """SIGTERM at a step that is due an evaluation: the resumed run starts after it, so the stop must evaluate it.
+
+  The multi-process test stops wherever SIGTERM happens to land; here the stop is pinned to the evaluation step.
+  The records of the stopped-and-resumed run equal an uninterrupted run's, step for step.
+  """
+  overrides = {"num_train_steps": 6, "eval_every_steps": 3, "checkpoint_every_steps": 100, "log_every_steps": 1,
+               "eval_split": "validation[:8]", "eval_batch_size": 8}
+  devices = jax.devices()[:1]
+  loop.train_and_evaluate(tiny_config(shapes_data_dir, **overrides), tmp_path / "one", progress=False,
+                          devices=devices)
+
+  class StopAt3(loop.Preemption):
+    def reached(self, step):
+      return step == 3
+
+  with monkeypatch.context() as m:
+    m.setattr(loop, "Preemption", StopAt3)
+    loop.train_and_evaluate(tiny_config(shapes_data_dir, **overrides), tmp_path / "two", progress=False,
+                            devices=devices)
+  assert checkpoint_lib.Checkpointer(tmp_path / "two").all_steps() == [3]
+  loop.train_and_evaluate(tiny_config(shapes_data_dir, **overrides), tmp_path / "two", progress=False,
+                          devices=devices)
+
+  def records(name):
+    lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+    return sorted(((r["step"], "loss" in r), r) for r in map(json.loads, lines))
+
+  ours, theirs = records("one"), records("two")
+  assert [k for k, _ in theirs] == [k for k, _ in ours]
+  assert [k for k, _ in ours if not k[1]] == [(3, False), (6, False)]
+  for (key, a), (_, b) in zip(ours, theirs):
+    for name in ("loss", "eval/mean_iou", "eval/pixel_accuracy"):
+      if name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, err_msg=f"{key} {name}")

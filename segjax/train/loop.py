@@ -195,12 +195,17 @@ def _train_steps(config, exp, state, start, data_iter, train_fn, schedule, write
     preempted = preemption.reached(step)
     if step % config.checkpoint_every_steps == 0 or final or preempted:
       ckpt.save(step, state, config)
+    evaluate_now = config.eval_every_steps and (step % config.eval_every_steps == 0 or final)
     if preempted:
       ckpt.wait()
       _say(f"Stop requested (SIGTERM): saved the checkpoint of step {step} in {ckpt.directory}; "
            "run the same command to resume.")
+      # The resumed run starts after this step and would never evaluate it; the checkpoint is already safe, so a
+      # kill before the evaluation ends loses only the evaluation.
+      if evaluate_now:
+        _evaluate_during_training(exp, state, step, writer, progress)
       break
-    if config.eval_every_steps and (step % config.eval_every_steps == 0 or final):
+    if evaluate_now:
       _evaluate_during_training(exp, state, step, writer, progress)
       last_time = time.perf_counter()
   guard.flush()
