@@ -233,10 +233,10 @@ def _flops_per_op(hlo_text: str) -> dict[str, float]:
       if not target or target.group(1) not in _ONEDNN_KINDS:
         continue
       # Operands and result are two [N, H, W, C]-like activations and one [KH, KW, C, O] kernel; every output
-      # pixel of the convolution costs KH * KW * C multiply-adds per output channel.
-      kernel = b if target.group(1) != "SegjaxOnednnConvBackwardWeights" else out
-      grid = out if target.group(1) == "SegjaxOnednnConvForward" else (a if target.group(1) ==
-                                                                     "SegjaxOnednnConvBackwardData" else b)
+      # pixel of the convolution (y or dy) costs KH * KW * C multiply-adds per output channel.
+      grid, kernel = {"SegjaxOnednnConvForward": (out, b),  # (x, w) -> y
+                      "SegjaxOnednnConvBackwardData": (a, b),  # (dy, w) -> dx
+                      "SegjaxOnednnConvBackwardWeights": (b, out)}[target.group(1)]  # (x, dy) -> dw
       fl = 2.0 * float(np.prod(grid)) * kernel[0] * kernel[1] * kernel[2]
     elif m.group(3) == "convolution":
       # out elements x (kernel spatial x in-features): kernel = the operand whose product is smaller

@@ -16,6 +16,7 @@ from segjax import models
 from segjax import sharding
 from segjax import weights
 from segjax.models import MODELS
+from segjax.ops import conv as conv_lib
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -212,8 +213,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("dataset.train_scale", scale, "give (min, max) with 0 < min <= max, e.g. (0.5, 0.5) or (0.5, 2.0)")
   if len(config.dataset.crop_size) != 2 or min(config.dataset.crop_size) <= 0:
     fail("dataset.crop_size", config.dataset.crop_size, "give (height, width), both positive")
-  if config.conv_backend not in ("auto", "xla", "onednn"):
-    fail("conv_backend", config.conv_backend, "choose auto, xla or onednn")
+  if config.conv_backend not in conv_lib.BACKENDS:
+    fail("conv_backend", config.conv_backend, f"choose one of {list(conv_lib.BACKENDS)}")
   if config.optimizer.name not in ("adamw", "adam", "sgd"):
     fail("optimizer.name", config.optimizer.name, "choose adamw, adam or sgd")
   if config.optimizer.schedule not in ("cosine", "constant", "poly"):

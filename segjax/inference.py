@@ -28,7 +28,6 @@ host ever hold full-resolution scores. Multi-scale TTA resizes the whole image a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
@@ -394,11 +393,8 @@ class Segmenter:
     Jittable; inside a jit pass `variables` (e.g. `self.variables` as a jit argument) so the parameters are not
     baked into the program as constants. The batch may be sharded over a mesh.
     """
-    with self._conv_backend():
+    with conv_lib.backend(self.conv_backend):
       return self._batch_scores(images, self._variables if variables is None else tuple(variables))
-
-  def _conv_backend(self):
-    return contextlib.nullcontext() if self.conv_backend is None else conv_lib.backend(self.conv_backend)
 
   def _batch_scores(self, images: jax.Array, variables: tuple[dict, ...]) -> jax.Array:
     p = self.params
@@ -502,7 +498,7 @@ class Segmenter:
       def tiles(variables, raw, mask, stats):
         x = raw.astype(jnp.float32)
         outs = []
-        with self._conv_backend():
+        with conv_lib.backend(self.conv_backend):
           for member, var in zip(members, variables):
             xn = jnp.where(mask[..., None], _normalize(x, member, stats), 0.0)
             logits = member.model.apply(var, xn, train=False).astype(jnp.float32)

@@ -43,6 +43,17 @@ def _close(actual, expected, rtol):
   np.testing.assert_allclose(actual / scale, expected / scale, rtol=0, atol=rtol)
 
 
+def _same_as_flax(ours, ref, *, y_tol, stats_tol, grad_tol):
+  """`_run`'s four results for our layer and for Flax's: output, new statistics, parameter and input gradients."""
+  (y, new_stats, dp, dx), (y_ref, stats_ref, dp_ref, dx_ref) = ours, ref
+  _close(y, y_ref, y_tol)
+  for key in ("mean", "var"):
+    _close(new_stats[key], stats_ref[key], stats_tol)
+  for key in ("scale", "bias"):
+    _close(dp[key], dp_ref[key], grad_tol)
+  _close(dx, dx_ref, grad_tol)
+
+
 @pytest.mark.parametrize("activation", [None, "relu"])
 @pytest.mark.parametrize("shape", [(4, 8, 8, 48), (2, 6, 10, 3), (3, 5, 7, 256)])
 @pytest.mark.parametrize("train", [True, False])
@@ -50,14 +61,9 @@ def test_matches_flax_batchnorm(activation, shape, train):
   x, cotangent, params, stats = _data(shape)
   ours = norm.BatchNorm(momentum=0.9, epsilon=1e-5, activation=activation)
   ref = nn.BatchNorm(momentum=0.9, epsilon=1e-5)
-  y, new_stats, dp, dx = _run(ours, False, x, cotangent, params, stats, train)
-  y_ref, stats_ref, dp_ref, dx_ref = _run(ref, activation == "relu", x, cotangent, params, stats, train)
-  _close(y, y_ref, 2e-6)
-  for key in ("mean", "var"):
-    _close(new_stats[key], stats_ref[key], 2e-6)
-  for key in ("scale", "bias"):
-    _close(dp[key], dp_ref[key], 2e-5)
-  _close(dx, dx_ref, 2e-5)
+  _same_as_flax(_run(ours, False, x, cotangent, params, stats, train),
+                _run(ref, activation == "relu", x, cotangent, params, stats, train),
+                y_tol=2e-6, stats_tol=2e-6, grad_tol=2e-5)
 
 
 def test_statistics_and_running_averages_against_numpy():
@@ -103,16 +109,11 @@ def test_bfloat16_compute_keeps_float32_statistics():
   x, cotangent, params, stats = _data((4, 8, 8, 16))
   ours = norm.BatchNorm(momentum=0.9, dtype=jnp.bfloat16, activation="relu")
   ref = nn.BatchNorm(momentum=0.9, dtype=jnp.bfloat16)
-  y, new_stats, dp, dx = _run(ours, False, jnp.asarray(x, jnp.bfloat16), cotangent, params, stats, True)
-  y_ref, stats_ref, dp_ref, dx_ref = _run(ref, True, jnp.asarray(x, jnp.bfloat16), cotangent, params, stats, True)
+  y, new_stats, dp, dx = result = _run(ours, False, jnp.asarray(x, jnp.bfloat16), cotangent, params, stats, True)
   assert y.dtype == jnp.bfloat16 and dx.dtype == jnp.bfloat16
   assert new_stats["mean"].dtype == jnp.float32 and dp["scale"].dtype == jnp.float32
-  _close(y, y_ref, 1e-2)
-  for key in ("mean", "var"):
-    _close(new_stats[key], stats_ref[key], 1e-5)
-  for key in ("scale", "bias"):
-    _close(dp[key], dp_ref[key], 2e-2)
-  _close(dx, dx_ref, 2e-2)
+  _same_as_flax(result, _run(ref, True, jnp.asarray(x, jnp.bfloat16), cotangent, params, stats, True),
+                y_tol=1e-2, stats_tol=1e-5, grad_tol=2e-2)
 
 
 def test_batch_sharded_over_8_devices_equals_one_device():

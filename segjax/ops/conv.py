@@ -49,8 +49,12 @@ _backend: contextvars.ContextVar[str] = contextvars.ContextVar("segjax_conv_back
 
 
 @contextlib.contextmanager
-def backend(name: str) -> Iterator[None]:
-  """Convolutions traced inside use `name` ("xla" or "onednn"; "onednn" needs `available()`)."""
+def backend(name: str | None) -> Iterator[None]:
+  """Convolutions traced inside use `name` ("xla" or "onednn"; "onednn" needs `available()`); None changes
+  nothing (the backend of the enclosing `with`, XLA's outside any)."""
+  if name is None:
+    yield
+    return
   if name not in ("xla", "onednn"):
     raise ValueError(f"conv backend must be 'xla' or 'onednn' here, got {name!r}")
   if name == "onednn":
@@ -166,8 +170,7 @@ def _onednn_spec(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, 
   pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], strides, dilation)
   if any(p < 0 for pair in pads for p in pair) or lhs.shape[0] == 0:
     return None
-  out = [(lhs.shape[1 + i] + sum(pads[i]) - (rhs.shape[i] - 1) * dilation[i] - 1) // strides[i] + 1 for i in (0, 1)]
-  if min(out) < 1:
+  if min(_output_shape(lhs.shape, rhs.shape, strides, pads, dilation)[1:3]) < 1:
     return None
   return strides, pads, dilation
 

@@ -65,16 +65,7 @@ struct ConvKey {
   bool operator<(const ConvKey& other) const { return Tie() < other.Tie(); }
 };
 
-// The primitives of one convolution, each created on first use.
-struct ConvPrimitives {
-  dnnl::convolution_forward::primitive_desc forward_pd;
-  std::optional<dnnl::convolution_forward> forward;
-  std::optional<dnnl::convolution_backward_data::primitive_desc> backward_data_pd;
-  std::optional<dnnl::convolution_backward_data> backward_data;
-  std::optional<dnnl::convolution_backward_weights::primitive_desc> backward_weights_pd;
-  std::optional<dnnl::convolution_backward_weights> backward_weights;
-};
-
+// oneDNN's description of one convolution: its memory layouts (ours: nhwc and hwio) and geometry.
 struct Descs {
   memory::desc src, dst, weights_any, user_weights;
   memory::dims strides, dilation, pad_l, pad_r;
@@ -93,27 +84,42 @@ Descs MakeDescs(const ConvKey& k) {
   return d;
 }
 
+enum Kind { kForward, kBackwardData, kBackwardWeights };
+
+// The primitives of one convolution, each created on first use.
+struct ConvPrimitives {
+  Descs descs;
+  dnnl::convolution_forward::primitive_desc forward_pd;
+  std::optional<dnnl::convolution_forward> forward;
+  std::optional<dnnl::convolution_backward_data::primitive_desc> backward_data_pd;
+  std::optional<dnnl::convolution_backward_data> backward_data;
+  std::optional<dnnl::convolution_backward_weights::primitive_desc> backward_weights_pd;
+  std::optional<dnnl::convolution_backward_weights> backward_weights;
+};
+
 class PrimitiveCache {
  public:
-  // The primitives for `key` with the primitive of `kind` (0 forward, 1 backward data, 2 backward weights)
-  // created. The returned object lives as long as the process.
-  ConvPrimitives* Get(const ConvKey& key, int kind) {
+  // The primitives for `key` with the primitive of `kind` created. The returned object lives as long as the
+  // process.
+  ConvPrimitives* Get(const ConvKey& key, Kind kind) {
     std::lock_guard<std::mutex> lock(mu_);
     auto& slot = cache_[key];
-    Descs d = MakeDescs(key);
     if (!slot) {
-      slot = std::make_unique<ConvPrimitives>(ConvPrimitives{dnnl::convolution_forward::primitive_desc(
+      Descs d = MakeDescs(key);
+      auto forward_pd = dnnl::convolution_forward::primitive_desc(
           Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, d.src, d.weights_any,
-          d.dst, d.strides, d.dilation, d.pad_l, d.pad_r, UserScratchpad())});
+          d.dst, d.strides, d.dilation, d.pad_l, d.pad_r, UserScratchpad());
+      slot = std::make_unique<ConvPrimitives>(ConvPrimitives{std::move(d), std::move(forward_pd)});
     }
     ConvPrimitives* p = slot.get();
-    if (kind == 0 && !p->forward) {
+    const Descs& d = p->descs;
+    if (kind == kForward && !p->forward) {
       p->forward.emplace(p->forward_pd);
-    } else if (kind == 1 && !p->backward_data) {
+    } else if (kind == kBackwardData && !p->backward_data) {
       p->backward_data_pd.emplace(Engine(), dnnl::algorithm::convolution_direct, d.src, d.weights_any, d.dst,
                                   d.strides, d.dilation, d.pad_l, d.pad_r, p->forward_pd, UserScratchpad());
       p->backward_data.emplace(*p->backward_data_pd);
-    } else if (kind == 2 && !p->backward_weights) {
+    } else if (kind == kBackwardWeights && !p->backward_weights) {
       p->backward_weights_pd.emplace(Engine(), dnnl::algorithm::convolution_direct, d.src, d.weights_any, d.dst,
                                      d.strides, d.dilation, d.pad_l, d.pad_r, p->forward_pd, UserScratchpad());
       p->backward_weights.emplace(*p->backward_weights_pd);
@@ -187,10 +193,16 @@ memory KernelIn(const memory::desc& wanted, memory user, dnnl::stream& s) {
   return m;
 }
 
+// Runs `body(primitives, stream)` on the cached primitives of the convolution `key` names (its `kind` primitive
+// created), then waits for the stream; a malformed key or a oneDNN error comes back as the FFI error.
 template <typename F>
-ffi::Error Guarded(F&& body) {
+ffi::Error Run(ffi::ErrorOr<ConvKey> key, Kind kind, F&& body) {
+  if (key.has_error()) return key.error();
   try {
-    body();
+    ConvPrimitives* p = Cache().Get(*key, kind);
+    dnnl::stream s(Engine());
+    body(*p, s);
+    s.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
   }
@@ -201,17 +213,13 @@ ffi::Error ConvForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::
                            ffi::Span<const int64_t> stride, ffi::Span<const int64_t> padding,
                            ffi::Span<const int64_t> dilation) {
   auto key = MakeKey(x.dimensions(), w.dimensions(), y->dimensions(), x.element_type(), stride, padding, dilation);
-  if (key.has_error()) return key.error();
-  return Guarded([&] {
-    ConvPrimitives* p = Cache().Get(*key, 0);
-    Descs d = MakeDescs(*key);
-    dnnl::stream s(Engine());
+  return Run(std::move(key), kForward, [&](ConvPrimitives& p, dnnl::stream& s) {
+    const Descs& d = p.descs;
     memory src(d.src, Engine(), x.untyped_data());
     memory dst(d.dst, Engine(), y->untyped_data());
-    memory weights = KernelIn(p->forward_pd.weights_desc(), memory(d.user_weights, Engine(), w.untyped_data()), s);
-    p->forward->execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst},
-                            {DNNL_ARG_SCRATCHPAD, Scratchpad(p->forward_pd)}});
-    s.wait();
+    memory weights = KernelIn(p.forward_pd.weights_desc(), memory(d.user_weights, Engine(), w.untyped_data()), s);
+    p.forward->execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst},
+                           {DNNL_ARG_SCRATCHPAD, Scratchpad(p.forward_pd)}});
   });
 }
 
@@ -220,19 +228,15 @@ ffi::Error ConvBackwardDataImpl(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result
                                 ffi::Span<const int64_t> dilation) {
   auto key = MakeKey(dx->dimensions(), w.dimensions(), dy.dimensions(), dy.element_type(), stride, padding,
                      dilation);
-  if (key.has_error()) return key.error();
-  return Guarded([&] {
-    ConvPrimitives* p = Cache().Get(*key, 1);
-    Descs d = MakeDescs(*key);
-    dnnl::stream s(Engine());
+  return Run(std::move(key), kBackwardData, [&](ConvPrimitives& p, dnnl::stream& s) {
+    const Descs& d = p.descs;
     memory diff_dst(d.dst, Engine(), dy.untyped_data());
     memory diff_src(d.src, Engine(), dx->untyped_data());
     memory weights =
-        KernelIn(p->backward_data_pd->weights_desc(), memory(d.user_weights, Engine(), w.untyped_data()), s);
-    p->backward_data->execute(s, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights},
-                                  {DNNL_ARG_DIFF_SRC, diff_src},
-                                  {DNNL_ARG_SCRATCHPAD, Scratchpad(*p->backward_data_pd)}});
-    s.wait();
+        KernelIn(p.backward_data_pd->weights_desc(), memory(d.user_weights, Engine(), w.untyped_data()), s);
+    p.backward_data->execute(s, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights},
+                                 {DNNL_ARG_DIFF_SRC, diff_src},
+                                 {DNNL_ARG_SCRATCHPAD, Scratchpad(*p.backward_data_pd)}});
   });
 }
 
@@ -241,21 +245,17 @@ ffi::Error ConvBackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Res
                                    ffi::Span<const int64_t> dilation) {
   auto key = MakeKey(x.dimensions(), dw->dimensions(), dy.dimensions(), x.element_type(), stride, padding,
                      dilation);
-  if (key.has_error()) return key.error();
-  return Guarded([&] {
-    ConvPrimitives* p = Cache().Get(*key, 2);
-    Descs d = MakeDescs(*key);
-    dnnl::stream s(Engine());
+  return Run(std::move(key), kBackwardWeights, [&](ConvPrimitives& p, dnnl::stream& s) {
+    const Descs& d = p.descs;
     memory src(d.src, Engine(), x.untyped_data());
     memory diff_dst(d.dst, Engine(), dy.untyped_data());
     memory user(d.user_weights, Engine(), dw->untyped_data());
-    const memory::desc& wanted = p->backward_weights_pd->diff_weights_desc();
+    const memory::desc& wanted = p.backward_weights_pd->diff_weights_desc();
     memory diff_weights = wanted == d.user_weights ? user : memory(wanted, Engine());
-    p->backward_weights->execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
-                                     {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
-                                     {DNNL_ARG_SCRATCHPAD, Scratchpad(*p->backward_weights_pd)}});
+    p.backward_weights->execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
+                                    {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
+                                    {DNNL_ARG_SCRATCHPAD, Scratchpad(*p.backward_weights_pd)}});
     if (wanted != d.user_weights) Reorder(diff_weights, user, s);
-    s.wait();
   });
 }
 

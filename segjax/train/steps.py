@@ -46,8 +46,6 @@ def _with_conv_backend(fn: Callable) -> Callable:
   """Adds the keyword `conv_backend` to a step: the convolutions `fn` traces use it (None: left as it is)."""
   @functools.wraps(fn)
   def step(*args, conv_backend: str | None = None, **kwargs):
-    if conv_backend is None:
-      return fn(*args, **kwargs)
     with conv_lib.backend(conv_backend):
       return fn(*args, **kwargs)
   return step
