@@ -9,7 +9,7 @@ from ml_collections import config_flags
 
 from segjax import config as config_lib
 from segjax import evaluate
-from segjax import platform, sharding
+from segjax import cli, platform, sharding
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Recipe file in configs/ (the one used for training).",
@@ -34,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -3,7 +3,7 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segjax import platform, sharding
+from segjax import cli, platform, sharding
 from segjax.train import loop
 
 FLAGS = flags.FLAGS
@@ -22,4 +22,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -341,6 +341,6 @@ def main(argv, flags_=None):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=import-outside-toplevel
   _FLAGS = _define_flags()
-  app.run(lambda argv: main(argv, _FLAGS))
+  from segjax import cli  # pylint: disable=import-outside-toplevel
+  cli.run(lambda argv: main(argv, _FLAGS))

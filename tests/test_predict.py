@@ -71,3 +71,95 @@ def test_predict_refuses_bad_inputs(trained, tmp_path):
   Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(tmp_path / "rgba.png")
   with pytest.raises(ValueError, match="rgba.png is RGBA .*drop the alpha channel"):
     predict.read_image(tmp_path / "rgba.png", 3)
+
+
+# ------------------------------------------------------------ never overwrite
+
+
+def _bytes(directory):
+  return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_output_equal_to_input_is_refused_before_anything_is_written(trained, tmp_path):
+  config, workdir = trained
+  (tmp_path / "in").mkdir()
+  _inputs(tmp_path / "in")
+  before = _bytes(tmp_path / "in")
+  for output in (tmp_path / "in", tmp_path / "in" / ".." / "in"):
+    with pytest.raises(ValueError, match=r"--output=.* is the --input directory: give another directory, e\.g\. "
+                                         r"--output=.*in_pred"):
+      predict.run(config, workdir, str(tmp_path / "in"), str(output), progress=False)
+  assert _bytes(tmp_path / "in") == before
+
+
+def test_an_output_that_is_an_input_is_refused_even_with_overwrite(trained, tmp_path):
+  config, workdir = trained
+  (tmp_path / "in").mkdir()
+  _inputs(tmp_path / "in")
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "a.png").symlink_to(tmp_path / "in" / "a.png")  # writing out/a.png would replace in/a.png
+  before = _bytes(tmp_path / "in")
+  with pytest.raises(ValueError, match=r"would write .*out/a\.png \(for .*in/a\.png\) over the input image "
+                                       r".*in/a\.png.*Inputs are never overwritten, --overwrite included"):
+    predict.run(config, workdir, str(tmp_path / "in"), str(tmp_path / "out"), overwrite=True, progress=False)
+  assert _bytes(tmp_path / "in") == before
+  # A single file whose label map would be itself: x.png segmented into its own folder.
+  with pytest.raises(ValueError, match=r"over the input image .*in/c\.png"):
+    predict.run(config, workdir, str(tmp_path / "in" / "c.png"), str(tmp_path / "in"), overwrite=True,
+                progress=False)
+  assert _bytes(tmp_path / "in") == before
+
+
+def test_inputs_sharing_a_stem_get_distinct_outputs_and_the_summary_counts_files(trained, tmp_path, capsys):
+  config, workdir = trained
+  (tmp_path / "in").mkdir()
+  rng = np.random.RandomState(1)
+  x_png = rng.randint(0, 256, (24, 24, 3)).astype(np.uint8)
+  x_bmp = rng.randint(0, 256, (16, 28, 3)).astype(np.uint8)  # another image behind the same stem
+  Image.fromarray(x_png).save(tmp_path / "in" / "x.png")
+  Image.fromarray(x_bmp).save(tmp_path / "in" / "x.bmp")
+  (tmp_path / "in" / "y.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  failed = predict.run(config, workdir, str(tmp_path / "in"), str(tmp_path / "out"), progress=False)
+  assert [p.name for p, _ in failed] == ["y.png"]
+  assert "Wrote 2 of 3 images" in capsys.readouterr().out
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+      "x.bmp.png", "x.bmp_overlay.png", "x.png.png", "x.png_overlay.png"]
+  spec = datasets.get_spec(config.dataset)
+  segmenter = inference.Segmenter([inference.load_member(config, workdir)], spec.num_classes,
+                                  inference.InferenceParams.from_config(config))
+  for name, image in (("x.png", x_png), ("x.bmp", x_bmp)):
+    with Image.open(tmp_path / "out" / f"{name}.png") as img:
+      np.testing.assert_array_equal(np.asarray(img), segmenter.image_scores(image).argmax(-1))
+
+
+def test_existing_outputs_are_replaced_only_with_overwrite(trained, tmp_path):
+  config, workdir = trained
+  (tmp_path / "in").mkdir()
+  images = _inputs(tmp_path / "in")
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "b_overlay.png").write_bytes(b"an earlier result")
+  with pytest.raises(ValueError, match=r"1 output file exist already in .*out \(.*b_overlay\.png\): pass "
+                                       r"--overwrite to replace them"):
+    predict.run(config, workdir, str(tmp_path / "in"), str(tmp_path / "out"), progress=False)
+  assert _bytes(tmp_path / "out") == {"b_overlay.png": b"an earlier result"}  # nothing else written either
+  predict.run(config, workdir, str(tmp_path / "in"), str(tmp_path / "out"), overwrite=True, progress=False)
+  with Image.open(tmp_path / "out" / "b_overlay.png") as img:
+    assert img.size == (images["b"].shape[1], images["b"].shape[0])
+
+
+def test_an_output_appearing_during_the_run_is_not_replaced(trained, tmp_path, monkeypatch):
+  config, workdir = trained
+  (tmp_path / "in").mkdir()
+  _inputs(tmp_path / "in")
+  out = tmp_path / "out"
+  real = predict.read_image
+
+  def read_and_race(path, num_channels):
+    if path.name == "b.png":  # another process writes b.png after the plan was checked
+      (out / "b.png").write_bytes(b"theirs")
+    return real(path, num_channels)
+
+  monkeypatch.setattr(predict, "read_image", read_and_race)
+  failed = predict.run(config, workdir, str(tmp_path / "in"), str(out), progress=False)
+  assert sorted(p.name for p, _ in failed) == ["b.png", "bad.png"]
+  assert (out / "b.png").read_bytes() == b"theirs"

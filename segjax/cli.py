@@ -1,0 +1,108 @@
+"""What the command-line entry points share: a user error is one message and a non-zero exit, not a traceback.
+
+A user error is anything segjax raises about the user's input or environment, with a message that already names
+the file or key, the value and the fix: ValueError, OSError (missing files, a full disk: CheckpointSaveError),
+FloatingPointError (training stopped on a non-finite or exploding loss). Other exceptions are bugs and keep
+their traceback. `SEGJAX_TRACEBACK=1` shows the traceback of user errors too, for debugging.
+
+Flag parsing gets the same treatment: a misspelt recipe key (`--config.batchsize=8`) prints ml_collections'
+suggestion as text instead of an escaped repr inside three chained tracebacks, and a recipe that does not load
+says why.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from absl import app
+from absl import flags
+
+TRACEBACK_ENV = "SEGJAX_TRACEBACK"
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # what a shell reports for a process stopped by Ctrl-C
+
+
+def _show_traceback() -> bool:
+  return os.environ.get(TRACEBACK_ENV, "").lower() not in ("", "0", "false", "no")
+
+
+def _fail(program: str, message: str, hint: bool = True) -> None:
+  hint = f" (set {TRACEBACK_ENV}=1 to see the traceback)" if hint and not _show_traceback() else ""
+  sys.stderr.write(f"{program}: error: {message.strip()}{hint}\n")
+  sys.exit(EXIT_USER_ERROR)
+
+
+def _chain(error: BaseException):
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def unknown_key_message(error: BaseException, argv: list[str]) -> str | None:
+  """The text of a misspelt recipe key, or None if `error` is not one.
+
+  ml_collections raises KeyError("'batchsize'\\nDid you mean \\"batch_size\\" ...") inside an AttributeError,
+  whose str() is the repr of that text.
+  """
+  for e in _chain(error):
+    if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) and "Did you mean" in e.args[0]:
+      key, _, suggestion = e.args[0].partition("\n")
+      key = key.strip("'\"")
+      given = next((a for a in argv[1:] if a.startswith("--config.") and key in a.split("=", 1)[0]), None)
+      where = f" ({given})" if given else ""
+      return f"the recipe has no key {key!r}{where}. {suggestion.strip()}"
+  return None
+
+
+def _recipe_message(error: BaseException, argv: list[str]) -> str | None:
+  """ml_collections' failure to load a --config recipe file, in one line; None for other errors."""
+  text = str(error)
+  if "Failed loading config file" not in text:
+    return None
+  given = next((a for a in sys.argv[1:] if a.startswith("--config=")), "--config")
+  reason = text.strip().splitlines()[-1].strip()
+  return (f"{given} could not be loaded ({reason}; from {os.getcwd()}): give the path of a recipe file, e.g. "
+          "--config=configs/quickstart.py.")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  program = os.path.basename(argv[0]) if argv else "segjax"
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(program, f"{e}. Pass --helpshort to see the flags.", hint=False)
+  except (KeyError, AttributeError) as e:
+    message = unknown_key_message(e, argv)
+    if message is None or _show_traceback():
+      raise
+    _fail(program, message, hint=False)
+  except USER_ERRORS as e:  # a recipe file that does not exist or does not load
+    if _show_traceback():
+      raise
+    _fail(program, str(e))
+  raise AssertionError("unreachable")
+
+
+def run(main: Callable[[list[str]], object]) -> None:
+  """`absl.app.run(main)` with user errors reported as one message and exit status 2, Ctrl-C as status 130."""
+
+  def guarded(argv):
+    program = os.path.basename(argv[0]) if argv else "segjax"
+    try:
+      return main(argv)
+    except KeyboardInterrupt:
+      if _show_traceback():
+        raise
+      sys.stderr.write(f"{program}: interrupted (Ctrl-C).\n")
+      sys.exit(EXIT_INTERRUPTED)
+    except USER_ERRORS as e:
+      if _show_traceback():
+        raise
+      _fail(program, _recipe_message(e, argv) or str(e))
+
+  app.run(guarded, flags_parser=_parse_flags)

@@ -1,0 +1,76 @@
+"""segjax/cli.py: a user error on the command line is one message naming the value and the fix, exit status 2, no
+traceback (unless SEGJAX_TRACEBACK=1); bugs keep theirs."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from segjax import cli
+from tests.conftest import REPO
+
+
+def _run(*args, env=None, script="train.py"):
+  env = {**{k: v for k, v in os.environ.items() if k != cli.TRACEBACK_ENV}, "PYTHONPATH": str(REPO),
+         "JAX_PLATFORMS": "cpu", **(env or {})}
+  return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def _one_message(proc, *patterns):
+  assert proc.returncode == cli.EXIT_USER_ERROR, proc.stderr
+  assert "Traceback" not in proc.stderr, proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, proc.stderr
+  for pattern in patterns:
+    assert pattern in lines[0], lines[0]
+  return lines[0]
+
+
+def test_misspelt_key_prints_the_suggestion_as_text(tmp_path):
+  line = _one_message(_run("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.batchsize=8"),
+                      "train.py: error: the recipe has no key 'batchsize' (--config.batchsize=8).",
+                      'Did you mean "batch_size" instead of "batchsize"?')
+  assert "\\n" not in line and "\\'" not in line  # text, not an escaped repr
+  assert not any(tmp_path.iterdir())
+
+
+def test_bad_value_missing_recipe_and_unknown_flag(tmp_path):
+  _one_message(_run("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.model.name=unet3"),
+               "config.model.name='unet3': choose one of [", "(set SEGJAX_TRACEBACK=1 to see the traceback)")
+  _one_message(_run("--config=configs/nope.py", f"--workdir={tmp_path}", script="eval.py"),
+               "eval.py: error: --config=configs/nope.py could not be loaded", "No such file or directory",
+               "e.g. --config=configs/quickstart.py")
+  _one_message(_run("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--bogus", script="predict.py"),
+               "Unknown command line flag 'bogus'")
+
+
+def test_traceback_on_request(tmp_path):
+  proc = _run("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.model.name=unet3",
+              env={cli.TRACEBACK_ENV: "1"})
+  assert proc.returncode != 0
+  assert "Traceback (most recent call last)" in proc.stderr and "ValueError: config.model.name='unet3'" in proc.stderr
+
+
+def test_bugs_keep_their_traceback(monkeypatch, capsys):
+  def main(argv):
+    del argv
+    raise TypeError("a bug")
+
+  monkeypatch.setattr(sys, "argv", ["prog"])
+  with pytest.raises(TypeError, match="a bug"):
+    cli.run(main)
+
+
+def test_user_error_in_process(monkeypatch, capsys):
+  def main(argv):
+    del argv
+    raise FileNotFoundError("--workdir=x does not exist: train first")
+
+  monkeypatch.setattr(sys, "argv", ["prog"])
+  monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+  with pytest.raises(SystemExit) as info:
+    cli.run(main)
+  assert info.value.code == cli.EXIT_USER_ERROR
+  assert capsys.readouterr().err.startswith("prog: error: --workdir=x does not exist: train first")
