@@ -53,6 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
   # "mean_std" uses mean/std above; "per_image" standardises each image (tf.image.per_image_standardization).
   c.dataset.normalization = "mean_std"
   c.dataset.worker_count = 0  # grain worker processes for decoding; 0 decodes in the main process
+  # PIL's pixel limit (Image.MAX_IMAGE_PIXELS) while a dataset is prepared; PIL refuses images over twice it as
+  # possible decompression bombs. None: PIL's default (89,478,485).
+  c.dataset.max_image_pixels = ml_collections.FieldReference(None, field_type=int)
   # dataset.name = "folder": the user's images/masks folders (segjax.data.folder.FolderParams documents each
   # key); `name` names the prepared copy under data_dir.
   c.dataset.folder = folder.config_block()
@@ -60,6 +63,10 @@ def default_config() -> ml_collections.ConfigDict:
   # MMSegmentation's reduce_zero_label (ADE20K-style masks): raw label 0 is "other" and becomes ignored, every
   # other id c becomes c - 1. The class list given by the dataset is then the reduced one.
   c.dataset.reduce_zero_label = False
+  # Before training, count the labelled pixels of each class in the training split (once per workdir, cached in
+  # DIR/label_stats.json): an error if nothing is labelled, a warning naming classes without a pixel and images
+  # that are all "ignore" (segjax.data.label_stats). False skips the count.
+  c.dataset.check_labels = True
 
   # Device-side joint augmentation of image and mask (segjax.data.augment.AugmentConfig documents each op);
   # every op is off except horizontal flips.

@@ -16,7 +16,7 @@ import ml_collections
 import tqdm
 
 from segjax import evaluate, metrics, sharding
-from segjax.data import datasets, pipeline
+from segjax.data import datasets, label_stats, pipeline
 from segjax.train import checkpoint as checkpoint_lib
 from segjax.train import setup as setup_lib
 from segjax.train import state as state_lib
@@ -129,6 +129,9 @@ def _train(config, exp, workdir, preemption, progress):
   sharding.check_batch_divisible(config.batch_size // config.grad_accum_steps, exp.mesh,
                                  "batch_size / config.grad_accum_steps")
   source = datasets.data_source(config.dataset, config.dataset.train_split)
+  if config.dataset.check_labels:  # before anything is compiled: all-ignore masks would train with loss 0
+    label_stats.check_training_labels(source, exp.spec, config.dataset, config.dataset.train_split, workdir,
+                                      say=_say)
   rows = sharding.process_rows(sharding.batch_sharding(exp.mesh), config.batch_size,
                                (*config.dataset.crop_size, 1))
   train_ds = pipeline.train_dataset(source, spec=exp.spec, batch_size=config.batch_size,
