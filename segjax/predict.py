@@ -39,25 +39,19 @@ def list_inputs(path: str | pathlib.Path) -> list[pathlib.Path]:
 
 
 def read_image(path: pathlib.Path, num_channels: int) -> np.ndarray:
-  """[H, W, C] uint8 pixels of `path`, checked against the model's channel count.
+  """[H, W, C] uint8 pixels of `path` as the model sees them, converted exactly as training preparation does.
+
+  `png.to_channels`, shared with the folder dataset: EXIF orientation applied, palette -> colours, CMYK -> RGB,
+  alpha dropped, grey <-> RGB.
 
   Raises:
-    ValueError: unreadable, truncated or too large, or with another channel count, naming the file and the fix.
+    ValueError: unreadable, truncated or too large (naming --max_pixels), or 16-bit/float, naming the file and
+      the fix.
   """
-  with png.open_image(path, "input image", "re-export it, or remove it from --input") as img:
-    if img.mode == "P":  # palette colours are what the image shows
-      img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode not in ("L", "RGB", "RGBA", "LA"):
-      raise ValueError(f"input image {path} has PIL mode {img.mode!r} (e.g. 16-bit or CMYK): convert it to 8-bit "
-                       f"{'RGB' if num_channels == 3 else 'grayscale (L)'}.")
-    array = np.asarray(img)
-  array = array[..., None] if array.ndim == 2 else array
-  if array.shape[-1] != num_channels:
-    kind = {1: "grayscale", 2: "grayscale + alpha", 3: "RGB", 4: "RGBA"}[array.shape[-1]]
-    fix = "drop the alpha channel" if array.shape[-1] in (2, 4) else "convert it"
-    raise ValueError(f"input image {path} is {kind} ({array.shape[-1]} channels) but the model takes "
-                     f"{num_channels}: {fix} (e.g. PIL's img.convert('{'RGB' if num_channels == 3 else 'L'}')).")
-  return array
+  with png.open_image(path, "input image", "re-export it, or remove it from --input",
+                      pixels_flag="--max_pixels") as img:
+    array = png.to_channels(img, num_channels, "input image", path)
+  return array[..., None] if array.ndim == 2 else array
 
 
 def write_label_png(path, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:

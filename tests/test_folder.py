@@ -564,3 +564,226 @@ def test_reduce_zero_label_masks_hold_one_more_id_and_reduce_like_mmseg(tmp_path
   reference = metrics.reduce_zero_label(raw, 255)
   np.testing.assert_array_equal(ex.weight, reference != 255)
   np.testing.assert_array_equal(ex.label[reference != 255], reference[reference != 255])
+
+
+# ------------------------------------------------- issue 19: loses nothing
+
+
+def _stored(builder, split="train"):
+  """stem -> (image, label [H, W]) as training reads them."""
+  return {s: (np.asarray(e["image"]), np.asarray(e["label"])[..., 0])
+          for s, e in _by_stem(builder, split).items()}
+
+
+def test_exif_orientation_of_images_and_masks(tmp_path):
+  from tests.test_png import NUMPY_ORIENT, save_oriented
+  rng = np.random.default_rng(0)
+  root = tmp_path / "src"
+  want = {}
+  for o in range(2, 9):
+    raw = rng.integers(0, 256, (6, 10, 3), np.uint8)  # not square
+    ids = rng.integers(0, 4, (6, 10), np.uint8)
+    # PNG image and mask, both tagged: stored upright, still aligned.
+    save_oriented(root / "images" / f"p{o}.png", raw, o)
+    save_oriented(root / "masks" / f"p{o}.png", ids, o)
+    want[f"p{o}"] = (NUMPY_ORIENT[o](raw), NUMPY_ORIENT[o](ids))
+    # A phone JPEG, its mask drawn on the upright photo (untagged, of the
+    # oriented size): prepares, no "re-export the mask".
+    jpg = save_oriented(root / "images" / f"j{o}.jpg", raw, o, quality=95)
+    up = NUMPY_ORIENT[o](ids)
+    _save(root / "masks" / f"j{o}.png", np.ascontiguousarray(up))
+    want[f"j{o}"] = (NUMPY_ORIENT[o](_pil(jpg)), up)
+  got = _stored(_prepare(_params(root), tmp_path / "data"))
+  assert sorted(got) == sorted(want)
+  for stem, (image, label) in want.items():
+    np.testing.assert_array_equal(got[stem][0], image, err_msg=stem)
+    np.testing.assert_array_equal(got[stem][1], label, err_msg=stem)
+
+
+def test_predict_reads_what_training_stores(tmp_path):
+  from segjax import predict
+  from tests.test_png import save_oriented
+  rng = np.random.default_rng(1)
+  rgba = rng.integers(0, 256, (6, 8, 4), np.uint8)
+  rgb, gray = rgba[..., :3], rgba[..., 0]
+  pal = Image.fromarray(rng.integers(0, 8, (6, 8), np.uint8), "L").convert("P")
+  pal.putpalette([v for i in range(256) for v in (i * 30 % 256, i, 255 - i)])
+  files = {  # stem -> (writer, reference pixels for 3 and for 1 channel)
+      "cmyk": (lambda p: Image.fromarray(rgb).convert("CMYK").save(p),
+               ".jpg", lambda p: np.asarray(Image.open(p).convert("RGB"))),
+      "rgba": (lambda p: Image.fromarray(rgba).save(p), ".png",
+               lambda p: rgb),
+      "la": (lambda p: Image.fromarray(rgba[..., :2].copy(), "LA").save(p),
+             ".png", lambda p: np.repeat(gray[..., None], 3, -1)),
+      "pal": (lambda p: pal.save(p, transparency=2), ".png",
+              lambda p: np.asarray(pal.convert("RGB"))),
+      "gray": (lambda p: Image.fromarray(gray).save(p), ".png",
+               lambda p: np.repeat(gray[..., None], 3, -1)),
+      "rot": (lambda p: save_oriented(p, rgb, 6), ".jpg",
+              lambda p: np.rot90(_pil(p), -1)),
+  }
+  for channels in (3, 1):
+    root = tmp_path / f"c{channels}"
+    for stem, (write, ext, ref) in files.items():
+      (root / "images").mkdir(parents=True, exist_ok=True)
+      write(root / "images" / f"{stem}{ext}")
+      shape = (8, 6) if stem == "rot" else (6, 8)
+      _save(root / "masks" / f"{stem}.png", np.zeros(shape, np.uint8))
+    got = _stored(_prepare(_params(root, num_channels=channels),
+                           tmp_path / "data"))
+    for stem, (_, ext, ref) in files.items():
+      path = root / "images" / f"{stem}{ext}"
+      want = ref(path)
+      if channels == 1:  # PIL's ITU-R 601-2 luma of the RGB reference
+        want = np.asarray(Image.fromarray(np.ascontiguousarray(want)
+                                          ).convert("L"))[..., None]
+      np.testing.assert_array_equal(got[stem][0], want, err_msg=stem)
+      np.testing.assert_array_equal(predict.read_image(path, channels),
+                                    want, err_msg=stem)
+
+
+def test_binary_0_255_masks_need_label_map(tmp_path):
+  rng = np.random.default_rng(2)
+  root = tmp_path / "src"
+  raw = {}
+  for stem in ("s0", "s1", "s2"):
+    raw[stem] = rng.choice(np.array([0, 255], np.uint8), (6, 8))
+    _save(root / "images" / f"{stem}.png",
+          rng.integers(0, 256, (6, 8, 3), np.uint8))
+    _save(root / "masks" / f"{stem}.png", raw[stem])
+  params = _params(root, class_names=("bg", "fg"),
+                   split_fractions=(("train", 0.67), ("val", 0.33)))
+  data_dir = tmp_path / "data"
+  _raises(params, r"every mask in .*masks holds only the values 0 and 255.*"
+          r"class 'fg' \(id 1\) would have no pixel.*"
+          r"--config\.dataset\.folder\.label_map=\"\(\(255, 1\),\)\".*"
+          r"really means unlabelled.*label_map=\"\(\(255, 255\),\)\"",
+          data_dir=data_dir)
+  mapped = dataclasses.replace(params, label_map=((255, 1),))
+  assert (folder.make_builder(mapped).builder_config.name
+          != folder.make_builder(params).builder_config.name)
+  builder = _prepare(mapped, data_dir)
+  got = {**_stored(builder, "train"), **_stored(builder, "val")}
+  for stem, ids in raw.items():
+    np.testing.assert_array_equal(got[stem][1], (ids == 255).astype(np.uint8))
+  builder = _prepare(dataclasses.replace(params, label_map={255: 255}),
+                     data_dir)  # a dict works too
+  got = {**_stored(builder, "train"), **_stored(builder, "val")}
+  for stem, ids in raw.items():  # 255 stays "not labelled"
+    np.testing.assert_array_equal(got[stem][1], ids)
+  # One pixel of 1 anywhere: the masks are id maps, nothing to ask.
+  ids = raw["s1"].copy()
+  ids[0, 0] = 1
+  _save(root / "masks" / "s1.png", ids)
+  _prepare(params, data_dir)
+  with pytest.raises(ValueError, match=r"label_map=\(\(255, 1\),\): "
+                     r"maps index-mask values"):
+    folder.check_params(dataclasses.replace(
+        mapped, mask_format="rgb", palette=((0, 0, 0), (1, 1, 1))))
+  with pytest.raises(ValueError, match=r"label_map=\(\(255, 2\),\): give "
+                     r"distinct .*class id 0\.\.1"):
+    folder.check_params(dataclasses.replace(params, label_map=((255, 2),)))
+  assert folder.config_block().label_map == ()
+
+
+def test_every_bad_file_is_named_in_one_error(tmp_path):
+  root = _simple(tmp_path / "src", stems=("s0", "s1", "s2", "s3", "s4"))
+  for split, stems in (("train", "s0 s1"), ("val", "s2 s3"), ("test", "s4")):
+    (root / f"{split}.txt").write_text(stems.replace(" ", "\n"))
+  good = (root / "images" / "s0.png").read_bytes()
+  (root / "images" / "s0.png").write_bytes(good[:len(good) // 2])  # train
+  _save(root / "masks" / "s3.png", np.zeros((6, 9), np.uint8))  # val
+  _save(root / "masks" / "s4.png", np.full((6, 8), 9, np.uint8))  # test
+  params = _params(root, split_fractions=(), split_files=tuple(
+      (s, root / f"{s}.txt") for s in ("train", "val", "test")))
+  data_dir = tmp_path / "data"
+  with pytest.raises(ValueError) as info:
+    _prepare(params, data_dir)
+  message = str(info.value)
+  assert message.startswith("Folder dataset: 3 problems, nothing was "
+                            "prepared")
+  for pattern in (r"images/s0\.png is truncated", r"masks/s3\.png is 6x9",
+                  r"masks/s4\.png holds id 9"):
+    assert len(__import__("re").findall(pattern, message)) == 1, pattern
+  assert not folder.make_builder(params, data_dir=data_dir).is_prepared()
+  assert not list(data_dir.glob("segjax_folder/*/*"))  # no half copy left
+  (root / "images" / "s0.png").write_bytes(good)
+  _save(root / "masks" / "s3.png", np.zeros((6, 8), np.uint8))
+  _save(root / "masks" / "s4.png", np.zeros((6, 8), np.uint8))
+  builder = _prepare(params, data_dir)
+  assert [len(builder.as_data_source(s)) for s in ("train", "val", "test")
+          ] == [2, 2, 1]
+
+
+def test_more_than_max_listed_bad_files(tmp_path):
+  stems = [f"s{i:02d}" for i in range(folder.MAX_LISTED + 3)]
+  root = _simple(tmp_path / "src", stems=stems)
+  for stem in stems:
+    _save(root / "masks" / f"{stem}.png", np.full((6, 8), 7, np.uint8))
+  with pytest.raises(ValueError, match=rf"{len(stems)} problems(.|\n)*"
+                     rf"  {folder.MAX_LISTED}\. (.|\n)*\.\.\. and 3 more$"):
+    _prepare(_params(root), tmp_path / "data")
+
+
+def test_dangling_symlink_is_named_with_its_target(tmp_path):
+  # A dangling symbolic link is not "a missing image".
+  root = _simple(tmp_path / "link")
+  (root / "images" / "s1.png").unlink()
+  (root / "images" / "s1.png").symlink_to(tmp_path / "gone" / "s1.png")
+  _raises(_params(root), r"1 image is a symbolic link to a target that does "
+          r"not exist: .*images/s1\.png -> .*gone/s1\.png: restore")
+
+
+def test_index_mask_format_is_its_content_not_its_name(tmp_path):
+  root = _simple(tmp_path / "names")
+  (root / "masks" / "s1.png").rename(root / "masks" / "s1.jpg")
+  want = _pil(root / "masks" / "s1.jpg")
+  got = _stored(_prepare(_params(root), tmp_path / "data"))
+  np.testing.assert_array_equal(got["s1"][1], want)
+  Image.fromarray(want).save(root / "masks" / "s1.jpg", format="JPEG")
+  _raises(_params(root), r"index mask .*masks/s1\.jpg is a JPEG")
+
+
+def test_split_file_with_a_utf8_bom(tmp_path):
+  # A UTF-8 BOM (Windows Notepad) before the first stem.
+  root = _simple(tmp_path / "bom")
+  (root / "train.txt").write_bytes("\ufeffs0\ns2\n".encode())
+  params = _params(root, split_fractions=(),
+                   split_files=(("train", root / "train.txt"),))
+  assert folder.assign_splits(params, ["s0", "s1", "s2"]) == {
+      "train": ["s0", "s2"]}
+
+
+def test_max_image_pixels_from_the_config(tmp_path):
+  from segjax import config as config_lib
+  from segjax.data import datasets
+  root = _simple(tmp_path / "src", shape=(40, 50))
+  cfg = config_lib.default_config().dataset
+  cfg.name = "folder"
+  cfg.data_dir = str(tmp_path / "data")
+  cfg.folder.images_dir = str(root / "images")
+  cfg.folder.masks_dir = str(root / "masks")
+  cfg.folder.class_names = ("a", "b", "c", "d")
+  cfg.folder.split_fractions = (("train", 1.0),)
+  cfg.max_image_pixels = 900
+  with pytest.raises(ValueError, match=r"images/s0\.png is 50x40 = 2000 "
+                     r"pixels, above the limit of 900.*"
+                     r"--config\.dataset\.max_image_pixels=N"):
+    datasets.data_source(cfg, "train")
+  cfg.max_image_pixels = 1000
+  assert len(datasets.data_source(cfg, "train")) == 3
+
+
+def test_read_mask_works_in_the_masks_dtype(tmp_path):
+  import tracemalloc
+  ids = np.random.default_rng(3).integers(0, 4, (2000, 2000), np.uint8)
+  ids[:10] = 255
+  path = _save(tmp_path / "m.png", ids)
+  tracemalloc.start()
+  got = folder._read_mask(path, _params(tmp_path))
+  peak = tracemalloc.get_traced_memory()[1]
+  tracemalloc.stop()
+  np.testing.assert_array_equal(got, ids)
+  # The decoded mask (4 MB) and the stored ids (4 MB), plus block-sized
+  # temporaries; an int64 copy of the mask alone would be 32 MB.
+  assert peak < 4 * ids.nbytes, peak

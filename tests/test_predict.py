@@ -65,12 +65,16 @@ def test_predict_refuses_bad_inputs(trained, tmp_path):
   config, workdir = trained
   with pytest.raises(FileNotFoundError, match="--input=.*missing does not exist"):
     predict.run(config, workdir, str(tmp_path / "missing"), str(tmp_path / "out"), progress=False)
-  Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "gray.png")
-  with pytest.raises(ValueError, match=r"gray.png is grayscale \(1 channels\) but the model takes 3"):
-    predict.read_image(tmp_path / "gray.png", 3)
-  Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(tmp_path / "rgba.png")
-  with pytest.raises(ValueError, match="rgba.png is RGBA .*drop the alpha channel"):
-    predict.read_image(tmp_path / "rgba.png", 3)
+  # Grey and RGBA are converted as training converts them (tests/test_folder.py compares with the stored arrays).
+  gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
+  Image.fromarray(gray).save(tmp_path / "gray.png")
+  np.testing.assert_array_equal(predict.read_image(tmp_path / "gray.png", 3), np.repeat(gray[..., None], 3, -1))
+  rgba = np.arange(256, dtype=np.uint8).reshape(8, 8, 4)
+  Image.fromarray(rgba).save(tmp_path / "rgba.png")
+  np.testing.assert_array_equal(predict.read_image(tmp_path / "rgba.png", 3), rgba[..., :3])
+  Image.frombytes("I;16", (8, 8), np.zeros((8, 8), "<u2").tobytes()).save(tmp_path / "wide.png")
+  with pytest.raises(ValueError, match=r"wide.png has mode I;16 \(16-bit or float\).*save it as 8-bit RGB"):
+    predict.read_image(tmp_path / "wide.png", 3)
 
 
 # ------------------------------------------------------------ never overwrite

@@ -31,6 +31,7 @@ from segjax.data import catalog
 from segjax.data import folder
 from segjax.data import isbi2012
 from segjax.data import lfw_parts
+from segjax.data import png
 from segjax.data import shapes
 from segjax.data import voc2012
 
@@ -233,6 +234,12 @@ def data_source(dataset, split: str, *, data_dir=None,
   """
   if not isinstance(dataset, str):
     data_dir, manual_dir = dataset.data_dir, dataset.manual_dir
+  # Preparation opens the source images with PIL: its pixel limit is the config's.
+  with png.pixel_limit(None if isinstance(dataset, str) else dataset.get("max_image_pixels")):
+    return _data_source(dataset, split, data_dir=data_dir, manual_dir=manual_dir)
+
+
+def _data_source(dataset, split: str, *, data_dir, manual_dir) -> Any:
   name = dataset if isinstance(dataset, str) else dataset.name
   if name in catalog.CATALOG:
     return catalog.data_source(name, split, data_dir=data_dir, manual_dir=manual_dir)

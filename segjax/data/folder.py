@@ -12,11 +12,19 @@ id, `ignore_index` means "not labelled") or colour-coded ("rgb": the nearest
 than that from every colour is an error naming the mask and its colours, or,
 with `off_palette="ignore"`, not labelled. The stored label holds class ids
 0..N-1 and IGNORE_LABEL (255) wherever a pixel is not labelled, off the
-palette (when ignored) or outside the validity mask.
+palette (when ignored) or outside the validity mask. `label_map` maps raw
+index-mask values to class ids first (binary 0/255 masks: ((255, 1),)).
+
+Images and masks are turned upright by their EXIF orientation (as PIL's
+ImageOps.exif_transpose) and images converted to num_channels by
+png.to_channels, which predict.py shares.
 
 Every image, mask and validity mask is fully decoded while preparing, so an
 unreadable or truncated file is an error naming it (segjax.data.png.open_image)
-instead of a grey or partial image in the prepared copy.
+instead of a grey or partial image in the prepared copy. Preparation reads
+every file before failing, and one error lists every bad file (up to
+MAX_LISTED); tfds writes into a temporary folder that a failure removes, so
+nothing is left that a later run would take as prepared.
 
 The tfds config name is `<name>-<hash8>`, the hash covering every parameter
 (paths resolved) and the size and mtime of every source file: changing either
@@ -43,10 +51,11 @@ MAX_CLASSES = 255  # ids 0..254, so that IGNORE_LABEL stays free.
 FLAG = "--config.dataset.folder"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 MASK_EXTENSIONS = IMAGE_EXTENSIONS  # JPEG only for rgb masks, see _read_mask.
-_JPEG_EXTENSIONS = (".jpg", ".jpeg")
 _MODES = {1: "L", 3: "RGB"}
 # A 16-bit or float image has no single right reduction to 8 bits.
-_WIDE_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+_WIDE_MODES = png.WIDE_MODES
+MAX_LISTED = 20  # bad files listed by one preparation error (all are counted)
+_CHUNK = 1 << 18  # pixels per block of the mask lookups: bounds their temporaries
 _INDEX_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
 # Trubetskoy's distinct colours after black, as in shapes.PALETTE.
 _BASE_COLOURS = (
@@ -92,6 +101,9 @@ class FolderParams:
     split_fractions: ((split, fraction), ...) summing to 1; used when
       split_files is None.
     split_seed: seed of the split by fractions.
+    label_map: index masks: ((raw value, class id), ...) or a dict, applied
+      before the ignore check; e.g. ((255, 1),) for binary 0/255 masks. A
+      class id may also be ignore_index (not labelled).
     reduce_zero_label: set from `config.dataset.reduce_zero_label` (not a key of the folder block).
   """
   images_dir: str
@@ -109,6 +121,7 @@ class FolderParams:
   split_fractions: tuple[tuple[str, float], ...] = (
       ("train", 0.8), ("validation", 0.2))
   split_seed: int = 0
+  label_map: tuple[tuple[int, int], ...] = ()
   # Not a folder key: copied from config.dataset.reduce_zero_label. Index masks then hold 0 ("other", ignored
   # later) and 1..K for the K class_names, so id K is accepted.
   reduce_zero_label: bool = False
@@ -129,6 +142,10 @@ class FolderParams:
     if self.split_files is not None:
       set_("split_files", _pairs(self.split_files, os.fspath))
     set_("split_fractions", _pairs(self.split_fractions, float))
+    label_map = self.label_map or ()
+    if isinstance(label_map, dict):
+      label_map = label_map.items()
+    set_("label_map", tuple(tuple(int(v) for v in pair) for pair in label_map))
     set_("palette_tolerance", float(self.palette_tolerance))
 
 
@@ -183,6 +200,19 @@ def check_params(params: FolderParams) -> None:
     _fail("off_palette", p.off_palette, "choose 'error' (a mask pixel beyond "
           "palette_tolerance fails preparation) or 'ignore' (it is not "
           "labelled)")
+  if p.label_map:
+    if p.mask_format != "index":
+      _fail("label_map", p.label_map, "maps index-mask values: leave it "
+            "empty for rgb masks (their colours are the palette)")
+    raw = [r for r, _ in p.label_map]
+    top = n - 1 + int(p.reduce_zero_label)
+    if (any(len(pair) != 2 for pair in p.label_map) or len(set(raw)) != len(raw)
+        or not all(0 <= r <= 65535 for r in raw)
+        or not all(0 <= c <= top or c == p.ignore_index
+                   for _, c in p.label_map)):
+      _fail("label_map", p.label_map, "give distinct (raw value 0..65535, "
+            f"class id 0..{top} or the ignore_index {p.ignore_index}) pairs, "
+            "e.g. ((255, 1),)")
   if p.num_channels not in _MODES:
     _fail("num_channels", p.num_channels, "choose 1 (grayscale) or 3 (RGB)")
   if p.split_files is not None:
@@ -234,18 +264,44 @@ def spec_fields(params: FolderParams):
 
 
 def _list(folder: str, extensions, what: str) -> dict[str, pathlib.Path]:
-  """stem -> file of a folder; two files with one stem are an error."""
-  found = {}
+  """stem -> file of a folder; two files with one stem are an error.
+
+  Raises:
+    ValueError: two files with one stem, or symbolic links to targets that do
+      not exist (all of them named with their targets).
+  """
+  found, dangling = {}, []
   for path in sorted(pathlib.Path(folder).expanduser().iterdir()):
-    if (path.name.startswith(".") or not path.is_file()
-        or path.suffix.lower() not in extensions):
+    if path.name.startswith(".") or path.suffix.lower() not in extensions:
+      continue
+    if path.is_symlink() and not path.exists():
+      dangling.append(f"{path} -> {os.readlink(path)}")
+      continue
+    if not path.is_file():
       continue
     if path.stem in found:
       raise ValueError(
           f"Folder dataset: {found[path.stem]} and {path} are two {what}s "
           f"with the stem {path.stem!r}: keep one of them.")
     found[path.stem] = path
+  if dangling:
+    raise ValueError(
+        f"Folder dataset: {len(dangling)} {what}"
+        f"{'s are symbolic links' if len(dangling) > 1 else ' is a symbolic link'}"
+        f" to a target that does not exist: {'; '.join(dangling[:MAX_LISTED])}"
+        f"{f' (and {len(dangling) - MAX_LISTED} more)' if len(dangling) > MAX_LISTED else ''}"
+        ": restore the target (e.g. mount or copy the data it points to) or "
+        "remove the link.")
   return found
+
+
+def _is_jpeg(path: pathlib.Path) -> bool:
+  """Whether the file is a JPEG by its content (SOI marker), whatever its name."""
+  try:
+    with open(path, "rb") as f:
+      return f.read(3) == b"\xff\xd8\xff"
+  except OSError:  # unreadable: preparation names it (png.open_image)
+    return False
 
 
 def _unpaired(have: dict, need: dict, what: str, folder: str, field: str):
@@ -263,7 +319,8 @@ def list_examples(params: FolderParams) -> dict:
 
   Raises:
     ValueError: an empty images folder, a file without its partner, two
-      files with one stem, or a JPEG index mask.
+      files with one stem, a dangling symbolic link, or a JPEG index or
+      validity mask (by content, not by name).
   """
   p = params
   images = _list(p.images_dir, IMAGE_EXTENSIONS, "image")
@@ -279,21 +336,23 @@ def list_examples(params: FolderParams) -> dict:
     validity = _list(p.validity_dir, MASK_EXTENSIONS, "validity mask")
     _unpaired(validity, images, "validity mask", p.validity_dir,
               "validity_dir")
-  lossless = list(validity.values())
+  lossless = [("validity mask", v) for v in validity.values()]
   if p.mask_format == "index":
-    lossless += list(masks.values())
-  for path in lossless:
-    if path.suffix.lower() in _JPEG_EXTENSIONS:
+    lossless += [("index mask", m) for m in masks.values()]
+  for what, path in lossless:
+    if _is_jpeg(path):  # by content: a PNG named .jpg is fine
       raise ValueError(
-          f"Folder dataset: {path} is a JPEG; JPEG's lossy compression "
-          "changes ids at edges: save index and validity masks as PNG "
-          f"(or use {FLAG}.mask_format='rgb' for colour-coded masks).")
+          f"Folder dataset: {what} {path} is a JPEG (by its content); JPEG's "
+          "lossy compression changes ids at edges: save index and validity "
+          f"masks as PNG (or use {FLAG}.mask_format='rgb' for colour-coded "
+          "masks).")
   return {s: (images[s], masks[s], validity.get(s)) for s in sorted(images)}
 
 
 def _read_split_file(split: str, path: str, stems) -> list[str]:
   listed = {}
-  for line_no, line in enumerate(pathlib.Path(path).read_text().splitlines(),
+  for line_no, line in enumerate(pathlib.Path(path).read_text(
+      encoding="utf-8-sig").splitlines(),
                                  1):
     stem = line.split("#", 1)[0].strip()
     if not stem:
@@ -379,43 +438,59 @@ def read_image(path: pathlib.Path, num_channels: int):
   image is stored as an 8-bit PNG in the stored mode: an 8-bit PNG in that
   mode as is, anything else converted from PIL's decode and re-encoded
   (lossless w.r.t. that decode; JPEG decoders differ between libjpeg builds,
-  so this also pins the pixels). First frame of GIF/TIFF; alpha dropped.
+  so this also pins the pixels). First frame of GIF/TIFF; the conversion is
+  png.to_channels (EXIF orientation applied, alpha dropped), as predict.py's.
 
   Raises:
     ValueError: an unreadable or truncated file, or a 16-bit/float image.
   """
   mode = _MODES[num_channels]
   with _open(path, "image") as img:
-    if _wide(img):
-      raise ValueError(
-          f"Folder dataset: image {path} has mode {img.mode} (16-bit or "
-          "float); reducing it to 8 bits needs a scaling only you can "
-          "choose: save the images as 8-bit first.")
-    shape = (img.height, img.width)
-    data = path.read_bytes()
-    # IHDR bit depth 8 and colour type 0 (gray) / 2 (RGB), no tRNS: readers
-    # agree on exactly these pixels.
-    if (img.format == "PNG" and img.mode == mode and data[24] == 8
-        and data[25] == (0 if mode == "L" else 2)
-        and "transparency" not in img.info):
-      return data, shape
-    array = np.asarray(img.convert(mode))
-  return png.encode(array), shape
+    if img.format == "PNG" and img.mode == mode and not png.oriented(img):
+      data = path.read_bytes()
+      # IHDR bit depth 8 and colour type 0 (gray) / 2 (RGB), no tRNS: readers
+      # agree on exactly these pixels. (An EXIF orientation is applied by
+      # OpenCV and ignored by PIL, so such a file is re-encoded upright.)
+      if (data[24] == 8 and data[25] == (0 if mode == "L" else 2)
+          and "transparency" not in img.info):
+        return data, (img.height, img.width)
+      del data
+    array = png.to_channels(img, num_channels, "Folder dataset: image", path)
+  return png.encode(array), array.shape[:2]
+
+
+def _row_blocks(shape):
+  """Row slices of about _CHUNK pixels: lookups run per block, so their index
+  temporaries (numpy indexes with intp) stay small beside the image."""
+  step = max(1, _CHUNK // max(1, int(np.prod(shape[1:2]))))
+  return [slice(r, r + step) for r in range(0, shape[0], step)]
+
+
+def _pack(rgb: np.ndarray) -> np.ndarray:
+  """uint8 [..., 3] -> uint32 0xRRGGBB."""
+  return (rgb[..., 0].astype(np.uint32) << 16 | rgb[..., 1].astype(np.uint32)
+          << 8 | rgb[..., 2])
 
 
 def _nearest(rgb: np.ndarray, colours):
   """The distinct colours of `rgb` and the nearest of `colours` to each.
 
   Returns:
-    (values int64 [U, 3], inverse [H * W] into values, nearest [U] index
-    into colours, squared distance [U] to it); ties go to the lower index.
+    (packed uint32 [U] sorted distinct colours, values int64 [U, 3], counts
+    int64 [U] pixels of each, nearest [U] index into colours, squared
+    distance [U] to it); ties go to the lower index.
   """
   colours = np.asarray(colours, np.int64)
-  # Distances per distinct colour, not per pixel: masks hold few colours.
-  packed = (rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64)
-            << 8 | rgb[..., 2])
-  unique, inverse = np.unique(packed.ravel(), return_inverse=True)
-  values = np.stack([unique >> 16, unique >> 8 & 255, unique & 255], -1)
+  # Distinct colours block by block (a whole-mask np.unique sorts int64
+  # copies of it), then distances per distinct colour: masks hold few.
+  parts = [np.unique(_pack(rgb[rows]), return_counts=True)
+           for rows in _row_blocks(rgb.shape)]
+  unique, inverse = np.unique(np.concatenate([u for u, _ in parts]),
+                              return_inverse=True)
+  counts = np.bincount(inverse.ravel(), np.concatenate([c for _, c in parts]),
+                       minlength=len(unique)).astype(np.int64)
+  wide = unique.astype(np.int64)
+  values = np.stack([wide >> 16, wide >> 8 & 255, wide & 255], -1)
   nearest = np.empty(len(unique), np.int64)
   d2 = np.empty(len(unique), np.int64)
   for start in range(0, len(unique), 1 << 14):  # Bounds memory for JPEGs.
@@ -423,7 +498,16 @@ def _nearest(rgb: np.ndarray, colours):
     d2_all = ((block[:, None, :] - colours[None]) ** 2).sum(-1)
     nearest[start:start + len(block)] = d2_all.argmin(1)
     d2[start:start + len(block)] = d2_all.min(1)
-  return values, inverse.ravel(), nearest, d2
+  return unique, values, counts, nearest, d2
+
+
+def _lookup_colours(rgb: np.ndarray, unique: np.ndarray,
+                    ids: np.ndarray) -> np.ndarray:
+  """uint8 [H, W]: ids[i] where rgb is the colour unique[i]."""
+  out = np.empty(rgb.shape[:2], np.uint8)
+  for rows in _row_blocks(rgb.shape):
+    out[rows] = ids[np.searchsorted(unique, _pack(rgb[rows]))]
+  return out
 
 
 def _with_ignore(palette, ignore_color):
@@ -450,9 +534,9 @@ def rgb_to_ids(rgb: np.ndarray, palette, tolerance: float,
     then to the lower class id.
   """
   colours, lut = _with_ignore(palette, ignore_color)
-  _, inverse, nearest, d2 = _nearest(rgb, colours)
+  unique, _, _, nearest, d2 = _nearest(rgb, colours)
   ids = np.where(d2 <= tolerance * tolerance, lut[nearest], IGNORE_LABEL)
-  return ids.astype(np.uint8)[inverse].reshape(rgb.shape[:2])
+  return _lookup_colours(rgb, unique, ids.astype(np.uint8))
 
 
 def _decode_rgb(path: pathlib.Path, rgb: np.ndarray,
@@ -465,11 +549,10 @@ def _decode_rgb(path: pathlib.Path, rgb: np.ndarray,
       colour and its distance, and the fixes.
   """
   colours, lut = _with_ignore(params.palette, params.ignore_color)
-  values, inverse, nearest, d2 = _nearest(rgb, colours)
+  unique, values, counts, nearest, d2 = _nearest(rgb, colours)
   tol = params.palette_tolerance
   off = d2 > tol * tol
   if params.off_palette == "error" and off.any():
-    counts = np.bincount(inverse, minlength=len(values))
     order = np.flatnonzero(off)[np.argsort(-counts[off], kind="stable")]
     examples = []
     for i in order[:3]:
@@ -490,19 +573,85 @@ def _decode_rgb(path: pathlib.Path, rgb: np.ndarray,
         f"above the distance if they are blended edges, or set "
         f"{FLAG}.off_palette='ignore' to leave such pixels unlabelled.")
   ids = np.where(off, IGNORE_LABEL, lut[nearest]).astype(np.uint8)
-  return ids[inverse].reshape(rgb.shape[:2])
+  return _lookup_colours(rgb, unique, ids)
 
 
-def _read_mask(path: pathlib.Path, params: FolderParams) -> np.ndarray:
-  """Stored uint8 class ids of a mask (IGNORE_LABEL = not labelled)."""
+def _index_lut(params: FolderParams, size: int):
+  """(stored id per raw value 0..size-1, whether each raw value is allowed).
+
+  label_map first, then the ignore check: a raw value mapped to ignore_index
+  (or left at it) becomes IGNORE_LABEL; ids 0..n-1 stay as they are.
+  """
   n = len(params.class_names) + int(params.reduce_zero_label)
+  mapped = np.arange(size, dtype=np.int64)
+  for raw, cls in params.label_map:
+    if raw < size:
+      mapped[raw] = cls
+  ignored = mapped == params.ignore_index
+  allowed = ignored | (mapped < n)
+  lut = np.where(ignored, IGNORE_LABEL, np.where(allowed, mapped, 0))
+  return lut.astype(np.uint8), allowed
+
+
+def _index_ids(path: pathlib.Path, ids: np.ndarray, params: FolderParams,
+               seen: set | None) -> np.ndarray:
+  """Stored ids of a raw index mask (uint8 or uint16), via a lookup table.
+
+  Args:
+    path: the mask, for messages.
+    ids: its raw values, uint8 or uint16 [H, W].
+    params: the folder parameters.
+    seen: raw values present in the masks so far; updated.
+
+  Raises:
+    ValueError: a value that is neither a class id nor the ignore index.
+  """
+  size = 256 if ids.dtype == np.uint8 else 65536
+  counts = np.zeros(size, np.int64)
+  for rows in _row_blocks(ids.shape):  # bincount casts to intp: per block
+    counts += np.bincount(ids[rows].ravel(), minlength=size)
+  present = np.flatnonzero(counts)
+  lut, allowed = _index_lut(params, size)
+  bad = present[~allowed[present]]
+  if bad.size:
+    _bad_id(path, int(bad[0]), int(counts[bad].sum()), params)
+  if seen is not None:
+    seen.update(present.tolist())
+  out = np.empty(ids.shape, np.uint8)
+  for rows in _row_blocks(ids.shape):
+    out[rows] = lut[ids[rows]]
+  return out
+
+
+def _bad_id(path, value: int, pixels: int, params: FolderParams):
+  n = len(params.class_names) + int(params.reduce_zero_label)
+  raise ValueError(
+      f"Folder dataset: mask {path} holds id {value} ({pixels} "
+      f"pixels); ids must be 0..{n - 1} ({len(params.class_names)} class_names"
+      f"{', raw 0 reduced away' if params.reduce_zero_label else ''}) or the ignore "
+      f"index {params.ignore_index}: add class names "
+      f"({FLAG}.class_names), set {FLAG}.ignore_index={value} if it marks "
+      f"unlabelled pixels, map it to a class with {FLAG}.label_map="
+      f"\"(({value}, <class id>),)\", or fix the mask.")
+
+
+def _read_mask(path: pathlib.Path, params: FolderParams,
+               seen: set | None = None) -> np.ndarray:
+  """Stored uint8 class ids of a mask (IGNORE_LABEL = not labelled).
+
+  Works in the mask's own dtype with lookup tables, so memory stays near the
+  size of the decoded mask. `seen` collects the raw values of index masks.
+  """
   with _open(path, "mask") as img:
     if params.mask_format == "rgb":
       if _wide(img):
         raise ValueError(
             f"Folder dataset: rgb mask {path} has mode {img.mode}; expected "
             "8-bit colours: save it as an RGB PNG.")
-      return _decode_rgb(path, np.asarray(img.convert("RGB")), params)
+      img = png.upright(img)
+      rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+      del img
+      return _decode_rgb(path, rgb, params)
     if img.mode not in _INDEX_MODES:
       raise ValueError(
           f"Folder dataset: index mask {path} has mode {img.mode}; expected "
@@ -511,19 +660,18 @@ def _read_mask(path: pathlib.Path, params: FolderParams) -> np.ndarray:
     if img.format == "JPEG":
       raise ValueError(f"Folder dataset: index mask {path} is a JPEG: save "
                        "it as PNG (JPEG changes ids at edges).")
-    ids = np.asarray(img).astype(np.int64)
-  bad = (ids >= n) & (ids != params.ignore_index) | (ids < 0)
-  if bad.any():
-    value = int(ids[bad][0])
-    raise ValueError(
-        f"Folder dataset: mask {path} holds id {value} ({int(bad.sum())} "
-        f"pixels); ids must be 0..{n - 1} ({len(params.class_names)} class_names"
-        f"{', raw 0 reduced away' if params.reduce_zero_label else ''}) or the ignore "
-        f"index {params.ignore_index}: add class names "
-        f"({FLAG}.class_names), set {FLAG}.ignore_index={value} if it marks "
-        "unlabelled pixels, or fix the mask.")
-  return np.where(ids == params.ignore_index, IGNORE_LABEL, ids).astype(
-      np.uint8)
+    img = png.upright(img)
+    ids = np.asarray(img)
+    del img
+  if ids.dtype == bool:  # mode "1": ids 0 and 1
+    ids = ids.view(np.uint8)
+  elif ids.dtype != np.uint8 and ids.dtype != np.uint16:  # I: int32
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high > 65535:
+      value = low if low < 0 else high
+      _bad_id(path, value, int(np.count_nonzero(ids == value)), params)
+    ids = ids.astype(np.uint16)  # native order (I;16B too), half of int32
+  return _index_ids(path, ids, params, seen)
 
 
 def _read_validity(path: pathlib.Path) -> np.ndarray:
@@ -531,12 +679,20 @@ def _read_validity(path: pathlib.Path) -> np.ndarray:
     if img.format == "JPEG":
       raise ValueError(f"Folder dataset: validity mask {path} is a JPEG: "
                        "save it as PNG (JPEG noise turns 0 into 1).")
-    valid = np.asarray(img) != 0
+    valid = np.asarray(png.upright(img)) != 0
   return valid.any(-1) if valid.ndim == 3 else valid
 
 
-def read_example(stem: str, paths, params: FolderParams) -> dict:
+def read_example(stem: str, paths, params: FolderParams,
+                 seen: set | None = None) -> dict:
   """The stored example of one (image, mask, validity) triple.
+
+  Args:
+    stem: the files' stem.
+    paths: (image, mask, validity or None) paths.
+    params: the folder parameters.
+    seen: raw values present in index masks so far; updated (see
+      `binary_mask_error`).
 
   Raises:
     ValueError: naming the file: unreadable or truncated, a size mismatch,
@@ -544,7 +700,7 @@ def read_example(stem: str, paths, params: FolderParams) -> dict:
   """
   image_path, mask_path, validity_path = paths
   image, shape = read_image(image_path, params.num_channels)
-  label = _read_mask(mask_path, params)
+  label = _read_mask(mask_path, params, seen)
   others = [(mask_path, label)]
   if validity_path is not None:
     valid = _read_validity(validity_path)
@@ -553,13 +709,81 @@ def read_example(stem: str, paths, params: FolderParams) -> dict:
     if array.shape != shape:
       raise ValueError(
           f"Folder dataset: {path} is {array.shape[0]}x{array.shape[1]} but "
-          f"its image {image_path} is {shape[0]}x{shape[1]} (HxW): masks "
-          "must have their image's size; re-export the mask at "
-          f"{shape[0]}x{shape[1]} (nearest-neighbour, so ids stay ids) or "
-          "remove the pair.")
+          f"its image {image_path} is {shape[0]}x{shape[1]} (HxW, after "
+          "each file's EXIF orientation): masks must have their image's "
+          f"size; re-export the mask at {shape[0]}x{shape[1]} "
+          "(nearest-neighbour, so ids stay ids) or remove the pair.")
   if validity_path is not None:
-    label = np.where(valid, label, IGNORE_LABEL).astype(np.uint8)
+    label[~valid] = IGNORE_LABEL
   return {"image": image, "label": png.encode(label), "filename": stem}
+
+
+def binary_mask_error(params: FolderParams, seen: set) -> str | None:
+  """The error for 0/255 masks whose 255 would silently become "ignore".
+
+  Decided over the whole folder from the raw values read while preparing
+  (`seen`), so no mask is decoded twice: 2 class_names, ignore_index 255, no
+  label_map, every mask's values within {0, 255} and 255 present.
+
+  Returns:
+    The message, or None when the folder is not such a case.
+  """
+  p = params
+  if (p.mask_format != "index" or p.label_map or p.reduce_zero_label
+      or len(p.class_names) != 2 or p.ignore_index != 255
+      or 255 not in seen or not seen <= {0, 255}):
+    return None
+  a, b = p.class_names
+  return (
+      f"Folder dataset: every mask in {p.masks_dir} holds only the values 0 "
+      f"and 255, and with 2 class_names ({a!r}, {b!r}) and ignore_index=255, "
+      f"255 would mean 'not labelled', so class {b!r} (id 1) would have no "
+      "pixel at all. If 255 marks "
+      f"{b!r} (a binary 0/255 mask), map it: {FLAG}.label_map=\"((255, 1),)\". "
+      f"If 255 really means unlabelled, say so: {FLAG}.label_map="
+      f"\"((255, 255),)\" (class {b!r} then has no pixel at all).")
+
+
+def _placeholder(num_channels: int) -> dict:
+  one = np.zeros((1, 1), np.uint8)
+  return {"image": png.encode(one if num_channels == 1 else
+                              np.zeros((1, 1, 3), np.uint8)),
+          "label": png.encode(one), "filename": ""}
+
+
+class _Collector:
+  """Per-file errors of one preparation over all its splits.
+
+  Each split's generator reads every file, records errors and yields nothing
+  more after the first; the last split to finish raises one ValueError listing
+  them, so tfds never renames its temporary folder into a prepared copy.
+  """
+
+  def __init__(self, params: FolderParams, splits: int):
+    self.params = params
+    self.remaining = splits
+    self.errors: list[str] = []
+    self.seen: set[int] = set()
+
+  def split_done(self):
+    self.remaining -= 1
+    if self.remaining:
+      return
+    errors = list(self.errors)
+    binary = binary_mask_error(self.params, self.seen)
+    if binary:
+      errors.insert(0, binary)
+    if not errors:
+      return
+    listed = "\n".join(f"  {i}. {e}" for i, e in
+                       enumerate(errors[:MAX_LISTED], 1))
+    more = (f"\n  ... and {len(errors) - MAX_LISTED} more"
+            if len(errors) > MAX_LISTED else "")
+    if len(errors) == 1:
+      raise ValueError(f"{errors[0]} (Nothing was prepared.)")
+    raise ValueError(
+        f"Folder dataset: {len(errors)} problems, nothing was prepared; fix "
+        f"them all, then run again:\n{listed}{more}")
 
 
 # --------------------------------------------------------------------- tfds
@@ -608,13 +832,30 @@ class SegjaxFolder(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Nothing to download.
     p = self._params()
     examples = list_examples(p)
-    return {split: self._generate_examples(stems, examples)
-            for split, stems in assign_splits(p, examples).items()}
+    splits = assign_splits(p, examples)
+    collector = _Collector(p, len(splits))
+    return {split: self._generate_examples(stems, examples, collector)
+            for split, stems in splits.items()}
 
-  def _generate_examples(self, stems, examples):
+  def _generate_examples(self, stems, examples, collector=None):
     p = self._params()
+    collector = collector or _Collector(p, 1)
+    yielded = False
     for key, stem in enumerate(stems):
-      yield key, read_example(stem, examples[stem], p)
+      try:
+        example = read_example(stem, examples[stem], p, collector.seen)
+      except ValueError as e:
+        collector.errors.append(str(e))
+        continue
+      if not collector.errors:  # after an error nothing will be kept
+        yield key, example
+        yielded = True
+    if collector.errors and not yielded:
+      # tfds refuses to finish a split with no examples, which would stop
+      # before the later splits are read; this placeholder is never kept,
+      # as the last split raises (see _Collector).
+      yield len(stems), _placeholder(p.num_channels)
+    collector.split_done()
 
 
 def _resolved(params: FolderParams) -> FolderParams:
