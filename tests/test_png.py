@@ -114,3 +114,20 @@ def test_pixel_limit_names_the_flag(tmp_path):
   with png.pixel_limit(1000), png.open_image(path) as img:  # warned, not refused, and the warning is silenced
     assert img.size == (50, 40)
   assert Image.MAX_IMAGE_PIXELS not in (900, 1000)  # restored
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_builders_turn_their_labels_upright(tmp_path, orientation):
+  from segjax.data import ade20k, camvid, isbi2012, voc2012
+  rng = np.random.default_rng(orientation)
+  ids = rng.integers(0, 11, (6, 10), np.uint8)
+  path = save_oriented(tmp_path / "label.png", ids, orientation)
+  want = NUMPY_ORIENT[orientation](ids)
+  for read in (camvid._read_label, voc2012.read_label):  # pylint: disable=protected-access
+    data, got = read(path)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(_decode(data), want)  # not the tagged bytes kept as they were
+  data, got = ade20k.read_label(path)
+  np.testing.assert_array_equal(got, ade20k._REDUCE_ZERO_LABEL[want])  # pylint: disable=protected-access
+  path = save_oriented(tmp_path / "membrane.png", np.where(ids > 5, 255, 0).astype(np.uint8), orientation)
+  np.testing.assert_array_equal(isbi2012.read_label(path), NUMPY_ORIENT[orientation](ids > 5))

@@ -28,7 +28,6 @@ JPEG bytes are stored unchanged.
 import pathlib
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
 from segjax.data import builder
@@ -160,7 +159,7 @@ def read_label(path: pathlib.Path) -> tuple[bytes, np.ndarray]:
   Raises:
     ValueError: for a colour map or an id above 150.
   """
-  with Image.open(path) as img:
+  with png.open_image(path, "ADE20K annotation") as img:
     # The official maps are grey-scale; palette indices would be ids too.
     if img.mode not in ("L", "P"):
       raise ValueError(
@@ -168,7 +167,7 @@ def read_label(path: pathlib.Path) -> tuple[bytes, np.ndarray]:
           "single-channel map of ids 0-150 as in ADEChallengeData2016/"
           "annotations/ (the full ADE20K release's colour-coded *_seg.png "
           "maps are a different format).")
-    ids = np.asarray(img)
+    ids = np.asarray(png.upright(img))  # EXIF orientation, as its image's
   counts = np.bincount(ids.ravel(), minlength=256)
   bad = [int(v) for v in np.flatnonzero(counts[SOURCE_MAX + 1:])
          + SOURCE_MAX + 1]

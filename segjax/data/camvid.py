@@ -18,7 +18,6 @@ already 8-bit RGB / single-channel PNGs.
 import pathlib
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
 from segjax.data import builder
@@ -135,15 +134,16 @@ def list_pairs(root: pathlib.Path, split: str):
 
 def _read_label(path: pathlib.Path) -> tuple[bytes, np.ndarray]:
   """PNG bytes of a label map and its ids; rejects ids above IGNORE_LABEL."""
-  with Image.open(path) as img:
+  with png.open_image(path, "CamVid label") as img:
     # "P" maps also hold ids (palette indices); anything with colour
     # channels is a colour-coded map, which this builder does not decode.
     if img.mode not in ("L", "P"):
       raise ValueError(
           f"CamVid label {path} has mode {img.mode}; expected an 8-bit "
           "single-channel map of class ids (the SegNet *annot format).")
-    ids = np.asarray(img)
-    as_is = img.format == "PNG" and img.mode == "L"
+    # An EXIF orientation is applied, as to its image (png.read_image).
+    as_is = img.format == "PNG" and img.mode == "L" and not png.oriented(img)
+    ids = np.asarray(png.upright(img))
   top = int(ids.max())
   if top > IGNORE_LABEL:
     raise ValueError(

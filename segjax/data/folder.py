@@ -446,17 +446,25 @@ def read_image(path: pathlib.Path, num_channels: int):
   """
   mode = _MODES[num_channels]
   with _open(path, "image") as img:
+    shape = (img.height, img.width)
     if img.format == "PNG" and img.mode == mode and not png.oriented(img):
-      data = path.read_bytes()
+      with open(path, "rb") as f:
+        header = f.read(26)
       # IHDR bit depth 8 and colour type 0 (gray) / 2 (RGB), no tRNS: readers
       # agree on exactly these pixels. (An EXIF orientation is applied by
       # OpenCV and ignored by PIL, so such a file is re-encoded upright.)
-      if (data[24] == 8 and data[25] == (0 if mode == "L" else 2)
-          and "transparency" not in img.info):
-        return data, (img.height, img.width)
-      del data
-    array = png.to_channels(img, num_channels, "Folder dataset: image", path)
-  return png.encode(array), array.shape[:2]
+      as_is = (header[24] == 8 and header[25] == (0 if mode == "L" else 2)
+               and "transparency" not in img.info)
+    else:
+      as_is = False
+    if not as_is:
+      # Encoded from PIL's image, not a numpy copy of it: one buffer fewer.
+      converted = png.channels_image(img, num_channels,
+                                     "Folder dataset: image", path)
+      return png.encode(converted), (converted.height, converted.width)
+  # The decoded pixels (the check that the file is whole) are freed before
+  # the bytes are read.
+  return path.read_bytes(), shape
 
 
 def _row_blocks(shape):

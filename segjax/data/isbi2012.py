@@ -14,7 +14,6 @@ valid examples that add no pixels to losses or metrics.
 import pathlib
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
 from segjax.data import builder
@@ -87,8 +86,8 @@ def read_label(path) -> np.ndarray:
   Raises:
     ValueError: if a value other than 0 or 255 occurs.
   """
-  with Image.open(path) as img:
-    source = np.asarray(img)
+  with png.open_image(path, "ISBI 2012 label") as img:
+    source = np.asarray(png.upright(img))  # EXIF orientation, as its image's
   if source.ndim != 2:
     raise ValueError(
         f"ISBI 2012 label {path} has shape {source.shape}; expected a "

@@ -24,7 +24,6 @@ unchanged.
 import pathlib
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
 from segjax.data import builder
@@ -211,8 +210,8 @@ class LfwParts(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, pairs):
     for key, (image_path, label_path) in enumerate(pairs):
       image, shape = png.read_jpeg(image_path)
-      with Image.open(label_path) as img:
-        colours = np.asarray(img.convert("RGB"))
+      with png.open_image(label_path, "LFW parts label") as img:
+        colours = np.asarray(png.upright(img).convert("RGB"))
       builder.check_same_size(
           _TITLE, label_path, colours.shape[:2], image_path, shape)
       label = decode_label(colours, label_path)

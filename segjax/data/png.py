@@ -150,6 +150,14 @@ def upright(img: Image.Image) -> Image.Image:
 def to_channels(img: Image.Image, num_channels: int, what: str, path: pathlib.Path) -> np.ndarray:
   """The pixels a model with `num_channels` (1 or 3) channels sees: uint8 [H, W] or [H, W, 3].
 
+  `np.asarray(channels_image(...))`, see there.
+  """
+  return np.asarray(channels_image(img, num_channels, what, path))
+
+
+def channels_image(img: Image.Image, num_channels: int, what: str, path: pathlib.Path) -> Image.Image:
+  """The image a model with `num_channels` (1 or 3) channels sees, in PIL mode "L" or "RGB".
+
   What training preparation stores and predict.py reads: the EXIF orientation applied (`upright`), palette
   images as their colours, CMYK through PIL's conversion to RGB, alpha dropped, grey repeated to RGB or RGB
   reduced to grey with PIL's ITU-R 601-2 luma.
@@ -175,12 +183,15 @@ def to_channels(img: Image.Image, num_channels: int, what: str, path: pathlib.Pa
     except ValueError as e:
       raise ValueError(f"{what} {path} has mode {img.mode}, which PIL cannot convert to RGB ({e}): save it as "
                        f"8-bit {target}.") from None
-  return np.asarray(img if img.mode == target else img.convert(target))
+  return img if img.mode == target else img.convert(target)
 
 
-def encode(array: np.ndarray, compress_level: int = 6) -> bytes:
+def encode(array: np.ndarray | Image.Image, compress_level: int = 6) -> bytes:
+  """PNG bytes of a uint8 array or a PIL image (saved as it is: no numpy copy of a large image)."""
+  img = array if isinstance(array, Image.Image) else Image.fromarray(array)
   buf = io.BytesIO()
-  Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
+  # No tRNS or ICC profile copied from the source's info: only the pixels.
+  img.save(buf, format="PNG", compress_level=compress_level, transparency=None, icc_profile=None)
   return buf.getvalue()
 
 

@@ -30,7 +30,6 @@ bytes are stored unchanged.
 import pathlib
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
 from segjax.data import builder
@@ -217,7 +216,7 @@ def read_label(path: pathlib.Path) -> tuple[bytes, np.ndarray]:
   Raises:
     ValueError: for a colour (RGB) map or an id that is neither 0-20 nor 255.
   """
-  with Image.open(path) as img:
+  with png.open_image(path, "PASCAL VOC 2012 label") as img:
     # Palette indices are the ids; the RGB colours are only for display.
     if img.mode not in ("P", "L"):
       raise ValueError(
@@ -225,8 +224,9 @@ def read_label(path: pathlib.Path) -> tuple[bytes, np.ndarray]:
           "palette ('P') PNG as in SegmentationClass/, or a grey-scale ('L') "
           "map of class ids. A colour-converted copy lost the ids: use the "
           "original file.")
-    ids = np.asarray(img)
-    as_is = img.format == "PNG" and img.mode == "L"
+    # An EXIF orientation is applied, as to its image (png.read_jpeg).
+    as_is = img.format == "PNG" and img.mode == "L" and not png.oriented(img)
+    ids = np.asarray(png.upright(img))
   counts = np.bincount(ids.ravel(), minlength=256)
   bad = [int(v) for v in np.flatnonzero(counts[len(CLASS_NAMES):IGNORE_LABEL])
          + len(CLASS_NAMES)]
