@@ -34,6 +34,14 @@ def default_config() -> ml_collections.ConfigDict:
   # A step whose loss or gradients are not finite is never applied; "stop" then ends training with an error
   # naming the step (checkpoints stay intact), "skip" goes on and counts such steps in metrics.jsonl.
   c.on_nonfinite = "stop"
+  # A loss over this factor x the median of the last 50 finite losses stops training as diverged (0: never).
+  # Healthy training's loss stays within a small multiple of its recent median (a hard batch: 2-10x); a diverging
+  # run's grows by orders of magnitude within a few steps (1e11 at step 5 in issue 19), so 1e3 fires on those
+  # only. The stop names the newest good checkpoint; checkpoints after it are moved aside, never deleted.
+  c.divergence_factor = 1e3
+  # Resume from this checkpoint step instead of the latest (newer ones are moved to DIR/checkpoints_rewound, not
+  # deleted; those saved by a run with the same resume_from_step are its continuation and stay). 0: from scratch.
+  c.resume_from_step = ml_collections.FieldReference(None, field_type=int)
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "shapes"
@@ -238,6 +246,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"give one weight per class ({spec.num_classes} for {spec.name})")
   if config.on_nonfinite not in ("stop", "skip"):
     fail("on_nonfinite", config.on_nonfinite, "choose 'stop' or 'skip'")
+  if config.divergence_factor < 0 or 0 < config.divergence_factor <= 1:
+    fail("divergence_factor", config.divergence_factor, "give a factor > 1 (default 1e3), or 0 to disable")
+  if config.resume_from_step is not None and config.resume_from_step < 0:
+    fail("resume_from_step", config.resume_from_step, "give a checkpoint step >= 0 (None: the latest)")
   if config.metrics.convention not in conventions.CONVENTIONS:
     fail("metrics.convention", config.metrics.convention, f"choose one of {list(conventions.CONVENTIONS)}")
   if config.dataset.normalization not in ("mean_std", "per_image"):

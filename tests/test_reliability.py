@@ -1,10 +1,17 @@
-"""Reliability: non-finite updates are never applied, incompatible checkpoints are refused.
+"""Reliability: non-finite updates are never applied, diverged runs stop, incompatible checkpoints are refused.
 
-SIGTERM (save the current step, exit 0, resume exactly) is tested with the SIGKILL restarts in test_preemption.py.
+SIGTERM (save the current step, exit 0, resume exactly) is tested with the SIGKILL restarts in test_preemption.py;
+Ctrl-C (the same stop) here. A loss that explodes stops training too, leaving the newest good checkpoint and a
+command that resumes from it (issue 19).
 """
 
 import json
 import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -14,7 +21,7 @@ from segjax import evaluate, sharding
 from segjax.data import datasets, pipeline
 from segjax.train import checkpoint as checkpoint_lib
 from segjax.train import loop, setup, steps
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
 
 
 def _finite(tree) -> bool:
@@ -52,13 +59,18 @@ def _diverging(shapes_data_dir, **overrides):
 
 
 def test_nonfinite_stop_names_the_step_and_keeps_checkpoints(shapes_data_dir, tmp_path):
+  # Issue 19 changed the contract: the checkpoints whose weights gave the non-finite loss (step bad - 1 on) are
+  # moved aside, not kept as the latest (resuming them failed again); here that is all of them (bad = 2).
   with pytest.raises(FloatingPointError, match=r"Step (\d+): the loss or the gradients are not finite") as info:
     loop.train_and_evaluate(_diverging(shapes_data_dir), tmp_path, progress=False)
   bad = int(info.value.args[0].split()[1].rstrip(":"))
   assert "on_nonfinite=skip" in str(info.value)
   ckpt = checkpoint_lib.Checkpointer(tmp_path)
   saved = ckpt.all_steps()
-  assert saved and max(saved) <= bad + 1  # at most the step launched before the flag was read
+  assert max(saved, default=0) <= bad - 2
+  aside = sorted(int(p.name.split("-")[0]) for p in (tmp_path / "checkpoints_diverged").iterdir())
+  assert aside and min(aside) >= bad - 1 and max(aside) < bad  # the refused step itself is never saved
+  assert str(tmp_path / "checkpoints_diverged") in str(info.value)
   exp = setup.build(_diverging(shapes_data_dir))
   for step in saved:  # every checkpoint restores and holds finite numbers: no bad update was ever applied
     assert _finite(ckpt.restore(step, exp.abstract_state()).params)
@@ -142,3 +154,78 @@ def test_stop_at_an_evaluation_step_still_evaluates_it(shapes_data_dir, tmp_path
     for name in ("loss", "eval/mean_iou", "eval/pixel_accuracy"):
       if name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-5, err_msg=f"{key} {name}")
+
+
+def _exploding(shapes_data_dir, **overrides):
+  # Without BatchNorm, plain SGD at lr 16 trains for 7 steps, then its loss explodes (1.4e3, 7e5) before any NaN.
+  return tiny_config(shapes_data_dir, num_train_steps=12, checkpoint_every_steps=1, keep_checkpoints=1,
+                     log_every_steps=1, **{"model.batch_norm": False, "optimizer.name": "sgd",
+                                           "optimizer.learning_rate": 16.0, "optimizer.schedule": "constant",
+                                           **overrides})
+
+
+def test_divergence_stops_at_the_last_good_checkpoint_and_its_advice_works(shapes_data_dir, tmp_path):
+  """An exploding (finite) loss stops training; retention (keep_checkpoints=1) never deleted the newest good
+  checkpoint; the diverged ones are moved aside; rerunning as the message says trains to the end."""
+  devices = jax.devices()[:1]
+  with pytest.raises(FloatingPointError, match=r"Step (\d+): the loss \S+ is over 1000 x the median .* training "
+                                               r"diverged") as info:
+    loop.train_and_evaluate(_exploding(shapes_data_dir), tmp_path, progress=False, devices=devices)
+  message = str(info.value)
+  stopped = int(message.split()[1].rstrip(":"))
+  found = re.search(r"The newest good checkpoint is step (\d+) in .*rerun with --config\.resume_from_step=(\d+) "
+                    r"--config\.optimizer\.learning_rate=(\S+) ", message)
+  assert found and found[1] == found[2], message
+  good, lr = int(found[1]), float(found[3])
+  assert lr == 1.6 and "grad_clip_norm" in message
+  losses = {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())}
+  first_bad = min(s for s, loss in losses.items() if not loss < 100)  # the run-up to the explosion
+  assert good <= first_bad - 2 < stopped and losses[good + 1] < 10  # the loss on its weights was fine
+  ckpt = checkpoint_lib.Checkpointer(tmp_path)
+  assert ckpt.all_steps() == [good]  # nothing newer, and retention kept it though keep_checkpoints=1
+  assert _finite(ckpt.restore(good, setup.build(_exploding(shapes_data_dir), devices).abstract_state()).params)
+  ckpt.close()
+  aside = sorted(int(p.name.split("-")[0]) for p in (tmp_path / "checkpoints_diverged").iterdir())
+  assert aside and min(aside) > good and str(tmp_path / "checkpoints_diverged") in message
+
+  advised = _exploding(shapes_data_dir, resume_from_step=good, **{"optimizer.learning_rate": lr})
+  state = loop.train_and_evaluate(advised, tmp_path, progress=False, devices=devices)
+  assert int(state.step) == 12 and _finite(state.params)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records][-(12 - good):] == list(range(good + 1, 13))
+
+
+def test_ctrl_c_saves_the_step_and_the_same_command_resumes(shapes_data_dir, cli_env, tmp_path):
+  """SIGINT (Ctrl-C) stops like SIGTERM: the step is saved, the message says how to resume, exit status 0."""
+  workdir = tmp_path / "run"
+  args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs/quickstart.py'}", f"--workdir={workdir}",
+          f"--config.dataset.data_dir={shapes_data_dir}", "--config.dataset.crop_size=(32, 32)",
+          "--config.model.depth=2", "--config.model.base_features=4", "--config.batch_size=8",
+          "--config.num_train_steps=40", "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000"]
+  log_path = tmp_path / "first.log"
+  with log_path.open("w") as out:
+    proc = subprocess.Popen(args, cwd=REPO, env=cli_env, stdout=out, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.monotonic() + 300
+    while not (workdir / "metrics.jsonl").exists() or len((workdir / "metrics.jsonl").read_text().splitlines()) < 2:
+      assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=300) == 0, log_path.read_text()[-3000:]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  out = log_path.read_text()
+  assert "Ctrl-C: stopping after this step and saving its checkpoint; press Ctrl-C again to abort at once" in out
+  found = re.search(r"Stop requested \(Ctrl-C\): saved the checkpoint of step (\d+) in (\S+); run the same "
+                    r"command to resume\.", out)
+  assert found, out[-3000:]
+  stopped = int(found[1])
+  assert checkpoint_lib.Checkpointer(workdir).all_steps() == [stopped] and stopped < 40
+  assert not (workdir / "train.lock").exists()  # released
+  again = subprocess.run(args, cwd=REPO, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         timeout=300, check=False)
+  assert again.returncode == 0, again.stdout[-3000:]
+  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps[-(40 - stopped):] == list(range(stopped + 1, 41))
+  assert checkpoint_lib.Checkpointer(workdir).all_steps()[-1] == 40

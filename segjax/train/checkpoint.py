@@ -9,10 +9,18 @@ full, file size limit, permissions) likewise leaves the earlier checkpoints unto
 failure into a `CheckpointSaveError` naming the directory, the step, the free space and the step a rerun resumes
 from. Orbax saves asynchronously, so a failure in the background surfaces at the next `save` or `wait`, and is
 reported there with the step whose save failed.
+
+A checkpoint that does not restore (a truncated data file, a lost metadata file or manifest) is named with a
+one-line reason and the newest one that restores is used instead (`Checkpointer.restore_newest`). Nothing is ever
+deleted except by retention: checkpoints training must not resume from (damaged, diverged, or newer than
+`resume_from_step`) are moved aside to DIR/checkpoints_<why>/<step>-<time> (`Checkpointer.set_aside`), which also
+lets orbax save those steps again. Retention keeps the `keep` latest checkpoints plus the newest one the loop has
+verified as good (`Checkpointer.protect_up_to`), so that a divergence always leaves a good checkpoint behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -20,9 +28,13 @@ import os
 import pathlib
 import re
 import shutil
-from typing import Any
+import sys
+import time
+from typing import Any, Sequence
 
 import ml_collections
+import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from segjax.data import datasets
@@ -62,12 +74,73 @@ def _size(num_bytes: float) -> str:
   return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{int(num_bytes)} B"
 
 
+def reason(error: BaseException) -> str:
+  """One line saying why orbax/tensorstore failed; their messages run to dozens of lines of specs and tracebacks.
+
+  The innermost status line ("OUT_OF_RANGE: Error reading ...", "NOT_FOUND: ...") says most; the rest is cut.
+  """
+  chain, seen = [], set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  def first_line(e):
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+  status = [e for e in chain if re.match(r"[A-Z_]{4,}: ", first_line(e))]
+  chosen = (status or chain)[-1 if status else 0]
+  text = re.sub(r"\s*\[tensorstore_spec.*", "", first_line(chosen))
+  text = re.sub(r"See full TensorStore details.*", "", text).strip()
+  return f"{type(chosen).__name__}: {text[:240]}{'...' if len(text) > 240 else ''}"
+
+
+def _is_abandoned_read(unraisable) -> bool:
+  """Whether an unraisable exception is the aftermath of a failed restore (see _quiet_abandoned_reads)."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return True
+  return "Encountered error while reading array index" in str(error) or (
+      "orbax" in repr(unraisable.object) or "_read_array_index" in repr(unraisable.object))
+
+
+def _quiet_abandoned_reads() -> None:
+  """Silences the aftermath of a restore that failed: orbax abandons its other reads, whose coroutines and
+  tensorstore callbacks then report "Event loop is closed" and the same read error through sys.unraisablehook,
+  hundreds of times (7,600 lines of stderr for one truncated file), saying nothing the one-line reason does not.
+  Other unraisable exceptions still reach the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_segjax_quiet", False):
+    return
+
+  def hook(unraisable):
+    if not _is_abandoned_read(unraisable):
+      previous(unraisable)
+
+  hook._segjax_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
+@dataclasses.dataclass
+class _KeepNewestUpTo:
+  """Orbax preservation policy: keeps the newest checkpoint at or before `limit` (None: none)."""
+  limit: int | None = None
+
+  def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+    del context
+    eligible = [c.step for c in checkpoints if self.limit is not None and c.step <= self.limit]
+    newest = max(eligible, default=None)
+    return [c.step == newest for c in checkpoints]
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for segjax's two items: state and config."""
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
-    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+    self.workdir = pathlib.Path(workdir).absolute()
+    self.directory = self.workdir / "checkpoints"
+    self._verified = _KeepNewestUpTo()
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([ocp.checkpoint_managers.LatestN(keep), self._verified])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save,
                                            create=True,
                                            # a save killed midway leaves <step>.orbax-checkpoint-tmp: remove it
                                            cleanup_tmp_directories=True)
@@ -78,7 +151,72 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    return sorted(self.manager.all_steps())
+
+  def protect_up_to(self, step: int) -> None:
+    """The weights of `step` proved good (the loss computed on them was fine): retention keeps the newest
+    checkpoint at or before `step`, whatever `keep` says, until a newer one proves good."""
+    self._verified.limit = step
+
+  def set_aside(self, steps: Sequence[int], why: str) -> pathlib.Path | None:
+    """Moves the checkpoints of `steps` to DIR/checkpoints_<why>/<step>-<time> (deleting nothing) and returns
+    that folder; orbax no longer sees them and may save those steps again."""
+    if not steps:
+      return None
+    self.wait()
+    aside = self.workdir / f"checkpoints_{why}"
+    if jax.process_index() == 0:
+      aside.mkdir(exist_ok=True)
+      stamp = time.strftime("%Y%m%d-%H%M%S")
+      for step in steps:
+        target = aside / f"{step}-{stamp}"
+        n = 1
+        while target.exists():
+          target, n = aside / f"{step}-{stamp}-{n}", n + 1
+        os.rename(self.directory / str(step), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"segjax set_aside {why} {list(steps)}")
+    self.manager.reload()
+    return aside
+
+  def restore_newest(self, abstract_state: Any, config: ml_collections.ConfigDict, action: str, *,
+                     set_aside_damaged: bool) -> tuple[int | None, Any]:
+    """The newest checkpoint that restores, as (step, state); (None, None) where there is none at all.
+
+    A checkpoint that does not restore is named with its reason in a warning, and moved to
+    DIR/checkpoints_damaged if `set_aside_damaged` (training, which will save that step again).
+
+    Raises:
+      ValueError: checkpoints exist but none restores, or they are of another model or classes.
+    """
+    steps, damaged = self.all_steps(), []
+    found = None
+    for step in reversed(steps):
+      try:
+        state = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many types)
+        check_compatible(self, step, config, action, quiet=True)  # another model is refused as such
+        damaged.append((step, reason(e)))
+        continue
+      check_compatible(self, step, config, action)
+      found = (step, state)
+      break
+    if not damaged:
+      return found or (None, None)
+    what = ", ".join(str(step) for step, _ in damaged)
+    why = "; ".join(f"{text}" if len(damaged) == 1 else f"step {step}: {text}" for step, text in damaged)
+    message = (f"checkpoint step{'s' if len(damaged) > 1 else ''} {what} in {self.directory} cannot be restored "
+               f"({why})")
+    if found is None:
+      raise ValueError(f"{message}, and no other checkpoint there restores. Use another --workdir, or move the "
+                       "damaged step directories out of checkpoints/ to start again from step 0.")
+    verb = "resuming from" if set_aside_damaged else "using"
+    message += f"; {verb} step {found[0]}, the newest that restores."
+    if set_aside_damaged:
+      aside = self.set_aside([step for step, _ in damaged], "damaged")
+      message += f" Moved the damaged checkpoint{'s' if len(damaged) > 1 else ''} to {aside} (nothing deleted)."
+    log.warning(message)
+    return found
 
   def save(self, step: int, state: Any, config: ml_collections.ConfigDict | None = None) -> None:
     """Starts saving `state` (and the recipe) as `step`; returns before the arrays are written.
@@ -127,7 +265,11 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any) -> Any:
     """Restores the state into the shardings of `abstract_state`."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+    except Exception:
+      _quiet_abandoned_reads()
+      raise
 
   def restore_config(self, step: int) -> dict[str, Any]:
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
@@ -180,7 +322,8 @@ def _classes(recipe: dict[str, Any]) -> tuple[list[str] | None, int | None]:
   return (list(spec.class_names), spec.num_channels) if spec else (None, None)
 
 
-def check_compatible(ckpt: Checkpointer, step: int, config: ml_collections.ConfigDict, action: str) -> None:
+def check_compatible(ckpt: Checkpointer, step: int, config: ml_collections.ConfigDict, action: str,
+                     quiet: bool = False) -> None:
   """Refuses to restore a checkpoint whose model or classes differ from `config`'s, saying what differs.
 
   Compared: every `config.model` key (architecture, widths, param_dtype: what the parameters' shapes and meaning
@@ -189,12 +332,16 @@ def check_compatible(ckpt: Checkpointer, step: int, config: ml_collections.Confi
   dtype: parameters are stored in param_dtype whatever it is, so a float32 run may be resumed or evaluated in
   bfloat16 and back.
 
+  `quiet`: say nothing when the checkpoint holds no readable recipe (a damaged one, reported by the caller).
+
   Raises:
     ValueError: naming each differing key with both values.
   """
   try:
     saved = ckpt.restore_config(step)
   except Exception as e:  # pylint: disable=broad-except  (orbax raises several types for a missing item)
+    if quiet:
+      return
     log.warning("Checkpoint %s step %d holds no readable recipe (%s); not checking compatibility.",
                 ckpt.directory, step, e)
     return
@@ -246,7 +393,9 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib
   Raises:
     FileNotFoundError: `workdir` holds no complete checkpoint (missing, empty, or only an unfinished save),
       saying which and what to do.
-    ValueError: a checkpoint of another model or classes, or an unknown checkpoint step.
+    ValueError: a checkpoint of another model or classes, an unknown checkpoint step, a damaged
+      `checkpoint_step` (listing the steps that restore) or no checkpoint that restores. A damaged latest
+      checkpoint is named in a warning and the newest one that restores is used.
   """
   from segjax.train import setup as setup_lib  # pylint: disable=import-outside-toplevel  (setup builds models)
 
@@ -261,10 +410,28 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib
     steps_available = ckpt.all_steps()
     if not steps_available:
       raise FileNotFoundError(_no_checkpoint(workdir, workdir_path, ckpt_dir))
-    step = steps_available[-1] if checkpoint_step is None else checkpoint_step
+    abstract = exp.abstract_state()
+    if checkpoint_step is None:
+      step, state = ckpt.restore_newest(abstract, config, purpose, set_aside_damaged=False)
+      return exp, state, int(step)
+    step = checkpoint_step
     if step not in steps_available:
       raise ValueError(f"--checkpoint_step={step} is not in {ckpt.directory}; available steps: {steps_available}")
     check_compatible(ckpt, step, config, purpose)
-    return exp, ckpt.restore(step, exp.abstract_state()), int(step)
+    try:
+      return exp, ckpt.restore(step, abstract), int(step)
+    except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many types)
+      error = e
+    restoring = []
+    for other in steps_available:
+      try:
+        ckpt.restore(other, abstract)
+        restoring.append(other)
+      except Exception:  # pylint: disable=broad-except
+        pass
+    raise ValueError(f"--checkpoint_step={step}: checkpoint step {step} in {ckpt.directory} cannot be restored "
+                     f"({reason(error)}). Steps that restore: {restoring or 'none'}"
+                     + (f"; pass one of them, e.g. --checkpoint_step={restoring[-1]}." if restoring else ".")
+                     ) from error
   finally:
     ckpt.close()
