@@ -5,6 +5,10 @@ the file or key, the value and the fix: ValueError, OSError (missing files, a fu
 FloatingPointError (training stopped on a non-finite or exploding loss). Other exceptions are bugs and keep
 their traceback. `SEGJAX_TRACEBACK=1` shows the traceback of user errors too, for debugging.
 
+Orbax's background threads log a failed write with tracebacks before segjax hears of it; the CLIs drop those
+(and the "Event loop is closed" aftermath) unless SEGJAX_TRACEBACK is set: the failure still arrives as an
+exception and is reported once.
+
 Flag parsing gets the same treatment: a misspelt recipe key (`--config.batchsize=8`) prints ml_collections'
 suggestion as text instead of an escaped repr inside three chained tracebacks, and a recipe that does not load
 says why.
@@ -12,6 +16,7 @@ says why.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Callable
@@ -70,6 +75,36 @@ def _recipe_message(error: BaseException, argv: list[str]) -> str | None:
           "--config=configs/quickstart.py.")
 
 
+class _BackgroundNoise(logging.Filter):
+  """Drops the errors orbax's background threads and asyncio log with tracebacks when a checkpoint write or read
+  fails (dozens of lines for one full disk). The failure itself reaches segjax as an exception, which is reported
+  as one message (CheckpointSaveError, or a damaged checkpoint's fallback)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+      return True
+    return not (record.name == "asyncio" or f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+def _quiet_unraisable(unraisable) -> bool:
+  error = unraisable.exc_value
+  return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed") or any(
+      name in repr(unraisable.object) for name in ("orbax", "tensorstore"))
+
+
+def _silence_background_noise() -> None:
+  noise = _BackgroundNoise()
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(noise)
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _quiet_unraisable(unraisable):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   program = os.path.basename(argv[0]) if argv else "segjax"
   try:
@@ -105,4 +140,6 @@ def run(main: Callable[[list[str]], object]) -> None:
         raise
       _fail(program, _recipe_message(e, argv) or str(e))
 
+  if not _show_traceback():
+    _silence_background_noise()
   app.run(guarded, flags_parser=_parse_flags)
