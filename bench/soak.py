@@ -125,7 +125,11 @@ def main() -> None:
   records = []
   for i, kind in enumerate([*kinds, "final"]):
     damaged = None
-    if i in damage_before and _steps(workdir):
+    # Only with an older checkpoint to fall back on (damaging the only one leaves nothing to resume; training then
+    # refuses rather than starting over); otherwise the damage waits for a later restart.
+    if i in damage_before and len(_steps(workdir)) < 2 and kind != "final":
+      damage_before.add(i + 1)
+    elif i in damage_before and _steps(workdir):
       damaged = (_steps(workdir)[-1], damage_kinds[len([r for r in records if r["damaged"]]) % 3])
       _damage(workdir / "checkpoints" / str(damaged[0]), damaged[1])
     metrics = workdir / "metrics.jsonl"
