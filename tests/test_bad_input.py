@@ -273,6 +273,13 @@ def eval_workdir_missing(run, tmp_path):
       r"--workdir=.*/nowhere does not exist", r"train first with `python train.py --config=\.\.\. --workdir="]
 
 
+def eval_workdir_is_a_file(run, tmp_path):
+  (tmp_path / "notes.txt").write_text("not a run")
+  config = _config(run.data_dir)
+  return lambda: evaluate.run_eval(config, str(tmp_path / "notes.txt")), FileNotFoundError, [
+      r"--workdir=.*/notes\.txt is a file, not a training directory", r"train first"]
+
+
 def eval_workdir_without_checkpoints(run, tmp_path):
   (tmp_path / "w" / "eval").mkdir(parents=True)
   config = _config(run.data_dir)
@@ -300,7 +307,7 @@ CASES = [truncated_png_image, truncated_png_image_with_pil_lenient, truncated_jp
          not_an_image, truncated_mask, size_mismatch, size_mismatch_in_pipeline, label_id_out_of_range,
          label_id_out_of_range_in_pipeline, off_palette_colour, empty_images_folder, empty_split_file,
          empty_split_fraction, empty_eval_slice, mean_of_wrong_length, checkpoint_channels_differ,
-         eval_workdir_missing, eval_workdir_without_checkpoints, eval_checkpoints_empty, eval_checkpoint_half_written]
+         eval_workdir_missing, eval_workdir_is_a_file, eval_workdir_without_checkpoints, eval_checkpoints_empty, eval_checkpoint_half_written]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])

@@ -369,6 +369,8 @@ def _no_checkpoint(workdir: str, workdir_path: pathlib.Path, ckpt_dir: pathlib.P
   """Why `workdir` has nothing to restore, and what to do, for the FileNotFoundError `restore_checkpoint` raises."""
   train = (f"train first with `python train.py --config=... --workdir={workdir}`, or pass the --workdir you trained "
            "in")
+  if workdir_path.exists() and not workdir_path.is_dir():
+    return f"--workdir={workdir} is a file, not a training directory: {train}."
   if not workdir_path.is_dir():
     return f"--workdir={workdir} does not exist (from {pathlib.Path.cwd()}): {train}."
   if not ckpt_dir.is_dir():
