@@ -463,7 +463,9 @@ def read_image(path: pathlib.Path, num_channels: int):
                                      "Folder dataset: image", path)
       return png.encode(converted), (converted.height, converted.width)
   # The decoded pixels (the check that the file is whole) are freed before
-  # the bytes are read.
+  # the bytes are read: PIL's __exit__ keeps them, close() releases them.
+  img.close()
+  del img
   return path.read_bytes(), shape
 
 

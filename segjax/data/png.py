@@ -206,7 +206,9 @@ def read_image(path: pathlib.Path, mode: str) -> tuple[bytes, tuple[int, int]]:
   """
   with open_image(path) as img:
     if img.format == "PNG" and img.mode == mode and not oriented(img):
-      return path.read_bytes(), (img.height, img.width)
+      shape = (img.height, img.width)
+      img.close()  # frees the decoded pixels (only the check that the file is whole) before the bytes are read
+      return path.read_bytes(), shape
     array = np.asarray(upright(img).convert(mode))
   return encode(array), array.shape[:2]
 
@@ -225,6 +227,8 @@ def read_jpeg(path: pathlib.Path) -> tuple[bytes, tuple[int, int]]:
   """
   with open_image(path) as img:
     if img.format == "JPEG" and img.mode in ("RGB", "L") and not oriented(img):
-      return path.read_bytes(), (img.height, img.width)
+      shape = (img.height, img.width)
+      img.close()  # frees the decoded pixels before the bytes are read
+      return path.read_bytes(), shape
     array = np.asarray(upright(img).convert("RGB"))
   return encode(array), array.shape[:2]
