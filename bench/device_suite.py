@@ -39,6 +39,9 @@ import sys
 import time
 from typing import Any
 
+# The workers' environment: this process sets JAX_PLATFORMS=cpu for itself (it only reads the registry), which a
+# worker measuring the GPU must not inherit.
+WORKER_ENV = dict(os.environ)
 BENCH = pathlib.Path(__file__).resolve().parent
 REPO = BENCH.parent
 WORKER = BENCH / "device_workers.py"
@@ -222,7 +225,7 @@ class Suite:
       self.report.write()
       return False
     timeout = min(left, limit) if limit else left
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(WORKER_ENV, PYTHONUNBUFFERED="1")
     if self.args.smoke or what == "pipeline":
       env["JAX_PLATFORMS"] = "cpu"  # the pipeline is host work; the smoke run must not look for a GPU
     if self.args.smoke:
@@ -277,6 +280,7 @@ def parse_args(argv=None):
   p.add_argument("--compile_limit_s", type=float, default=150.0, help="per torch.compile worker (compile + timing)")
   p.add_argument("--batch_scale", type=float, default=1.0, help="multiplies every case's batch")
   p.add_argument("--workers", type=int, nargs="+", default=None, help="input pipeline worker counts")
+  p.add_argument("--matmul_n", type=int, default=0, help="side of the matmul timed for the peak (8192; smoke 256)")
   return p.parse_args(argv)
 
 
@@ -318,27 +322,28 @@ def main(argv=None) -> int:
   for group in groups:
     names = " + ".join(case.name for case, _ in group)
     specs = json.dumps([spec for _, spec in group])
-    suite.run("jax", f"{names}: segjax", ["--cases", specs, "--matmul_n", "256" if smoke else "8192", *common],
-              need=5 if smoke else 30)
+    suite.run("jax", f"{names}: segjax", ["--cases", specs, "--matmul_n", str(args.matmul_n or (256 if smoke else 8192)), *common],
+              limit=None if smoke else 150, need=5 if smoke else 30)
     twins = json.dumps([spec for case, spec in group if case.torch_name])
     for case, _ in group:
       if case.torch_name is None:
         report.skipped.append({"what": f"{case.name}: PyTorch", "reason": "no twin in bench/torch_models.py"})
     if eager and twins != "[]":
       suite.run("torch", f"{names}: PyTorch {' + '.join(eager)}", ["--cases", twins, "--modes", *eager, *common],
-                need=5 if smoke else 15)
+                limit=None if smoke else 100, need=5 if smoke else 15)
   frames = {"name": "CamVid frames", "size": (36, 48) if smoke else (360, 480), "batch": 2 if smoke else 8,
             "classes": 11, "frames": 6 if smoke else 48}
-  workers = args.workers or ([0] if smoke else [0, 4, 8, 14])
+  workers = args.workers or ([0] if smoke else [0, 8, 15])
   suite.run("pipeline", "input pipeline", ["--cases", json.dumps([frames]), "--workers", *map(str, workers),
-                                           "--batches", "2" if smoke else "12"], limit=None if smoke else 90,
+                                           "--batches", "2" if smoke else "30"], limit=None if smoke else 75,
             need=5 if smoke else 30)
   if "compile" in args.torch_modes:
     twins = [(case, spec) for case, spec in selected if case.torch_name]
     # Smoke: the first twin only, both dtypes in one process, through TorchDynamo without Inductor (Inductor's
     # C++ build takes minutes on a 2-core CPU): the code path is the same, the compiler is not. On a device: one
     # process per network and dtype, each under --compile_limit_s, so one slow compile costs only its own row.
-    runs = ([(twins[0], args.dtypes)] if twins else []) if smoke else [(t, [d]) for t in twins for d in args.dtypes]
+    # bfloat16 of every network first, then float32: a budget that runs out loses the less used precision.
+    runs = ([(twins[0], args.dtypes)] if twins else []) if smoke else [(t, [d]) for d in args.dtypes for t in twins]
     for (case, spec), dtypes in runs:
       suite.run("torch", f"{case.name}: PyTorch compile {' + '.join(dtypes)}",
                 ["--cases", json.dumps([spec]), "--modes", "compile", "--timing", json.dumps(timing), "--dtypes",

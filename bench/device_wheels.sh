@@ -26,4 +26,6 @@ WHEELS=(
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
   -d .whl "${WHEELS[@]}"
+# promise (imported by tfds) is published as a source archive only: build its pure-Python wheel here.
+"$PY" -m pip wheel -q --no-deps -w .whl promise==2.3
 du -sh .whl

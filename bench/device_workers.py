@@ -289,10 +289,17 @@ def camvid_like_frames(count: int, h: int, w: int, classes: int) -> PngFrames:
   return PngFrames(images, labels)
 
 
+_SOURCE: dict[str, Any] = {}
+
+
+def _set_source(source) -> None:
+  _SOURCE["frames"] = source  # each stand-in worker process receives the frames once
+
+
 def _numpy_example(args) -> dict[str, np.ndarray]:
   """The stand-in's per-frame work: decode, ignore label -> weight, crop (segjax's RandomCrop without grain)."""
-  source, i, crop, ignore = args
-  ex = source[i]
+  i, crop, ignore = args
+  ex = _SOURCE["frames"][i]
   rng = np.random.default_rng(i)
   h, w = ex["label"].shape
   top, left = int(rng.integers(0, h - crop[0] + 1)), int(rng.integers(0, w - crop[1] + 1))
@@ -314,7 +321,7 @@ def pipeline_worker(case: dict[str, Any], workers: list[int], batches: int) -> N
     flags.FLAGS(sys.argv[:1])  # grain's worker processes read absl flags
     spec = datasets.get_spec("camvid")
     impl, reason = "segjax.data.pipeline (grain)", ""
-  except ImportError as e:
+  except Exception as e:  # pylint: disable=broad-except  (tfds without a dependency fails on attribute access)
     impl, reason = "numpy + multiprocessing stand-in", f"{type(e).__name__}: {e}"
   emit({"kind": "pipeline_impl", "impl": impl, "reason": reason, "frames": case["frames"], "size": [h, w],
         "batch": b, "cpu_count": os.cpu_count()})
@@ -323,11 +330,12 @@ def pipeline_worker(case: dict[str, Any], workers: list[int], batches: int) -> N
     try:
       if reason:
         import multiprocessing  # pylint: disable=import-outside-toplevel
-        pool = multiprocessing.get_context("spawn").Pool(n) if n else None
+        _set_source(source)
+        pool = multiprocessing.get_context("spawn").Pool(n, _set_source, (source,)) if n else None
         counter = iter(range(10**9))
 
         def next_batch(pool=pool, counter=counter):
-          items = [(source, next(counter) % len(source), (h, w), classes) for _ in range(b)]
+          items = [(next(counter) % len(source), (h, w), classes) for _ in range(b)]
           exs = pool.map(_numpy_example, items) if pool else [_numpy_example(a) for a in items]
           return {key: np.stack([ex[key] for ex in exs]) for key in exs[0]}
         close = pool.terminate if pool else (lambda: None)
