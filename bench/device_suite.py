@@ -260,7 +260,8 @@ class Suite:
 
 def _summary(r: dict[str, Any]) -> str:
   if "error" in r:
-    return f"{r.get('model', 'pipeline')} {r.get('framework', '')} {r.get('mode', '')} {r.get('dtype', '')}: {r['error']}"
+    what = " ".join(str(r.get(k, "")) for k in ("framework", "mode", "dtype"))
+    return f"{r.get('model', 'pipeline')} {what}: {r['error']}"
   if r["kind"] == "pipeline":
     return f"pipeline {r['workers']} workers: {r['images_per_s']:.1f} img/s"
   extra = f", MFU {100 * r['mfu']:.1f}%" if "mfu" in r else ""
@@ -322,7 +323,8 @@ def main(argv=None) -> int:
   for group in groups:
     names = " + ".join(case.name for case, _ in group)
     specs = json.dumps([spec for _, spec in group])
-    suite.run("jax", f"{names}: segjax", ["--cases", specs, "--matmul_n", str(args.matmul_n or (256 if smoke else 8192)), *common],
+    matmul_n = str(args.matmul_n or (256 if smoke else 8192))
+    suite.run("jax", f"{names}: segjax", ["--cases", specs, "--matmul_n", matmul_n, *common],
               limit=None if smoke else 150, need=5 if smoke else 30)
     twins = json.dumps([spec for case, spec in group if case.torch_name])
     for case, _ in group:
