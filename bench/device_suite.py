@@ -157,7 +157,8 @@ class Report:
         cells += [f"failed: {ours['error'][:80]}"] + [""] * (len(head) - 4)
         lines.append("| " + " | ".join(cells) + " |")
         continue
-      mfu = f"{100 * ours['mfu']:.1f}%" + ("" if ours["peak_source"] == "data sheet" else " (of matmul)")
+      mfu = "-" if ours["mfu"] is None else (f"{100 * ours['mfu']:.1f}%"
+                                             + ("" if ours["peak_source"] == "data sheet" else " (of matmul)"))
       cells += [f"{ours['images_per_s']:.1f}", f"{1e3 * ours['step_s']:.1f}",
                 f"{ours['flops'] / ours['batch'] / 1e9:.3g}", mfu, _gb(ours.get("peak_bytes")),
                 _gb(ours.get("step_bytes"))]
@@ -177,6 +178,14 @@ class Report:
                  "arguments + outputs + temporaries of the compiled step.")
     for s in self.skipped:
       lines.append(f"- {s['what']}: {s['reason']}")
+    profiled = [r for r in self.steps(framework="segjax") if "top" in r.get("profile", {})]
+    if profiled:
+      lines += ["", "Where segjax's step goes (jax.profiler, ms per step; the most expensive operations):"]
+    for r in profiled:
+      prof = r["profile"]
+      ops = ", ".join(f"`{o['name'][:48]}` {o['ms_per_step']:.1f} ({100 * o['share']:.0f}%)" for o in prof["top"][:6])
+      lines.append(f"- {r['model']} {r['dtype']} ({prof['where']}, {prof['busy_ms_per_step']:.1f} ms busy of "
+                   f"{1e3 * r['step_s']:.1f} ms): {ops}")
     for r in self.steps(framework="pytorch"):
       if "first_s" in r and r["mode"] == "compile":
         lines.append(f"- torch.compile {r['model']} {r['dtype']}: first step {r['first_s']:.0f} s")
@@ -264,7 +273,7 @@ def _summary(r: dict[str, Any]) -> str:
     return f"{r.get('model', 'pipeline')} {what}: {r['error']}"
   if r["kind"] == "pipeline":
     return f"pipeline {r['workers']} workers: {r['images_per_s']:.1f} img/s"
-  extra = f", MFU {100 * r['mfu']:.1f}%" if "mfu" in r else ""
+  extra = f", MFU {100 * r['mfu']:.1f}%" if r.get("mfu") else ""
   return (f"{r['model']} {r['framework']} {r['mode']} {r['dtype']} batch {r['batch']}: "
           f"{r['images_per_s']:.1f} img/s ({1e3 * r['step_s']:.1f} ms){extra}")
 
@@ -281,6 +290,8 @@ def parse_args(argv=None):
   p.add_argument("--compile_limit_s", type=float, default=150.0, help="per torch.compile worker (compile + timing)")
   p.add_argument("--batch_scale", type=float, default=1.0, help="multiplies every case's batch")
   p.add_argument("--workers", type=int, nargs="+", default=None, help="input pipeline worker counts")
+  p.add_argument("--profile_steps", type=int, default=3,
+                 help="trace this many segjax steps per network (first dtype) for the table of where time goes")
   p.add_argument("--matmul_n", type=int, default=0, help="side of the matmul timed for the peak (8192; smoke 256)")
   return p.parse_args(argv)
 
@@ -324,7 +335,8 @@ def main(argv=None) -> int:
     names = " + ".join(case.name for case, _ in group)
     specs = json.dumps([spec for _, spec in group])
     matmul_n = str(args.matmul_n or (256 if smoke else 8192))
-    suite.run("jax", f"{names}: segjax", ["--cases", specs, "--matmul_n", matmul_n, *common],
+    suite.run("jax", f"{names}: segjax", ["--cases", specs, "--matmul_n", matmul_n, "--profile_steps",
+                                          str(args.profile_steps), *common],
               limit=None if smoke else 150, need=5 if smoke else 30)
     twins = json.dumps([spec for case, spec in group if case.torch_name])
     for case, _ in group:

@@ -96,8 +96,10 @@ def _matmul_tflops(jax, jnp, dtype: str, n: int, timing: dict[str, int]) -> floa
   return 2 * n**3 / seconds / 1e12
 
 
-def jax_worker(cases: list[dict[str, Any]], dtypes: list[str], timing: dict[str, int], matmul_n: int) -> None:
-  """segjax's jitted train step of each case in each dtype: time, XLA's FLOPs, MFU and device memory."""
+def jax_worker(cases: list[dict[str, Any]], dtypes: list[str], timing: dict[str, int], matmul_n: int,
+               profile_steps: int = 0) -> None:
+  """segjax's jitted train step of each case in each dtype: time, XLA's FLOPs, MFU and device memory; with
+  `profile_steps`, where the first dtype's step spends its time (`_profile`)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from segjax import sharding  # pylint: disable=import-outside-toplevel
@@ -109,10 +111,60 @@ def jax_worker(cases: list[dict[str, Any]], dtypes: list[str], timing: dict[str,
   emit({"kind": "matmul", "n": matmul_n, "tflops": matmul})
   mesh = sharding.make_mesh()
   for case in cases:
-    _jax_case(case, dtypes, timing, matmul, mesh, device)
+    _jax_case(case, dtypes, timing, matmul, mesh, device, profile_steps)
 
 
-def _jax_case(case, dtypes, timing, matmul, mesh, device) -> None:
+def _profile(jax, one: Callable[[], Any], steps: int, top: int = 12) -> dict[str, Any]:
+  """The `top` most expensive operations of `steps` traced steps, in ms per step, from jax.profiler's trace.
+
+  On a GPU the trace's device rows are read ("XLA Ops": one event per HLO operation, the names in the optimised
+  HLO; else the kernels of the streams); on a CPU the host's events other than Python frames.
+  """
+  import collections  # pylint: disable=import-outside-toplevel
+  import glob  # pylint: disable=import-outside-toplevel
+  import gzip  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d, create_perfetto_trace=True):
+      for _ in range(steps):
+        jax.block_until_ready(one())
+    files = glob.glob(os.path.join(d, "**", "*.trace.json.gz"), recursive=True)
+    with gzip.open(files[0]) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  procs = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+  threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  spans = [e for e in events if e.get("ph") == "X" and "dur" in e]
+  device = [e for e in spans if "/device:" in procs.get(e["pid"], "")]
+  ops = [e for e in device if "XLA Ops" in threads.get((e["pid"], e["tid"]), "")]
+  picked, where = ((ops, "device XLA ops") if ops else (device, "device streams") if device else
+                   ([e for e in spans if not _runtime_span(e["name"])], "host XLA ops"))
+  total = collections.Counter()
+  for e in picked:
+    total[e["name"]] += e["dur"] / 1e3 / steps
+  busy = sum(total.values())
+  return {"where": where, "busy_ms_per_step": busy,
+          "top": [{"name": n, "ms_per_step": ms, "share": ms / busy} for n, ms in total.most_common(top)]}
+
+
+def _runtime_span(name: str) -> bool:
+  """Host trace spans that enclose the operations (Python frames, PjRt and executor calls) rather than being one."""
+  return name.startswith(("$", "Pjit")) or "::" in name or "PjRt" in name or name in ("ParseArguments",
+                                                                                    "Handle inputs")
+
+
+def _flops(stage) -> float:
+  """XLA's FLOP count of a jax Lowered or Compiled stage; 0 where the backend gives none."""
+  try:
+    cost = stage.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return 0.0
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", 0.0))
+
+
+def _jax_case(case, dtypes, timing, matmul, mesh, device, profile_steps) -> None:
   import functools  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -147,11 +199,12 @@ def _jax_case(case, dtypes, timing, matmul, mesh, device) -> None:
       row["params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
       # XLA's FLOP count of the whole step (forward, backward, Adam) before and after optimisation. The
       # optimised count can miss the work inside library calls (cuDNN convolutions): the larger of the two is used.
-      costs = [lowered.cost_analysis(), compiled.cost_analysis()]
-      costs = [c[0] if isinstance(c, (list, tuple)) else c for c in costs]
-      flops = [float((c or {}).get("flops", 0.0)) for c in costs]
+      flops = [_flops(lowered), _flops(compiled)]
       row.update(flops_hlo=flops[0], flops_compiled=flops[1], flops=max(flops))
-      mem = compiled.memory_analysis()
+      try:
+        mem = compiled.memory_analysis()
+      except Exception:  # pylint: disable=broad-except  (not every backend implements it)
+        mem = None
       if mem is not None:
         row["step_bytes"] = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                                 - mem.alias_size_in_bytes)
@@ -162,13 +215,18 @@ def _jax_case(case, dtypes, timing, matmul, mesh, device) -> None:
 
       first, seconds = timed(one, jax.block_until_ready, **timing)
       loss = float(one()["loss"])
+      if profile_steps and dtype == dtypes[0]:
+        try:
+          row["profile"] = _profile(jax, one, profile_steps)
+        except Exception as e:  # pylint: disable=broad-except  (a missing profile loses no figure)
+          row["profile"] = {"error": f"{type(e).__name__}: {e}"}
       stats = device.memory_stats() or {}
       row.update(first_s=first, step_s=seconds, images_per_s=b / seconds, loss=loss,
                  peak_bytes=stats.get("peak_bytes_in_use"), matmul_tflops=matmul[dtype])
       peak = peak_tflops(device.device_kind, dtype) if device.platform != "cpu" else None
       row["peak_tflops"], row["peak_source"] = (peak, "data sheet") if peak else (matmul[dtype], "measured matmul")
       row["achieved_tflops"] = row["flops"] / seconds / 1e12
-      row["mfu"] = row["achieved_tflops"] / row["peak_tflops"]
+      row["mfu"] = row["achieved_tflops"] / row["peak_tflops"] if row["flops"] else None
       del state, compiled, lowered
     except Exception as e:  # pylint: disable=broad-except  (a failure is a row of the table, not a lost run)
       row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
@@ -366,12 +424,13 @@ def main(argv=None) -> None:
   p.add_argument("--timing", default='{"warmup": 2, "rounds": 5, "inner": 3}')
   p.add_argument("--matmul_n", type=int, default=8192)
   p.add_argument("--compile_backend", default="inductor")
+  p.add_argument("--profile_steps", type=int, default=0, help="jax: trace this many steps of the first dtype")
   p.add_argument("--workers", type=int, nargs="+", default=[0])
   p.add_argument("--batches", type=int, default=8)
   args = p.parse_args(argv)
   cases, timing = json.loads(args.cases), json.loads(args.timing)
   if args.what == "jax":
-    jax_worker(cases, args.dtypes, timing, args.matmul_n)
+    jax_worker(cases, args.dtypes, timing, args.matmul_n, args.profile_steps)
   elif args.what == "torch":
     torch_worker(cases, args.dtypes, args.modes, timing, args.compile_backend)
   else:

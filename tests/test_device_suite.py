@@ -32,6 +32,10 @@ def test_device_suite_smoke(tmp_path):
     assert r["flops"] > 0 and 0 < r["mfu"] < 1 and r["params"] > 0, r
     assert abs(r["achieved_tflops"] - r["flops"] / r["step_s"] / 1e12) < 1e-9 * r["achieved_tflops"], r
 
+  profiled = [r for r in steps if r["framework"] == "segjax" and r["dtype"] == "bfloat16"]
+  assert all(r["profile"]["top"] and r["profile"]["busy_ms_per_step"] > 0 for r in profiled), profiled
+  assert "Where segjax's step goes" in markdown
+
   # Every ratio is PyTorch's step time over segjax's, at the same batch, and is in the markdown table.
   by_key = {(r["model"], r["framework"], r["mode"], r["dtype"]): r for r in steps}
   assert len(data["ratios"]) == 14
