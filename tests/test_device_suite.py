@@ -36,6 +36,10 @@ def test_device_suite_smoke(tmp_path):
   assert all(r["profile"]["top"] and r["profile"]["busy_ms_per_step"] > 0 for r in profiled), profiled
   assert "Where segjax's step goes" in markdown
 
+  # Both sides build the same network: the same parameter count.
+  for model in ("U-Net", "SegNet", "FCN-8s"):
+    assert len({r["params"] for r in steps if r["model"] == model}) == 1, model
+
   # Every ratio is PyTorch's step time over segjax's, at the same batch, and is in the markdown table.
   by_key = {(r["model"], r["framework"], r["mode"], r["dtype"]): r for r in steps}
   assert len(data["ratios"]) == 14
