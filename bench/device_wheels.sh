@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Downloads into .whl/ (git-ignored) the wheels bench/device_suite.py needs on the GPU machine beyond what its
 # image has (Python 3.12, jax 0.11 CUDA, flax, optax, orbax, chex, torch, numpy, pillow, absl-py, pyyaml, pyarrow,
-# requests, tqdm, wrapt, protobuf, etils, psutil ...; ../shared/ENVIRONMENT.md). About 12 MB, under the 64 MiB
+# requests, tqdm, wrapt, six, etils, psutil ...; ../shared/ENVIRONMENT.md). About 12 MB, under the 64 MiB
 # a device run may carry:
 #   ml-collections            segjax.models and segjax.train import it
 #   grain, tensorflow-datasets, array-record and their missing dependencies
@@ -21,6 +21,9 @@ WHEELS=(
   tensorflow-datasets==4.9.10 importlib_resources==7.1.0 dm-tree==0.1.10 immutabledict==4.3.1
   simple-parsing==0.1.9 docstring-parser==0.18.0 tensorflow-metadata==1.21.0 googleapis-common-protos==1.76.0
   termcolor==3.3.0 toml==0.10.2
+  # tensorflow-metadata's generated code (gencode 6.31) and googleapis-common-protos need protobuf >= 6.33; the
+  # image's may be older, and /tmp/site comes first on PYTHONPATH: the suite's processes use this one.
+  protobuf==7.36.2
 )
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
