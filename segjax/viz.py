@@ -9,18 +9,30 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-IGNORE_COLOR = (0, 0, 0)
+# Unscored pixels (weight 0: void labels, outside a validity mask, eval padding) are drawn as diagonal stripes of
+# two mid greys in the ground-truth and prediction panels: a pattern no palette's solid class colour can be mistaken
+# for (a solid grey or black is some dataset's class colour: black is VOC's background, (128, 128, 128) its cat).
+UNSCORED_COLORS = ((112, 112, 112), (160, 160, 160))
+UNSCORED_STRIPE = 4  # pixels per stripe
 # Between the panels of a row (image | ground truth | prediction | overlay).
 SEPARATOR = 4
 PANEL_NAMES = ("image", "label", "pred", "overlay")
 
 
+def unscored_pattern(height: int, width: int) -> np.ndarray:
+  """The stripes unscored pixels are drawn with: uint8 [height, width, 3], `UNSCORED_COLORS[((row + col) //
+  UNSCORED_STRIPE) % 2]` at (row, col) of the panel."""
+  rows, cols = np.mgrid[:height, :width]
+  return np.asarray(UNSCORED_COLORS, np.uint8)[((rows + cols) // UNSCORED_STRIPE) % 2]
+
+
 def colorize(label: np.ndarray, palette: Sequence[Sequence[int]], valid: np.ndarray | None = None) -> np.ndarray:
-  """Label map [H, W] -> RGB uint8 [H, W, 3]; pixels with valid == 0 are drawn black."""
+  """Label map [H, W] -> RGB uint8 [H, W, 3]; pixels with valid == 0 are drawn as `unscored_pattern`."""
   table = np.asarray(palette, np.uint8)
   rgb = table[np.clip(label, 0, len(table) - 1)]
   if valid is not None:
-    rgb[np.asarray(valid) == 0] = IGNORE_COLOR
+    unscored = np.asarray(valid) == 0
+    rgb[unscored] = unscored_pattern(*rgb.shape[:2])[unscored]
   return rgb
 
 
@@ -78,9 +90,12 @@ def panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, valid: np.ndar
 
   Args:
     image: uint8 [H, W] or [H, W, C].
-    label: ground truth [H, W]; drawn black where `valid` == 0.
+    label: ground truth [H, W].
     pred: prediction [H, W].
-    valid: [H, W] weight; the panel is cropped to the bounding box of valid > 0 (evaluation pads images).
+    valid: [H, W] weight; the panel is cropped to the bounding box of valid > 0 (evaluation pads images at the
+      bottom and right). Where valid == 0 (void labels, outside a validity mask, padding left inside the box) the
+      ground truth and the prediction are drawn as `unscored_pattern`, and the overlay blends that pattern, not a
+      class colour, over the image: only what is scored shows a class.
     palette: RGB per class id.
     max_side: downscale each of the four panels so that its longer side is at most this (None: full size).
 
@@ -92,7 +107,7 @@ def panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, valid: np.ndar
   size = scaled_size(*label.shape[:2], max_side)
   image = resize_image(image, size)
   label, pred, valid = (resize_nearest(a, size) for a in (label, pred, valid))
-  pred_rgb = colorize(pred, palette)
+  pred_rgb = colorize(pred, palette, valid)  # the network's output where nothing is scored is not shown
   sep = np.full((size[0], SEPARATOR, 3), 255, np.uint8)
   return np.concatenate([image, sep, colorize(label, palette, valid), sep, pred_rgb, sep, overlay(image, pred_rgb)],
                         axis=1)

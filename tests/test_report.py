@@ -174,10 +174,10 @@ def test_montage_rows_hold_the_panels(tmp_path):
       label, pred, weight = label[:20, :16], pred[:20, :16], weight[:20, :16]
     if s["index"] == 2:  # 40 x 24 in 2x2 blocks, at most 20 per side: every other pixel
       label, pred, weight = label[::2, ::2], pred[::2, ::2], weight[1::2, 1::2]
-    top, left, bottom, right = row["pred"]
-    np.testing.assert_array_equal(png[top:bottom, left:right], viz.colorize(pred, PALETTE))
-    top, left, bottom, right = row["label"]
     if s["index"] != 2:  # (which weight pixel a 2x downscale samples is its own choice)
+      top, left, bottom, right = row["pred"]
+      np.testing.assert_array_equal(png[top:bottom, left:right], viz.colorize(pred, PALETTE, weight))
+      top, left, bottom, right = row["label"]
       np.testing.assert_array_equal(png[top:bottom, left:right], viz.colorize(label, PALETTE, weight))
     top, left, bottom, right = row["image"]
     if s["index"] != 2:
@@ -207,3 +207,52 @@ def test_write_report_files(tmp_path):
   # Without a ranking: no montages.
   paths = report.write_report(tmp_path / "eval2", result, cm, spec)
   assert "worst" not in paths and not (tmp_path / "eval2" / "worst.png").exists()
+
+
+def _reference_panel_part(classes, scored, palette):
+  """What a ground-truth or prediction panel must show, by a plain loop: the class's palette colour where scored,
+  else the stripes of two greys ((row + col) // 4 even: (112,)*3, odd: (160,)*3)."""
+  out = np.zeros((*classes.shape, 3), np.uint8)
+  for r in range(classes.shape[0]):
+    for c in range(classes.shape[1]):
+      out[r, c] = palette[classes[r, c]] if scored[r, c] else ((112,) * 3 if (r + c) // 4 % 2 == 0 else (160,) * 3)
+  return out
+
+
+def test_panels_mark_unscored_pixels_in_truth_and_prediction(tmp_path):
+  # A 10 x 12 image whose border (2 pixels) a validity mask excludes, a void block inside, and eval padding of 3
+  # rows at the bottom and 5 columns at the right (weight 0, label 0, and a prediction there anyway).
+  rng = np.random.default_rng(3)
+  h, w = 10, 12
+  label = rng.integers(0, 6, (h + 3, w + 5))
+  pred = rng.integers(0, 6, (h + 3, w + 5))
+  image = rng.integers(0, 256, (h + 3, w + 5, 3), np.uint8)
+  weight = np.zeros((h + 3, w + 5), np.float32)
+  weight[2:h - 2, 2:w - 2] = 1  # the validity mask
+  weight[4:6, 5:8] = 0  # void labels
+  weight[h - 1, w - 1] = 1  # one scored corner pixel, so cropping keeps the whole image and drops the padding
+  path = tmp_path / "panel.png"
+  viz.save_panel(path, image, label, pred, weight, PALETTE)
+  png = np.asarray(Image.open(path).convert("RGB"))
+  boxes = viz.panel_boxes(png.shape)
+  scored = weight[:h, :w] > 0
+  for name, classes in (("label", label), ("pred", pred)):
+    top, left, bottom, right = boxes[name]
+    got = png[top:bottom, left:right]
+    assert got.shape == (h, w, 3)
+    np.testing.assert_array_equal(got, _reference_panel_part(classes[:h, :w], scored, PALETTE))
+  # The overlay shows no class colour where nothing is scored: the image blended with the stripes.
+  top, left, bottom, right = boxes["overlay"]
+  stripes = _reference_panel_part(np.zeros((h, w), np.int64), np.zeros((h, w), bool), PALETTE)
+  expected = np.round(0.5 * image[:h, :w].astype(np.float32) + 0.5 * stripes.astype(np.float32)).astype(np.uint8)
+  got = png[top:bottom, left:right]
+  np.testing.assert_array_equal(got[~scored], expected[~scored])
+
+  # Padding that cropping cannot remove: an image without any scored pixel keeps its padding, and every truth and
+  # prediction pixel is striped.
+  nothing = viz.panel(image, label, pred, np.zeros_like(weight), PALETTE)
+  boxes = viz.panel_boxes(nothing.shape)
+  for name in ("label", "pred"):
+    top, left, bottom, right = boxes[name]
+    np.testing.assert_array_equal(nothing[top:bottom, left:right],
+                                  _reference_panel_part(label, np.zeros(label.shape, bool), PALETTE))
