@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import _timing  # noqa: E402
-from segjax import models, sharding  # noqa: E402
+from segjax import models, sharding, summary  # noqa: E402
 from segjax.ops import conv as conv_lib  # noqa: E402
 from segjax.train import state as state_lib, steps  # noqa: E402
 
@@ -81,9 +81,7 @@ def measure(name: str, dtype: str, args) -> dict:
 
   # XLA's cost analysis cannot see inside the oneDNN custom calls: count the FLOPs of the same step on XLA's
   # kernels, time the step on the backend asked for.
-  cost = jitted("xla").lower(state, batch).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost["flops"])
+  flops = summary.compiled_flops(jitted("xla").lower(state, batch).compile())
   compiled = jitted(conv_lib.resolve_backend(args.conv_backend, mesh.size)).lower(state, batch).compile()
   holder = {"state": state}
 

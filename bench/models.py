@@ -22,24 +22,16 @@ import jax  # noqa: E402  pylint: disable=wrong-import-position
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from segjax import losses, models  # noqa: E402
+from segjax import losses, models, summary  # noqa: E402
 from segjax.ops import conv as conv_lib  # noqa: E402
 
 import _timing  # noqa: E402  # bench/_timing.py (this folder is on sys.path when a script runs)
 
 
-def input_size(model, size: tuple[int, int]) -> tuple[int, int]:
-  """`size` rounded up to a side the model accepts (valid-conv nets: the input whose output covers it)."""
-  if models.is_valid_conv(model):
-    return tuple(model.input_size_for(s) for s in size)
-  d = models.size_divisor(model)
-  return tuple(max(-(-s // d) * d, models.init_size(model)) for s in size)
-
-
 def bench(name: str, batch: int, size: tuple[int, int], channels: int, classes: int, repeats: int,
           conv_backend: str = "xla") -> dict:
   model = models.build_model(name, classes)
-  h, w = input_size(model, size)
+  h, w = summary.accepted_size(model, size)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((batch, h, w, channels)), jnp.float32)
   with jax.threefry_partitionable(False):  # as segjax.train.state: much faster to compile on CPU
@@ -63,11 +55,10 @@ def bench(name: str, batch: int, size: tuple[int, int], channels: int, classes: 
   forward = on(conv_backend, lambda p, x: model.apply({"params": p, **state}, x, train=False))
   grad = on(conv_backend, jax.grad(loss_fn))
   # XLA's cost analysis does not see into oneDNN custom calls: the FLOPs are those of the XLA-kernel step.
-  flops = on("xla", jax.grad(loss_fn)).lower(params, x).compile().cost_analysis()
-  flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
+  flops = summary.compiled_flops(on("xla", jax.grad(loss_fn)).lower(params, x).compile())
   fwd = _timing.median_ms(forward, params, x, repeats=repeats)
   train = _timing.median_ms(grad, params, x, repeats=repeats)
-  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  n_params = summary.count_params(params)
   return {"name": name, "input": f"{h}x{w}", "params": n_params, "gflop": flops / 1e9, "fwd_ms": fwd,
           "train_ms": train, "img_s": batch / train * 1e3, "gflops": flops / train / 1e6}
 
