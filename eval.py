@@ -4,7 +4,7 @@ Inference mode and test-time augmentation come from the recipe's `inference` blo
 (`--config.inference.mode=slide --config.inference.hflip=True ...`); `--member` adds ensemble members.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from segjax import config as config_lib
@@ -25,7 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  cli.configure_logging()  # segjax's INFO events; --verbosity honoured
   members = [config_lib.parse_member(text) for text in FLAGS.member]  # bad values fail before anything runs
   platform.configure_xla_cpu()  # XLA reads its flags when the backend starts: before any JAX computation
   sharding.initialize_distributed(FLAGS.config.distributed)

@@ -1,6 +1,6 @@
 """Trains a segmentation model: python train.py --config=configs/quickstart.py --workdir=DIR [--config.k=v]."""
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from segjax import cli, platform, sharding
@@ -15,7 +15,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  cli.configure_logging()  # segjax's INFO events; --verbosity honoured
   platform.configure_xla_cpu()  # XLA reads its flags when the backend starts: before any JAX computation
   sharding.initialize_distributed(FLAGS.config.distributed)
   loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)

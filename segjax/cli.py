@@ -23,6 +23,8 @@ from typing import Callable
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
+import tqdm
 
 TRACEBACK_ENV = "SEGJAX_TRACEBACK"
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
@@ -103,6 +105,40 @@ def _silence_background_noise() -> None:
       previous(unraisable)
 
   sys.unraisablehook = hook
+
+
+class _ConsoleHandler(logging.Handler):
+  """segjax's log records as terminal lines that do not tear the progress bar (tqdm.write): INFO as the bare
+  message, WARNING and above prefixed with their level."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      message = record.getMessage()
+      if record.exc_info:
+        message += "\n" + logging.Formatter().formatException(record.exc_info)
+      if record.levelno != logging.INFO:
+        message = f"{record.levelname}: {message}"
+      tqdm.tqdm.write(message, file=sys.stderr)
+    except Exception:  # pylint: disable=broad-except
+      self.handleError(record)
+
+
+def configure_logging() -> None:
+  """Console logging of the CLIs, honouring absl's --verbosity.
+
+  Without --verbosity, segjax's own events (resumed from step N, dataset prepared, convolution backend, warnings)
+  show at INFO and third-party libraries (absl, jax, orbax) only from WARNING on. With --verbosity (absl's: -1
+  WARNING, 0 INFO, 1 DEBUG, ...), segjax and the libraries both follow it.
+  """
+  own = logging.getLogger("segjax")
+  if not any(isinstance(h, _ConsoleHandler) for h in own.handlers):
+    own.addHandler(_ConsoleHandler())
+  own.propagate = False  # printed once, by the handler above, not again by absl's on the root logger
+  if flags.FLAGS["verbosity"].present:
+    own.setLevel(logging.NOTSET)  # the root logger's level, which absl sets from --verbosity
+  else:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    own.setLevel(logging.INFO)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

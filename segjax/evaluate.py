@@ -267,4 +267,20 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
     images = written.pop("images", [])
     print(f"Wrote {', '.join(str(p) for p in written.values())}"
           + (f" and {len(images)} images under {out_dir / 'images'}" if images else ""))
+    _log_to_workdir(workdir, split, step, result, result_eval.samples, exp.spec.palette)
   return result
+
+
+def _log_to_workdir(workdir, split, step, result, samples, palette) -> None:
+  """eval.py's metrics and overlays in the workdir's TensorBoard logs (`eval/<split>/...` at the checkpoint's
+  step), and DIR/curves.png redrawn with them."""
+  from segjax import curves  # pylint: disable=import-outside-toplevel  (segjax.curves imports segjax.train)
+  from segjax.train import logs  # pylint: disable=import-outside-toplevel
+  board = logs.TensorBoard(workdir, enabled=True)
+  try:
+    board.scalars({"step": step, **{f"eval/{split}/{k}": result[k] for k in curves.EVAL_KEYS}})
+    if samples:
+      board.images(f"eval/{split}/overlay", logs.overlay_images(samples, palette), step)
+  finally:
+    board.close()
+  curves.plot_curves(workdir)

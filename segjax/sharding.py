@@ -122,7 +122,7 @@ def spec_for(path: str, shape: Sequence[int], mesh: Mesh, rules: Rules) -> P:
     spec = [None] * (len(shape) - len(axes)) + list(axes)
     for dim, axis in enumerate(spec):
       if axis is not None and shape[dim] % mesh.shape[axis]:
-        log.info("%s: dimension %d (%d) is not divisible by mesh axis %r (%d); kept whole.", path, dim, shape[dim],
+        log.debug("%s: dimension %d (%d) is not divisible by mesh axis %r (%d); kept whole.", path, dim, shape[dim],
                  axis, mesh.shape[axis])
         spec[dim] = None
     return P(*spec)

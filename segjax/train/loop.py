@@ -18,10 +18,11 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from segjax import evaluate, metrics, sharding
+from segjax import curves, evaluate, metrics, sharding
 from segjax.data import datasets, label_stats, pipeline
 from segjax.train import checkpoint as checkpoint_lib
 from segjax.train import lock as lock_lib
+from segjax.train import logs
 from segjax.train import setup as setup_lib
 from segjax.train import state as state_lib
 from segjax.train import steps
@@ -30,11 +31,13 @@ log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to DIR/metrics.jsonl (process 0 only), so a resumed run continues it."""
+  """Appends one JSON object per line to DIR/metrics.jsonl (process 0 only), so a resumed run continues it, and
+  the same values as TensorBoard scalars (`logs.TensorBoard`)."""
 
   def __init__(self, workdir: pathlib.Path):
     self.enabled = jax.process_index() == 0
     self.path = workdir / "metrics.jsonl"
+    self.tensorboard = logs.TensorBoard(workdir, self.enabled)
 
   def losses_up_to(self, step: int) -> list[float]:
     """The training losses logged for steps up to `step`, oldest first (of a step logged twice, by runs resumed
@@ -57,6 +60,15 @@ class MetricsWriter:
     if self.enabled:
       with self.path.open("a") as f:
         f.write(json.dumps(record) + "\n")
+      self.tensorboard.scalars(record)
+
+  def plot(self) -> None:
+    """Redraws DIR/curves.png from metrics.jsonl; a failure to draw is a warning, never a training failure."""
+    if self.enabled:
+      try:
+        curves.plot_curves(self.path.parent)
+      except Exception as e:  # pylint: disable=broad-except
+        log.warning("Could not draw %s: %s", self.path.parent / curves.CURVES_FILE, e)
 
 
 class Preemption:
@@ -250,9 +262,9 @@ def _rewind(ckpt: checkpoint_lib.Checkpointer, config: ml_collections.ConfigDict
 
 
 def _train(config, exp, workdir, preemption, progress):
-  if progress:
-    _say(f"Training on {exp.mesh.size} {jax.default_backend()} device(s) {dict(exp.mesh.shape)}; convolutions on "
-         f"{exp.conv_backend} (config.conv_backend={config.conv_backend})")
+  if jax.process_index() == 0:
+    log.info("Training on %d %s device(s) %s; convolutions on %s (config.conv_backend=%s)", exp.mesh.size,
+             jax.default_backend(), dict(exp.mesh.shape), exp.conv_backend, config.conv_backend)
   sharding.check_batch_divisible(config.batch_size, exp.mesh)
   sharding.check_batch_divisible(config.batch_size // config.grad_accum_steps, exp.mesh,
                                  "batch_size / config.grad_accum_steps")
@@ -265,6 +277,8 @@ def _train(config, exp, workdir, preemption, progress):
   train_ds = pipeline.train_dataset(source, spec=exp.spec, batch_size=config.batch_size,
                                     crop_size=config.dataset.crop_size, seed=config.seed, rows=rows,
                                     scale_range=config.dataset.train_scale)
+  if jax.process_index() == 0:
+    log.info("Dataset %s prepared: split %r, %d examples", exp.spec.name, config.dataset.train_split, len(source))
 
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   if config.resume_from_step is not None:
@@ -274,7 +288,7 @@ def _train(config, exp, workdir, preemption, progress):
   if start is None:
     state, start = exp.init_state(), 0
   else:
-    log.info("Resumed from %s at step %d", ckpt.directory, start)
+    log.info("Resumed from step %d (%s)", start, ckpt.directory)
     if start >= config.num_train_steps:
       ckpt.close()
       return state
@@ -288,6 +302,9 @@ def _train(config, exp, workdir, preemption, progress):
       conv_backend=exp.conv_backend)
   schedule = state_lib.make_schedule(config.optimizer, config.num_train_steps)
   writer = MetricsWriter(workdir)
+  if writer.enabled:  # the recipe as run, once per run (a resumed run may have changed flags)
+    logs.write_config(workdir, config)
+    writer.tensorboard.recipe(config, start)
   bar = tqdm.tqdm(total=config.num_train_steps, initial=start, desc="train", dynamic_ncols=True,
                   disable=not progress or jax.process_index() != 0)
   guard = NonFiniteGuard(config, ckpt, start, writer.losses_up_to(start))
@@ -297,6 +314,8 @@ def _train(config, exp, workdir, preemption, progress):
   finally:
     bar.close()
     data_iter.close()  # stops grain's worker processes
+    writer.tensorboard.close()
+    writer.plot()  # at the end, on a stop request and on an error alike
     ckpt.close()  # waits for the last save and reports a failed one
   return state
 
@@ -350,9 +369,14 @@ def _say(message: str) -> None:
 
 
 def _evaluate_during_training(exp, state, step, writer, progress) -> None:
-  cm = evaluate.evaluate(exp, state, exp.config.eval_split, progress=progress).cm
-  result = metrics.compute_metrics(cm, exp.spec.class_names)
+  evaluation = evaluate.evaluate(exp, state, exp.config.eval_split, progress=progress,
+                                 num_visualizations=exp.config.num_visualizations if writer.enabled else 0)
+  result = metrics.compute_metrics(evaluation.cm, exp.spec.class_names)
   keys = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "mean_dice")
   writer.write({"step": step, **{f"eval/{k}": result[k] for k in keys}})
+  if evaluation.samples:
+    writer.tensorboard.images("eval/overlay", logs.overlay_images(evaluation.samples, exp.spec.palette), step)
+  writer.tensorboard.flush()
+  writer.plot()
   _say(f"step {step}: {exp.config.eval_split} mIoU {result['mean_iou']:.4f}, "
        f"pixel accuracy {result['pixel_accuracy']:.4f}")
