@@ -97,7 +97,8 @@ def summarize(model: nn.Module, height: int, width: int, channels: int = 3, batc
   compiled, for XLA's cost analysis. (H, W) is first rounded up to a size the model accepts (`accepted_size`).
 
   Returns:
-    {"requested": (height, width), "input": (batch, H, W, C) as compiled, "output": shape, "trainable": parameters ("params"), "state": other variables
+    {"requested": (height, width), "input": (batch, H, W, C) as compiled, "output": shape, "trainable":
+    parameters ("params"), "state": other variables
     (BatchNorm statistics: not trained), "total", "by_submodule": {name: count}, "flops": XLA FLOPs per image
     (multiply-add = 2; a convolution's taps over its zero padding are not counted), "macs": convolution and dot
     multiply-accumulates per image (padding taps included, as fvcore), "gflops", "gmacs": the same / 1e9}.
@@ -118,7 +119,8 @@ def summarize(model: nn.Module, height: int, width: int, channels: int = 3, batc
   params = variables["params"]
   trainable = count_params(params)
   state = count_params({k: v for k, v in variables.items() if k != "params"})
-  return {"requested": (height, width), "input": x.shape, "output": tuple(out.shape), "trainable": trainable, "state": state,
+  return {"requested": (height, width), "input": x.shape, "output": tuple(out.shape), "trainable": trainable,
+          "state": state,
           "total": trainable + state, "by_submodule": params_by_submodule(params), "flops": flops / batch,
           "macs": macs / batch, "gflops": flops / batch / 1e9, "gmacs": macs / batch / 1e9}
 
@@ -130,7 +132,8 @@ def format_summary(name: str, s: Mapping[str, Any]) -> str:
            f"input: {b} x {h} x {w} x {c} (batch x height x width x channels), output: "
            f"{' x '.join(str(d) for d in s['output'])} (logits)"
            + ("" if tuple(s.get("requested", (h, w))) == (h, w) else
-              f"; {s['requested'][0]}x{s['requested'][1]} was asked for: the nearest input the model takes that covers it"),
+              f"; {s['requested'][0]}x{s['requested'][1]} was asked for: the nearest input the model takes that "
+              "covers it"),
            f"parameters: {s['total']:,} total = {s['trainable']:,} trainable + {s['state']:,} BatchNorm statistics "
            "(not trained)"]
   width = max([len(k) for k in s["by_submodule"]] + [9])
