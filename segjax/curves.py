@@ -66,6 +66,7 @@ def plot_curves(workdir: str | pathlib.Path) -> pathlib.Path | None:
   eval_names += sorted(k[5:] for k in series if k.startswith("eval/") and k[5:] not in eval_names)
   panels = [("loss", "training loss"), ("learning_rate", "learning rate")]
   panels += [(f"eval/{name}", f"evaluation {name}") for name in eval_names]
+  all_steps = [s for key in ("loss", "learning_rate") for s in series.get(key, {})]
   rows, cols = panel_grid(len(panels))
   fig = Figure(figsize=(PANEL_INCHES[0] * cols, PANEL_INCHES[1] * rows), dpi=DPI)
   FigureCanvasAgg(fig)
@@ -82,6 +83,9 @@ def plot_curves(workdir: str | pathlib.Path) -> pathlib.Path | None:
           ax.plot([step], [values[key[5:]]], marker="*", markersize=10, linestyle="none", label=f"eval.py {split}")
       if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
+      if all_steps:  # the training panels' step axis, so that a lone eval.py point sits where it was measured
+        margin = 0.03 * max(max(all_steps) - min(all_steps), 1)
+        ax.set_xlim(min(all_steps) - margin, max(all_steps) + margin)
     if key == "loss" and points and min(points.values()) > 0:
       ax.set_yscale("log")
     ax.set_title(title)
