@@ -83,6 +83,10 @@ def plot_curves(workdir: str | pathlib.Path) -> pathlib.Path | None:
           ax.plot([step], [values[key[5:]]], marker="*", markersize=10, linestyle="none", label=f"eval.py {split}")
       if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
+      lows, highs = ax.get_ylim()
+      if highs > 1.0 >= max((line.get_ydata().max() for line in ax.get_lines()), default=0.0):
+        # The metrics are fractions: matplotlib's margin around a lone point must not suggest values over 1.
+        ax.set_ylim(max(lows, 0.0), 1.005)
       if all_steps:  # the training panels' step axis, so that a lone eval.py point sits where it was measured
         margin = 0.03 * max(max(all_steps) - min(all_steps), 1)
         ax.set_xlim(min(all_steps) - margin, max(all_steps) + margin)
