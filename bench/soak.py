@@ -31,6 +31,7 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from tests.checkpoint_damage import DAMAGES, damage  # noqa: E402  (after the path; imports no test setup)
 RECIPE = {"dataset.crop_size": (64, 64), "model.depth": 3, "model.base_features": 16, "batch_size": 8,
           "log_every_steps": 1, "keep_checkpoints": 2}
 
@@ -74,17 +75,6 @@ def _logged(workdir: pathlib.Path, offset: int) -> list[int]:
     return [json.loads(line)["step"] for line in f.read().split("\n")[:-1] if line and '"loss"' in line]
 
 
-def _damage(step_dir: pathlib.Path, kind: str) -> None:
-  if kind == "truncated-data-file":
-    data = max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
-               key=lambda p: p.stat().st_size)
-    os.truncate(data, data.stat().st_size // 2)
-  elif kind == "missing-metadata":
-    (step_dir / "state" / "_METADATA").unlink()
-  else:
-    (step_dir / "state" / "manifest.ocdbt").unlink()
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--seed", type=int, default=0, help="of the kill schedule")
@@ -120,7 +110,6 @@ def main() -> None:
   kinds = ["save"] * (args.kills // 2) + ["delay"] * (args.kills - args.kills // 2)
   rng.shuffle(kinds)
   damage_before = set(rng.sample(range(1, args.kills + 1), args.damages))  # restarts preceded by a damage
-  damage_kinds = ["truncated-data-file", "missing-metadata", "missing-manifest"]
   workdir = out / "interrupted"
   records = []
   for i, kind in enumerate([*kinds, "final"]):
@@ -130,8 +119,8 @@ def main() -> None:
     if i in damage_before and len(_steps(workdir)) < 2 and kind != "final":
       damage_before.add(i + 1)
     elif i in damage_before and _steps(workdir):
-      damaged = (_steps(workdir)[-1], damage_kinds[len([r for r in records if r["damaged"]]) % 3])
-      _damage(workdir / "checkpoints" / str(damaged[0]), damaged[1])
+      damaged = (_steps(workdir)[-1], DAMAGES[len([r for r in records if r["damaged"]]) % len(DAMAGES)])
+      damage(workdir / "checkpoints" / str(damaged[0]), damaged[1])
     metrics = workdir / "metrics.jsonl"
     offset = metrics.stat().st_size if metrics.exists() else 0
     before_tmp, before_steps = _tmp_dirs(workdir), _steps(workdir)

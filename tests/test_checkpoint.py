@@ -7,7 +7,6 @@ equal to an uninterrupted run.
 """
 
 import logging
-import os
 import pathlib
 
 import jax
@@ -16,22 +15,8 @@ import pytest
 
 from segjax.train import checkpoint as checkpoint_lib
 from segjax.train import loop
+from tests.checkpoint_damage import DAMAGES, damage
 from tests.conftest import random_checkpoint, tiny_config
-
-DAMAGES = ("truncated-data-file", "missing-metadata", "missing-manifest")
-
-
-def damage(step_dir: pathlib.Path, kind: str) -> None:
-  """Damages a checkpoint step directory as a full disk, a crash or a careless copy would."""
-  if kind == "truncated-data-file":
-    data = max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
-               key=lambda p: p.stat().st_size)
-    os.truncate(data, data.stat().st_size // 2)
-  elif kind == "missing-metadata":
-    (step_dir / "state" / "_METADATA").unlink()
-  else:
-    (step_dir / "state" / "manifest.ocdbt").unlink()
-
 
 def _files(directory: pathlib.Path) -> dict:
   return {str(p.relative_to(directory)): p.stat().st_size for p in directory.rglob("*") if p.is_file()}
