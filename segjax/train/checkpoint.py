@@ -28,7 +28,6 @@ import os
 import pathlib
 import re
 import shutil
-import sys
 import time
 from typing import Any, Sequence
 
@@ -37,6 +36,7 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from segjax import cli
 from segjax.data import datasets
 
 log = logging.getLogger(__name__)
@@ -92,32 +92,6 @@ def reason(error: BaseException) -> str:
   text = re.sub(r"\s*\[tensorstore_spec.*", "", first_line(chosen))
   text = re.sub(r"See full TensorStore details.*", "", text).strip()
   return f"{type(chosen).__name__}: {text[:240]}{'...' if len(text) > 240 else ''}"
-
-
-def _is_abandoned_read(unraisable) -> bool:
-  """Whether an unraisable exception is the aftermath of a failed restore (see _quiet_abandoned_reads)."""
-  error = unraisable.exc_value
-  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-    return True
-  return "Encountered error while reading array index" in str(error) or (
-      "orbax" in repr(unraisable.object) or "_read_array_index" in repr(unraisable.object))
-
-
-def _quiet_abandoned_reads() -> None:
-  """Silences the aftermath of a restore that failed: orbax abandons its other reads, whose coroutines and
-  tensorstore callbacks then report "Event loop is closed" and the same read error through sys.unraisablehook,
-  hundreds of times (7,600 lines of stderr for one truncated file), saying nothing the one-line reason does not.
-  Other unraisable exceptions still reach the previous hook."""
-  previous = sys.unraisablehook
-  if getattr(previous, "_segjax_quiet", False):
-    return
-
-  def hook(unraisable):
-    if not _is_abandoned_read(unraisable):
-      previous(unraisable)
-
-  hook._segjax_quiet = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
 
 
 @dataclasses.dataclass
@@ -268,7 +242,7 @@ class Checkpointer:
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**items)).state
     except Exception:
-      _quiet_abandoned_reads()
+      cli.quiet_orbax_aftermath()  # orbax's abandoned reads would print thousands of lines
       raise
 
   def restore_config(self, step: int) -> dict[str, Any]:
