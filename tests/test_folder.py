@@ -780,7 +780,7 @@ def test_read_mask_works_in_the_masks_dtype(tmp_path):
   ids[:10] = 255
   path = _save(tmp_path / "m.png", ids)
   tracemalloc.start()
-  got = folder._read_mask(path, _params(tmp_path))
+  got = folder.read_mask(path, _params(tmp_path))
   peak = tracemalloc.get_traced_memory()[1]
   tracemalloc.stop()
   np.testing.assert_array_equal(got, ids)

@@ -31,11 +31,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segjax.data import builder
-from segjax.data import catalog
+from segjax.data import catalog_tables
 from segjax.data import png
+from segjax.data import spec
 
-CLASS_NAMES = catalog.ADE20K_CLASS_NAMES
-PALETTE = catalog.ADE20K_PALETTE
+CLASS_NAMES = catalog_tables.ADE20K_CLASS_NAMES
+PALETTE = catalog_tables.ADE20K_PALETTE
 IGNORE_LABEL = 255
 NUM_CHANNELS = 3
 # The source annotations' "other objects" id, and their largest class id.
@@ -217,3 +218,10 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
       builder.check_same_size(_TITLE, label_path, ids.shape, image_path, shape,
                               what="annotation")
       yield key, {"image": image, "label": label, "filename": image_path.stem}
+
+
+# The ADE20K SceneParsing benchmark (150 classes) from ADEChallengeData2016.zip; labels stored reduced
+# (0 "other" -> 255, c -> c - 1), as MMSegmentation's reduce_zero_label.
+SPEC = spec.BuilderSpec(name="ade20k", builder=Ade20k, class_names=CLASS_NAMES, palette=PALETTE,
+                        ignore_label=IGNORE_LABEL, num_channels=NUM_CHANNELS, splits=SPLITS,
+                        check_manual_dir=check_manual_dir)

@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from segjax.data import builder
 from segjax.data import png
+from segjax.data import spec
 
 CLASS_NAMES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree",
                "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist")
@@ -186,3 +187,11 @@ class Camvid(tfds.core.GeneratorBasedBuilder):
       label, ids = _read_label(label_path)
       builder.check_same_size(_TITLE, label_path, ids.shape, image_path, shape)
       yield key, {"image": image, "label": label, "filename": image_path.stem}
+
+
+SPEC = spec.BuilderSpec(
+    name="camvid", builder=Camvid, class_names=CLASS_NAMES, palette=PALETTE, ignore_label=IGNORE_LABEL,
+    num_channels=3, splits=REQUIRED_SPLITS, check_manual_dir=check_manual_dir,
+    # A "test" split exists too when the manual dir has test/ + testannot/.
+    split_hints={"test": (" CamVid has a test split only when the manual_dir held test/ and testannot/ at "
+                          "prepare time: add them, delete the prepared copy under data_dir and prepare again.")})

@@ -7,6 +7,10 @@ Three kinds of dataset, one interface (`get_spec`, `data_source`):
 - tfds catalog datasets (oxford_iiit_pet, cityscapes, scene_parse150) read through adapters that remap their
   labels (segjax.data.catalog); preparing those needs TensorFlow, reading does not.
 
+The registry holds no per-dataset data of its own: each builder module exports a `SPEC` (a spec.BuilderSpec:
+builder class, classes, splits, manual-dir check, split hints), the catalog adapter its `SPECS`, and
+the folder dataset's spec comes from its config block (`folder.dataset_spec`).
+
 Every source yields examples
 
   image:    uint8 [H, W, C]
@@ -34,100 +38,21 @@ from segjax.data import lfw_parts
 from segjax.data import png
 from segjax.data import shapes
 from segjax.data import voc2012
+from segjax.data.spec import BuilderSpec, DatasetSpec  # DatasetSpec: callers read it as datasets.DatasetSpec
 
-FOLDER = "folder"
+FOLDER = folder.NAME
 
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """What the rest of segjax needs to know about a dataset.
-
-  Attributes:
-    name: registry name, e.g. "shapes".
-    tfds_name: the builder's tfds name.
-    class_names: one name per class id.
-    palette: display RGB per class id.
-    ignore_label: raw label id meaning "not labelled", or None.
-    num_channels: image channels.
-    splits: splits always present once prepared.
-    needs_manual_dir: whether preparing needs files given via manual_dir.
-    reduce_zero_label: MMSegmentation's reduce_zero_label (`config.dataset.reduce_zero_label`): raw label 0 is
-      ignored and raw c is class c - 1, so `class_names` lists the classes of raw ids 1..K.
-  """
-  name: str
-  tfds_name: str
-  class_names: tuple[str, ...]
-  palette: tuple[tuple[int, int, int], ...]
-  ignore_label: int | None
-  num_channels: int
-  splits: tuple[str, ...]
-  needs_manual_dir: bool
-  reduce_zero_label: bool = False
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-
-# Builders of ours: registry name -> (module with CLASS_NAMES / PALETTE, builder class, ignore label, channels,
-# splits always present once prepared, whether preparing needs a manual dir).
-_OURS = {
-    "shapes": (shapes, shapes.SegjaxShapes, None, 3, tuple(shapes.SPLIT_SIZES), False),
-    "isbi2012": (isbi2012, isbi2012.Isbi2012Membrane, isbi2012.IGNORE_LABEL, 1, ("train", "test"), True),
-    # A "test" split exists too when the manual dir has test/ + testannot/.
-    "camvid": (camvid, camvid.Camvid, camvid.IGNORE_LABEL, 3, camvid.REQUIRED_SPLITS, True),
-    "lfw_parts": (lfw_parts, lfw_parts.LfwParts, lfw_parts.IGNORE_LABEL, lfw_parts.NUM_CHANNELS,
-                  tuple(lfw_parts.SPLIT_LISTS), True),
-    # A "train_aug" split (SBD-augmented, 10582 images) exists too when the manual dir had it at prepare time.
-    "voc2012": (voc2012, voc2012.Voc2012Segmentation, voc2012.IGNORE_LABEL, voc2012.NUM_CHANNELS,
-                voc2012.REQUIRED_SPLITS, True),
-    # The ADE20K SceneParsing benchmark (150 classes) from ADEChallengeData2016.zip; labels stored reduced
-    # (0 "other" -> 255, c -> c - 1), as MMSegmentation's reduce_zero_label.
-    "ade20k": (ade20k, ade20k.Ade20k, ade20k.IGNORE_LABEL, ade20k.NUM_CHANNELS, ade20k.SPLITS, True),
-}
+# Builders of ours: registry name -> the SPEC their module exports.
+_OURS: dict[str, BuilderSpec] = {m.SPEC.name: m.SPEC for m in (shapes, isbi2012, camvid, lfw_parts, voc2012, ade20k)}
 
 DATASETS: dict[str, DatasetSpec] = {
-    **{name: DatasetSpec(name=name, tfds_name=builder.name, class_names=module.CLASS_NAMES,
-                         palette=module.PALETTE, ignore_label=ignore, num_channels=channels, splits=splits,
-                         needs_manual_dir=manual)
-       for name, (module, builder, ignore, channels, splits, manual) in _OURS.items()},
-    **{name: DatasetSpec(name=name, tfds_name=e.tfds_name, class_names=e.class_names, palette=e.palette,
-                         ignore_label=e.ignore_label, num_channels=e.num_channels, splits=e.splits,
-                         needs_manual_dir=e.needs_manual_dir)
-       for name, e in catalog.CATALOG.items()},
-}
-
-_BUILDERS = {name: entry[1] for name, entry in _OURS.items()}
-
-# Why a split may be missing from prepared data.
-_SPLIT_HINTS = {
-    ("camvid", "test"): (
-        " CamVid has a test split only when the manual_dir held test/ and "
-        "testannot/ at prepare time: add them, delete the prepared copy under "
-        "data_dir and prepare again."),
-    ("voc2012", voc2012.AUG_SPLIT): (
-        f" VOC 2012 has a {voc2012.AUG_SPLIT} split only when the manual_dir held {voc2012.AUG_FOLDER}/ and its "
-        "list at prepare time: add them, delete the prepared copy under data_dir and prepare again."),
-}
-_LAYOUT_CHECKS = {
-    "isbi2012": isbi2012.check_manual_dir,
-    "camvid": camvid.check_manual_dir,
-    "lfw_parts": lfw_parts.check_manual_dir,
-    "voc2012": voc2012.check_manual_dir,
-    "ade20k": ade20k.check_manual_dir,
+    **{name: ours.dataset for name, ours in _OURS.items()},
+    **catalog.SPECS,
 }
 
 
 def known_names() -> list[str]:
   return sorted([*DATASETS, FOLDER])
-
-
-def _folder_spec(dataset_config) -> DatasetSpec:
-  params = folder.params_from_config(dataset_config.folder, dataset_config.get("reduce_zero_label", False))
-  class_names, palette, ignore_label, num_channels, splits = folder.spec_fields(params)
-  return DatasetSpec(name=FOLDER, tfds_name=folder.SegjaxFolder.name, class_names=tuple(class_names),
-                     palette=tuple(palette), ignore_label=ignore_label, num_channels=num_channels,
-                     splits=tuple(splits), needs_manual_dir=False)
 
 
 def get_spec(dataset) -> DatasetSpec:
@@ -148,7 +73,7 @@ def get_spec(dataset) -> DatasetSpec:
     if isinstance(dataset, str):
       raise ValueError("The folder dataset is defined by config.dataset.folder: pass the config.dataset block "
                        "to get_spec / data_source instead of the name.")
-    spec = _folder_spec(dataset)
+    spec = folder.dataset_spec(dataset)
   else:
     try:
       spec = DATASETS[name]
@@ -188,15 +113,16 @@ def get_builder(name: str, *, data_dir=None, manual_dir=None):
   """
   if name in catalog.CATALOG:
     return catalog.get_builder(name, data_dir=data_dir, manual_dir=manual_dir)
-  spec = get_spec(name)
-  builder = _BUILDERS[name](
+  get_spec(name)  # an unknown name fails here, listing the known ones
+  ours = _OURS[name]
+  builder = ours.builder(
       data_dir=os.fspath(data_dir) if data_dir is not None else None,
       file_format="array_record")
   if builder.is_prepared():
     return builder
-  if spec.needs_manual_dir:
+  if ours.check_manual_dir is not None:
     # Check before tfds starts, so the error names segjax's fix.
-    manual_dir = _LAYOUT_CHECKS[name](manual_dir)
+    manual_dir = ours.check_manual_dir(manual_dir)
   else:
     manual_dir = None
   builder.download_and_prepare(
@@ -258,7 +184,7 @@ def _data_source(dataset, split: str, *, data_dir, manual_dir) -> Any:
       raise ValueError(
           f"Unknown split {base!r} (in {split!r}) for dataset {name!r}; "
           f"available splits: {available}."
-          + _SPLIT_HINTS.get((name, base), ""))
+          + (_OURS[name].split_hints.get(base, "") if name in _OURS else ""))
   if builder.info.splits[split].num_examples == 0:
     sizes = ", ".join(f"{s} ({builder.info.splits[s].num_examples})" for s in available)
     raise ValueError(

@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from segjax.data import builder
 from segjax.data import png
+from segjax.data import spec
 
 CLASS_NAMES = ("membrane", "cell")
 # Same look as the source label maps: dark membranes, bright cells.
@@ -145,3 +146,8 @@ class Isbi2012Membrane(tfds.core.GeneratorBasedBuilder):
       else:
         label = np.full(shape, IGNORE_LABEL, np.uint8)
       yield key, {"image": image, "label": png.encode(label), "filename": path.stem}
+
+
+SPEC = spec.BuilderSpec(name="isbi2012", builder=Isbi2012Membrane, class_names=CLASS_NAMES, palette=PALETTE,
+                        ignore_label=IGNORE_LABEL, num_channels=1, splits=("train", "test"),
+                        check_manual_dir=check_manual_dir)

@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 
 from segjax.data import builder
 from segjax.data import png
+from segjax.data import spec
 
 # Background first so that id 0 means "not the object", as in most datasets.
 CLASS_NAMES = ("background", "hair", "skin")
@@ -217,3 +218,8 @@ class LfwParts(tfds.core.GeneratorBasedBuilder):
       label = decode_label(colours, label_path)
       yield key, {"image": image, "label": png.encode(label),
                   "filename": image_path.stem}
+
+
+SPEC = spec.BuilderSpec(name="lfw_parts", builder=LfwParts, class_names=CLASS_NAMES, palette=PALETTE,
+                        ignore_label=IGNORE_LABEL, num_channels=NUM_CHANNELS, splits=tuple(SPLIT_LISTS),
+                        check_manual_dir=check_manual_dir)

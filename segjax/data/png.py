@@ -27,7 +27,7 @@ from PIL import ImageOps
 # SyntaxError for broken PNG chunks, struct.error / EOFError for short headers, zlib.error for bad deflate data.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 _FIX = "re-export it from the original, or remove it"
-# The flag that sets Image.MAX_IMAGE_PIXELS while datasets are prepared (segjax.data.datasets.pixel_limit).
+# The flag that sets Image.MAX_IMAGE_PIXELS while datasets are prepared (pixel_limit, used by datasets.data_source).
 PIXELS_FLAG = "--config.dataset.max_image_pixels"
 _ORIENTATION = 0x0112  # EXIF Orientation: 1 = as stored, 2..8 = flipped and/or rotated
 # 16-bit and float images: no single right reduction to 8 bits, so preparation and predict.py both refuse them.

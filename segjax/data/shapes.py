@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segjax.data import png
+from segjax.data import spec
 
 CLASS_NAMES = ("background", "disk", "square", "triangle", "ring", "cross")
 # Distinct display colours (Trubetskoy's palette); not used to draw the data.
@@ -227,3 +228,7 @@ class SegjaxShapes(tfds.core.GeneratorBasedBuilder):
           "label": png.encode(example["label"][..., 0], compress_level=1),
           "filename": f"{split}_{index:06d}",
       }
+
+
+SPEC = spec.BuilderSpec(name="shapes", builder=SegjaxShapes, class_names=CLASS_NAMES, palette=PALETTE,
+                        ignore_label=None, num_channels=3, splits=tuple(SPLIT_SIZES))

@@ -34,6 +34,7 @@ import tensorflow_datasets as tfds
 
 from segjax.data import builder
 from segjax.data import png
+from segjax.data import spec
 
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus",
@@ -277,3 +278,12 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
       label, ids = read_label(label_path)
       builder.check_same_size(_TITLE, label_path, ids.shape, image_path, shape)
       yield key, {"image": image, "label": label, "filename": image_path.stem}
+
+
+SPEC = spec.BuilderSpec(
+    name="voc2012", builder=Voc2012Segmentation, class_names=CLASS_NAMES, palette=PALETTE,
+    ignore_label=IGNORE_LABEL, num_channels=NUM_CHANNELS, splits=REQUIRED_SPLITS, check_manual_dir=check_manual_dir,
+    # A "train_aug" split (SBD-augmented, 10582 images) exists too when the manual dir had it at prepare time.
+    split_hints={AUG_SPLIT: (f" VOC 2012 has a {AUG_SPLIT} split only when the manual_dir held {AUG_FOLDER}/ and "
+                             "its list at prepare time: add them, delete the prepared copy under data_dir and "
+                             "prepare again.")})
