@@ -1,16 +1,14 @@
-"""Reading pretrained weight files into segjax's parameter layout (segjax.weights loads them into a model).
-
-Keras `.h5` files in the keras-applications layout and torchvision state dicts (`.pth`/`.pt`/`.bin` through
-torch, `.safetensors` through safetensors.numpy) become a `FileWeights`: arrays keyed by their path in a segjax
-VGG16 / ResNet backbone, with the file's key of each for error messages. segjax.weights documents the conventions
-(layouts, BGR, Keras' ResNet v1 biases and BN epsilon, fc6/fc7).
+"""Mapping the arrays of a pretrained file onto a segjax VGG16 / ResNet backbone: names (torchvision's
+`features.N` / `layerK.B.convI`, Keras' `blockS_convI` / `convS_blockB_I_conv` / `res2a_branch2a`) become segjax
+parameter paths, and layouts become segjax's (torch's OIHW kernels HWIO, BatchNorm parameters and statistics split
+into `params` and `batch_stats`, Keras' ResNet conv biases and BN epsilon folded into the statistics, VGG16's
+fc1/fc2 convolutionalised). segjax.weights documents the conventions; segjax.weights.files reads the files.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Mapping
 
 import numpy as np
 
@@ -51,97 +49,9 @@ class FileWeights:
     self.sources[(collection, *path)] = (key, tuple(file_shape))
 
 
-
-# ---------------------------------------------------------------------------------------------- readers
-
-
-def _text(x) -> str:
-  return x.decode("utf8") if isinstance(x, bytes) else str(x)
-
-
-# Weight-name suffixes of Keras 1 (`block1_conv1_W_1:0`), tf.keras (`block1_conv1/kernel:0`) and Keras 3 files.
-_KERAS_ROLES = {"kernel": "kernel", "W": "kernel", "bias": "bias", "b": "bias", "gamma": "gamma", "beta": "beta",
-                "moving_mean": "moving_mean", "running_mean": "moving_mean", "moving_variance": "moving_variance",
-                "running_std": "moving_variance"}
-_KERAS_ORDER = {2: ("kernel", "bias"), 1: ("kernel",), 4: ("gamma", "beta", "moving_mean", "moving_variance")}
-
-
-def _keras_role(weight_name: str) -> str | None:
-  name = re.sub(r":\d+$", "", weight_name).split("/")[-1]
-  name = re.sub(r"_\d+$", "", name)  # Keras 1 appends a uid: block1_conv1_W_1
-  for suffix in sorted(_KERAS_ROLES, key=len, reverse=True):
-    if name == suffix or name.endswith("_" + suffix):
-      return _KERAS_ROLES[suffix]
-  return None
-
-
-def read_keras_h5(path: str) -> dict[str, dict[str, np.ndarray]]:
-  """Layer name -> {"kernel"|"bias"|"gamma"|"beta"|"moving_mean"|"moving_variance": array} of a Keras weight file
-  in the keras-applications (legacy h5) layout: a root attribute `layer_names`, one group per layer with an
-  attribute `weight_names`. Full-model files (`model.save("x.h5")`) keep that layout under `model_weights`.
-  Weights are identified by their name's suffix, else by their order (kernel, bias / gamma, beta, mean, var)."""
-  try:
-    import h5py  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(f"Reading the Keras weight file {path} needs h5py: pip install h5py") from e
-  layers = {}
-  with h5py.File(path, "r") as f:
-    root = f["model_weights"] if "model_weights" in f else f
-    if "layer_names" not in root.attrs:
-      raise ValueError(f"{path}: not a Keras weight file in the keras-applications (legacy h5) layout (no "
-                       f"'layer_names' attribute); Keras 3 `.weights.h5` files are not supported: save with "
-                       f"keras.src.legacy.saving.legacy_h5_format.save_weights_to_hdf5_group, or use the "
-                       f"keras-applications download (docs/weights.md)")
-    for layer in map(_text, root.attrs["layer_names"]):
-      group = root[layer]
-      names = [_text(n) for n in group.attrs.get("weight_names", [])]
-      if not names:
-        continue
-      roles = [_keras_role(n) for n in names]
-      if None in roles or len(set(roles)) != len(roles):
-        if len(names) not in _KERAS_ORDER:
-          raise ValueError(f"{path}: layer {layer!r} has weights {names} that are neither named kernel/bias/"
-                           f"gamma/beta/moving_mean/moving_variance nor in a known order")
-        roles = list(_KERAS_ORDER[len(names)])
-      layers[layer] = {role: np.asarray(group[name]) for role, name in zip(roles, names)}
-  return layers
-
-
-def read_torch(path: str) -> dict[str, np.ndarray]:
-  """A state dict as numpy arrays: `.safetensors` through safetensors.numpy (no torch needed), anything else with
-  `torch.load(weights_only=True)`. A wrapping {"state_dict": ...} / {"model": ...} is unwrapped and a `module.` or
-  `backbone.` key prefix (DataParallel, MMSegmentation) removed."""
-  if path.endswith(".safetensors"):
-    try:
-      from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise ImportError(f"Reading {path} needs safetensors: pip install safetensors") from e
-    state = dict(load_file(path))
-  else:
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise ImportError(f"Reading the PyTorch file {path} needs torch: pip install torch (or convert the file to "
-                        f".safetensors, which needs only the safetensors package)") from e
-    try:
-      state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pylint: disable=broad-except  (torch raises several kinds for a pickled object)
-      raise ValueError(f"{path}: torch.load(weights_only=True) could not read it as a state dict ({e}); save "
-                       f"`model.state_dict()` rather than the model object") from e
-    if not isinstance(state, Mapping):
-      raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict; save `model.state_dict()`")
-    for key in ("state_dict", "model"):
-      if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-        state = state[key]
-    state = {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()
-             if hasattr(v, "detach")}
-  out = {}
-  for key, value in state.items():
-    for prefix in ("module.", "backbone."):
-      if key.startswith(prefix):
-        key = key[len(prefix):]
-    out[key] = np.asarray(value)
-  return out
+def resnet_architecture(blocks_in_layer3: int) -> str:
+  """"resnet50", "resnet101", "resnet152" from the number of blocks in layer3 (else "resnet?(N blocks in layer3)")."""
+  return f"resnet{RESNET_DEPTHS.get(blocks_in_layer3, f'?({blocks_in_layer3} blocks in layer3)')}"
 
 
 # ---------------------------------------------------------------------------------------------- converters
@@ -212,7 +122,7 @@ def _torch_resnet(state: dict[str, np.ndarray]) -> FileWeights:
     else:
       out.ignored.append(key)
   blocks = len({k.split(".")[1] for k in state if k.startswith("layer3.")})
-  out.architecture = f"resnet{RESNET_DEPTHS.get(blocks, f'?({blocks} blocks in layer3)')}"
+  out.architecture = resnet_architecture(blocks)
   out.first_conv = ("conv1", "kernel")
   return out
 
@@ -287,7 +197,7 @@ def _keras_resnet(layers: dict[str, dict[str, np.ndarray]]) -> FileWeights:
     channels = arrays["moving_mean"].shape
     _, bias = biases.get(path, (None, None))
     bias = np.zeros(channels) if bias is None else bias.astype(np.float64)
-    # Fold the convolution's bias and Keras' epsilon into the statistics (module docstring); float64 so that
+    # Fold the convolution's bias and Keras' epsilon into the statistics (segjax.weights docstring); float64 so that
     # the 1e-8 epsilon difference is not lost in rounding before the final cast.
     mean = arrays["moving_mean"].astype(np.float64) - bias
     var = arrays["moving_variance"].astype(np.float64) + KERAS_RESNET_BN_EPSILON - SEGJAX_BN_EPSILON
@@ -300,21 +210,22 @@ def _keras_resnet(layers: dict[str, dict[str, np.ndarray]]) -> FileWeights:
     raise ValueError(f"Keras ResNet weights: convolutions without their BatchNorm layer ({unpaired}); the file "
                      f"is not a keras.applications ResNet50/101")
   blocks = len({p[0] for p in convs if p[0].startswith("layer3_")})
-  out.architecture = f"resnet{RESNET_DEPTHS.get(blocks, f'?({blocks} blocks in layer3)')}"
+  out.architecture = resnet_architecture(blocks)
   return out
 
 
-def read_weights(path: str, fmt: str) -> FileWeights:
-  """Reads a weight file (`fmt`: "keras_h5" or "torch") into segjax's layout, the architecture from its keys."""
-  if fmt == "keras_h5":
-    layers = read_keras_h5(path)
-    if any(re.fullmatch(r"block\d_conv\d", n) for n in layers):
-      return _keras_vgg(layers)
-    if any(_keras_resnet_module(n) for n in layers):
-      return _keras_resnet(layers)
-    raise ValueError(f"{path}: neither a Keras VGG16 (block1_conv1 ...) nor a ResNet (conv2_block1_1_conv ... or "
-                     f"res2a_branch2a ...) weight file; its layers: {list(layers)[:8]}")
-  state = read_torch(path)
+def from_keras(layers: dict[str, dict[str, np.ndarray]], path: str) -> FileWeights:
+  """A Keras file's layers (segjax.weights.files.read_keras_h5) as a VGG16 or ResNet backbone's arrays."""
+  if any(re.fullmatch(r"block\d_conv\d", n) for n in layers):
+    return _keras_vgg(layers)
+  if any(_keras_resnet_module(n) for n in layers):
+    return _keras_resnet(layers)
+  raise ValueError(f"{path}: neither a Keras VGG16 (block1_conv1 ...) nor a ResNet (conv2_block1_1_conv ... or "
+                   f"res2a_branch2a ...) weight file; its layers: {list(layers)[:8]}")
+
+
+def from_torch(state: dict[str, np.ndarray], path: str) -> FileWeights:
+  """A torchvision state dict (segjax.weights.files.read_torch) as a VGG16 or ResNet backbone's arrays."""
   if any(re.fullmatch(r"features\.\d+\.weight", k) for k in state):
     return _torch_vgg(state)
   if any(k.startswith("layer1.0.") for k in state):
