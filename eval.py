@@ -8,7 +8,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from segjax import config as config_lib
-from segjax import evaluate
+from segjax.apps import eval as eval_app
 from segjax import cli, platform, sharding
 
 FLAGS = flags.FLAGS
@@ -29,7 +29,7 @@ def main(argv):
   members = [config_lib.parse_member(text) for text in FLAGS.member]  # bad values fail before anything runs
   platform.configure_xla_cpu()  # XLA reads its flags when the backend starts: before any JAX computation
   sharding.initialize_distributed(FLAGS.config.distributed)
-  evaluate.run_eval(FLAGS.config, FLAGS.workdir, split=FLAGS.split, checkpoint_step=FLAGS.checkpoint_step,
+  eval_app.run_eval(FLAGS.config, FLAGS.workdir, split=FLAGS.split, checkpoint_step=FLAGS.checkpoint_step,
                     members=members)
 
 

@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 from segjax import config as config_lib
 from segjax import cli, platform
-from segjax import predict
+from segjax.apps import predict
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Recipe file in configs/ (the one used for training).",

@@ -6,6 +6,8 @@ misspelt key on the command line (`--config.batchsize=8`) fails at parse time in
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from segjax.data import augment
@@ -21,6 +23,9 @@ from segjax.ops import conv as conv_lib
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  # What the run learns (segjax.tasks): "semantic" (every pixel a class), or "package.module:Class" naming a
+  # segjax.tasks.Task of your own, imported when the recipe is built.
+  c.task = "semantic"
   c.seed = 0
   c.num_train_steps = 1000
   c.batch_size = 16  # global, over all processes and devices
@@ -210,8 +215,12 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks values that the type system of ConfigDict cannot; raises ValueError naming key, value and fix."""
+def validate(config: ml_collections.ConfigDict) -> "Settings":
+  """Checks values that the type system of ConfigDict cannot; raises ValueError naming key, value and fix.
+
+  Returns:
+    The typed sections the run reads (`Settings`), built once here.
+  """
   def fail(key, value, fix):
     raise ValueError(f"config.{key}={value!r}: {fix}")
 
@@ -271,6 +280,70 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if len(value) not in (1, spec.num_channels):
       fail(f"dataset.{key}", value, f"give 1 or {spec.num_channels} values for {spec.name}")
   weights.check_config(config)  # init_from.*: raises naming the key
+  return settings(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+  """config.optimizer, typed (segjax.state.make_optimizer reads it)."""
+  name: str
+  learning_rate: float
+  schedule: str
+  warmup_steps: int
+  weight_decay: float
+  momentum: float
+  poly_power: float
+  grad_clip_norm: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+  """config.loss, typed: cross-entropy and soft-Dice weights, per-class weights, auxiliary heads' weight."""
+  ce_weight: float
+  dice_weight: float
+  class_weights: tuple[float, ...] | None
+  aux_weight: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  """The training loop's keys of the recipe's top level, typed."""
+  seed: int
+  num_train_steps: int
+  batch_size: int
+  grad_accum_steps: int
+  log_every_steps: int
+  checkpoint_every_steps: int
+  keep_checkpoints: int
+  eval_every_steps: int
+  eval_batch_size: int
+  eval_split: str
+  num_visualizations: int
+  on_nonfinite: str
+  divergence_factor: float
+  resume_from_step: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The typed sections of a validated recipe: what the loop, the optimiser and the loss read."""
+  loop: LoopSettings
+  optimizer: OptimizerSettings
+  loss: LossSettings
+  augment: augment.AugmentConfig
+
+
+def _section(cls, block):
+  return cls(**{f.name: block[f.name] for f in dataclasses.fields(cls)})
+
+
+def settings(config: ml_collections.ConfigDict) -> Settings:
+  """The typed sections of `config` (call `validate` first: this only copies and converts)."""
+  loss = _section(LossSettings, config.loss)
+  if loss.class_weights is not None:
+    loss = dataclasses.replace(loss, class_weights=tuple(float(w) for w in loss.class_weights))
+  return Settings(loop=_section(LoopSettings, config), optimizer=_section(OptimizerSettings, config.optimizer),
+                  loss=loss, augment=augment.from_config(config.augment))
 
 
 def load_recipe(path: str) -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -159,3 +159,9 @@ def save_panel(path: str | pathlib.Path, image: np.ndarray, label: np.ndarray, p
   """Writes `path`: `panel(...)` at full size, cropped to the valid region's bounding box (evaluation pads
   images)."""
   Image.fromarray(panel(image, label, pred, valid, palette)).save(path)
+
+
+def overlay_images(samples: Sequence[dict[str, Any]], palette, max_side: int = 256) -> list[tuple[str, np.ndarray]]:
+  """`evaluation.semantic.Evaluation.samples` as (name, image | ground truth | prediction | overlay) pairs, eval.py's panels."""
+  return [(f"{int(s['index']):05d}", panel(s["image"], s["label"], s["pred"], s["weight"], palette,
+                                               max_side=max_side)) for s in samples]

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grain
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from segjax import sharding as sharding_lib
 from segjax.data import datasets
@@ -178,25 +178,24 @@ class _GlobalRows:
     return self.stream[batch * self.batch_size + int(self.rows[j])]
 
 
-def train_dataset(source, *, spec: datasets.DatasetSpec, batch_size: int, crop_size: Sequence[int], seed: int,
-                  rows: Sequence[int] | None = None, scale_range: Sequence[float] = (1.0, 1.0)) -> grain.MapDataset:
+def train_dataset(source, transform: grain.transforms.RandomMap, *, batch_size: int, seed: int,
+                  rows: Sequence[int] | None = None, name: str = "the dataset") -> grain.MapDataset:
   """This process's endless training batches: element s holds rows `rows` of the global batch of step s + 1.
 
   The global batch of step s + 1 is examples [s * B, (s + 1) * B) of one stream: the split shuffled from `seed`,
-  reshuffled every epoch, each example cropped with an rng grain derives from `seed` and the example's position
-  in the stream. So a batch is a pure function of (source, seed, s), independent of how many processes or
-  devices share it and of how many workers decode: the step alone is the data position, and 1 process with 8
-  devices trains on exactly the batches 2 processes with 4 devices each do.
+  reshuffled every epoch, each example mapped by the task's `transform` (e.g. `RandomCrop`) with an rng grain
+  derives from `seed` and the example's position in the stream. So a batch is a pure function of (source, seed,
+  s), independent of how many processes or devices share it and of how many workers decode: the step alone is the
+  data position, and 1 process with 8 devices trains on exactly the batches 2 processes with 4 devices each do.
 
   Each process reads only its own rows (`rows`, from `sharding.process_rows`: the rows its devices hold; default
   all of them, one process), so the per-process input cost is B / (number of processes) examples a step.
   """
   if len(source) == 0:
-    raise ValueError(f"The training split of {spec.name} is empty (0 examples): check "
+    raise ValueError(f"The training split of {name} is empty (0 examples): check "
                      "--config.dataset.train_split (a slice like 'train[10:10]' selects nothing) and the data.")
   rows = _check_rows(rows, batch_size)
-  crop = RandomCrop(crop_size, spec.ignore_label, spec.num_classes, spec.reduce_zero_label, scale_range)
-  stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).random_map(crop, seed=seed)
+  stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).random_map(transform, seed=seed)
   local = grain.MapDataset.range(len(rows) * (len(stream) // batch_size))
   return local.map(_GlobalRows(stream, batch_size, rows)).batch(len(rows), drop_remainder=True)
 
@@ -233,41 +232,59 @@ def num_eval_batches(num_examples: int, batch_size: int) -> int:
 class _EvalExample:
   """This process's k-th eval example: row rows[k % L] of global batch k // L, or padding past the split's end."""
 
-  def __init__(self, source, spec: datasets.DatasetSpec, batch_size: int, rows: np.ndarray, size: Sequence[int]):
-    self.source, self.spec, self.batch_size, self.rows = source, spec, batch_size, rows
-    self.height, self.width = size
+  def __init__(self, source, example: Callable[[dict[str, Any], int], dict[str, np.ndarray]],
+               padding: Callable[[], dict[str, np.ndarray]], batch_size: int, rows: np.ndarray):
+    self.source, self.example, self.padding, self.batch_size, self.rows = source, example, padding, batch_size, rows
 
   def __call__(self, k: int) -> dict[str, np.ndarray]:
     batch, j = divmod(int(k), len(self.rows))
     index = batch * self.batch_size + int(self.rows[j])
     if index >= len(self.source):
-      return {"image": np.zeros((self.height, self.width, self.spec.num_channels), np.uint8),
-              "label": np.zeros((self.height, self.width), np.int32),
-              "weight": np.zeros((self.height, self.width), np.float32), "index": np.int32(-1)}
-    raw = self.source[index]
-    ex = to_example(raw, self.spec.ignore_label, self.spec.num_classes, self.spec.reduce_zero_label)
-    h, w = ex.label.shape
-    if h > self.height or w > self.width:
-      raise ValueError(f"Example {_name(raw)} of {self.spec.name} is {h}x{w}, larger than the eval size "
-                       f"{self.height}x{self.width}; set --config.dataset.eval_size=({round_up(h, 32)}, "
-                       f"{round_up(w, 32)}).")
-    ex = pad_to(ex, self.height, self.width)
-    return {"image": ex.image, "label": ex.label, "weight": ex.weight, "index": np.int32(index)}
+      return {**self.padding(), "index": np.int32(-1)}
+    return {**self.example(self.source[index], index), "index": np.int32(index)}
 
 
-def eval_batches(source, *, spec: datasets.DatasetSpec, batch_size: int, size: Sequence[int],
-                 rows: Sequence[int] | None = None, num_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
-  """Yields this process's rows of each global eval batch; together the processes cover every pixel once.
+def eval_batches(source, *, example: Callable[[dict[str, Any], int], dict[str, np.ndarray]],
+                 padding: Callable[[], dict[str, np.ndarray]], batch_size: int, rows: Sequence[int] | None = None,
+                 num_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this process's rows of each global eval batch; together the processes cover every example once.
 
-  Global batch b holds examples [b * B, (b + 1) * B) of the split, the last one filled with padding examples
-  (weight 0, index -1); there are ceil(N / B) batches on every process (collectives need the same count).
-  Nothing is dropped, and the result does not depend on how processes and devices share the batch.
+  Global batch b holds examples [b * B, (b + 1) * B) of the split, each made by the task's `example(raw, index)`
+  (fixed shapes), the last batch filled with `padding()` examples (index -1, which the task gives weight 0);
+  there are ceil(N / B) batches on every process (collectives need the same count). Nothing is dropped, and the
+  result does not depend on how processes and devices share the batch. Each example carries its `index` in the
+  split.
   """
   rows = _check_rows(rows, batch_size)
   count = num_eval_batches(len(source), batch_size) * len(rows)
-  ds = grain.MapDataset.range(count).map(_EvalExample(source, spec, batch_size, rows, size))
+  ds = grain.MapDataset.range(count).map(_EvalExample(source, example, padding, batch_size, rows))
   ds = ds.batch(len(rows), drop_remainder=False)
   yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, num_threads)))
+
+
+def semantic_eval_example(spec: datasets.DatasetSpec, size: Sequence[int]
+                          ) -> Callable[[dict[str, Any], int], dict[str, np.ndarray]]:
+  """`eval_batches`' example function of semantic segmentation: image, label and weight padded (bottom/right,
+  weight 0) to `size`."""
+  height, width = size
+
+  def example(raw: dict[str, Any], index: int) -> dict[str, np.ndarray]:
+    del index
+    ex = to_example(raw, spec.ignore_label, spec.num_classes, spec.reduce_zero_label)
+    h, w = ex.label.shape
+    if h > height or w > width:
+      raise ValueError(f"Example {_name(raw)} of {spec.name} is {h}x{w}, larger than the eval size "
+                       f"{height}x{width}; set --config.dataset.eval_size=({round_up(h, 32)}, {round_up(w, 32)}).")
+    ex = pad_to(ex, height, width)
+    return {"image": ex.image, "label": ex.label, "weight": ex.weight}
+  return example
+
+
+def semantic_padding(spec: datasets.DatasetSpec, size: Sequence[int]) -> Callable[[], dict[str, np.ndarray]]:
+  """`eval_batches`' padding example of semantic segmentation: zeros, weight 0."""
+  height, width = size
+  return lambda: {"image": np.zeros((height, width, spec.num_channels), np.uint8),
+                  "label": np.zeros((height, width), np.int32), "weight": np.zeros((height, width), np.float32)}
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh | jax.sharding.Sharding,
@@ -304,3 +321,53 @@ def local_rows(x: jax.Array, rows: Sequence[int]) -> np.ndarray:
     wanted = np.arange(x.shape[0])[s.index[0]]
     out[(np.searchsorted(rows, wanted), *s.index[1:])] = np.asarray(s.data)
   return out
+
+
+class GlobalBatches:
+  """Global batches on the mesh from this process's rows of them: training and evaluation never see rows.
+
+  Args:
+    local: an iterable of this process's rows of each global batch (`train_dataset` / `eval_batches`).
+    mesh: the device mesh.
+    batch_size: the global batch size.
+    specs: the PartitionSpec of each field (default `sharding.batch_spec` of its rank).
+
+  Iterating yields global `jax.Array` dicts; `with_local=True` yields (local numpy batch, global batch) pairs,
+  for evaluation, which reads back this process's examples.
+  """
+
+  def __init__(self, local: Iterable[dict[str, np.ndarray]], mesh: Mesh, batch_size: int,
+               specs: dict[str, PartitionSpec] | None = None, with_local: bool = False):
+    self.local, self.mesh, self.batch_size = local, mesh, batch_size
+    self.specs, self.with_local = specs or {}, with_local
+    self._iter = None
+
+  def _global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    out = {}
+    for key, value in batch.items():
+      value = np.asarray(value)
+      spec = self.specs.get(key, sharding_lib.batch_spec(value.ndim))
+      out.update(to_global({key: value}, jax.sharding.NamedSharding(self.mesh, spec), self.batch_size))
+    return out
+
+  def __iter__(self):
+    self._iter = iter(self.local)
+    return self
+
+  def __next__(self):
+    if self._iter is None:
+      self._iter = iter(self.local)
+    batch = next(self._iter)
+    glob = self._global(batch)
+    return (batch, glob) if self.with_local else glob
+
+  @staticmethod
+  def rows(mesh: Mesh, batch_size: int) -> np.ndarray:
+    """The rows of a global batch this process's devices hold: what it reads (the "data" axis decides them)."""
+    return sharding_lib.process_rows(sharding_lib.batch_sharding(mesh, 1), batch_size)
+
+  def close(self) -> None:
+    """Stops grain's worker processes (training with worker_count > 0)."""
+    close = getattr(self._iter, "close", None) or getattr(self.local, "close", None)
+    if close is not None:
+      close()

@@ -12,6 +12,7 @@ Only process 0 writes (the other processes compute the same values).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 from typing import Any, Sequence
@@ -19,6 +20,8 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 TENSORBOARD_DIR = "tensorboard"
 CONFIG_FILE = "config.json"
@@ -91,13 +94,6 @@ class TensorBoard:
       self._writer = None
 
 
-def overlay_images(samples: Sequence[dict[str, Any]], palette, max_side: int = 256) -> list[tuple[str, np.ndarray]]:
-  """`evaluate.Evaluation.samples` as (name, image | ground truth | prediction | overlay) pairs, eval.py's panels."""
-  from segjax import viz  # pylint: disable=import-outside-toplevel  (Pillow fonts, only when there are samples)
-  return [(f"{int(s['index']):05d}", viz.panel(s["image"], s["label"], s["pred"], s["weight"], palette,
-                                               max_side=max_side)) for s in samples]
-
-
 def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
   """DIR/metrics.jsonl's records in file order (a line cut short by a kill is skipped)."""
   records = []
@@ -111,3 +107,59 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
   except FileNotFoundError:
     pass
   return records
+
+
+class MetricsWriter:
+  """Appends one JSON object per line to DIR/metrics.jsonl (process 0 only), so a resumed run continues it, and
+  the same values as TensorBoard scalars (`TensorBoard`)."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.enabled = jax.process_index() == 0
+    self.path = workdir / "metrics.jsonl"
+    self.tensorboard = TensorBoard(workdir, self.enabled)
+
+  def losses_up_to(self, step: int) -> list[float]:
+    """The training losses logged for steps up to `step`, oldest first (of a step logged twice, the last record;
+    `drop_after` keeps a resumed run from logging a step twice, files of older versions may)."""
+    losses = {}
+    try:
+      with self.path.open() as f:
+        for line in f:
+          try:
+            record = json.loads(line)
+          except ValueError:  # a line cut short by a kill
+            continue
+          if "loss" in record and record.get("step", step + 1) <= step:
+            losses[record["step"]] = record["loss"]
+    except OSError:
+      return []
+    return [losses[s] for s in sorted(losses)]
+
+  def write(self, record: dict[str, Any]) -> None:
+    if self.enabled:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+      self.tensorboard.scalars(record)
+
+  def drop_after(self, step: int) -> int:
+    """Removes the records of steps after `step` (a resumed run's restored step), which a killed run logged past
+    its last checkpoint and the resumed run logs again; returns how many. Rewritten atomically (process 0)."""
+    if not self.enabled or not self.path.exists():
+      return 0
+    kept, dropped = [], 0
+    with self.path.open() as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+          dropped += 1
+          continue
+        if record.get("step", 0) > step:
+          dropped += 1
+        else:
+          kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+      tmp = self.path.with_suffix(".jsonl.tmp")
+      tmp.write_text("".join(kept))
+      os.replace(tmp, self.path)
+    return dropped

@@ -13,7 +13,8 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from segjax import inference, viz
+from segjax import experiment, viz
+from segjax.evaluation import inference
 from segjax.data import datasets, png
 from segjax.ops import conv as conv_lib
 
@@ -174,10 +175,10 @@ def run(config, workdir: str, inputs: str, output: str, *, members: Sequence[tup
   spec = datasets.get_spec(config.dataset)
   if spec.num_classes > 256:
     raise ValueError(f"{spec.name} has {spec.num_classes} classes: a palette PNG holds at most 256.")
-  loaded = [inference.load_member(config, workdir, checkpoint_step)]
+  loaded = [experiment.load_member(config, workdir, checkpoint_step)]
   for member_config, member_workdir, member_step in members:
     inference.check_same_classes(spec, member_workdir, datasets.get_spec(member_config.dataset))
-    loaded.append(inference.load_member(member_config, member_workdir, member_step))
+    loaded.append(experiment.load_member(member_config, member_workdir, member_step))
   segmenter = inference.Segmenter(loaded, spec.num_classes, params,
                                   conv_backend=conv_lib.resolve_backend(config.conv_backend, num_devices=1))
   out_dir.mkdir(parents=True, exist_ok=True)

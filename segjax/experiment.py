@@ -1,10 +1,16 @@
-"""What train and eval build alike from a recipe: dataset spec, model, mesh, optimiser and the state's shape."""
+"""The shared run setup: what train, eval, predict and export build alike from a recipe.
+
+`build(config)` gives an `Experiment`: the typed settings, the task (segjax.tasks), the dataset spec, the model and
+its `Forward` (input convention), the mesh, the optimiser and its schedule (built once), and the state's shapes and
+shardings. `restore(config, workdir)` adds the state of a checkpoint; `load_member` makes an ensemble member of one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import logging
+import pathlib
 
 import flax
 import jax
@@ -12,22 +18,27 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from segjax import checkpoint as checkpoint_lib
 from segjax import config as config_lib
-from segjax import models, sharding, weights
-from segjax.data import augment as augment_lib
+from segjax import forward as forward_lib
+from segjax import models, sharding, tasks, weights
+from segjax import state as state_lib
 from segjax.data import datasets
+from segjax.evaluation import inference
 from segjax.ops import conv as conv_lib
-from segjax.train import state as state_lib
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # compared by identity: jitted steps close over it
 class Experiment:
   config: ml_collections.ConfigDict
+  settings: config_lib.Settings
+  task: tasks.Task
   spec: datasets.DatasetSpec
   model: flax.linen.Module
   mesh: Mesh
+  schedule: optax.Schedule
   tx: optax.GradientTransformation
 
   @property
@@ -61,9 +72,10 @@ class Experiment:
     """The kernels this run's convolutions use: `config.conv_backend` resolved for this mesh (segjax.ops.conv)."""
     return conv_lib.resolve_backend(self.config.conv_backend, self.mesh.size)
 
-  @property
-  def augment(self) -> augment_lib.AugmentConfig:
-    return augment_lib.from_config(self.config.augment)
+  @functools.cached_property
+  def forward(self) -> forward_lib.Forward:
+    """The model with the input convention it trains with (segjax.forward: normalise, pad, apply, crop)."""
+    return forward_lib.Forward(self.model, self.mean, self.std, self.normalization)
 
   def init_shape(self) -> tuple[int, int, int, int]:
     # Parameter shapes of a fully convolutional net do not depend on the input size; any valid size works.
@@ -111,15 +123,61 @@ class Experiment:
                         self.state_sharding)
 
 
-def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
-  config_lib.validate(config)
+def build(config: ml_collections.ConfigDict, devices=None, *, model: flax.linen.Module | None = None) -> Experiment:
+  """The Experiment of `config` on `devices` (default all). `model` replaces the recipe's (benchmarks, tests).
+
+  Raises:
+    ValueError: a bad recipe, naming the key, the value and the fix.
+  """
+  settings = config_lib.validate(config)
+  task = tasks.build(config)
   spec = datasets.get_spec(config.dataset)
-  model = models.build_model(config.model.name, spec.num_classes, **models.model_kwargs(config.model))
-  for side in config.dataset.crop_size:
-    try:
-      models.output_size(model, side)
-    except ValueError as e:
-      raise ValueError(f"config.dataset.crop_size={tuple(config.dataset.crop_size)}: {e}") from None
+  model = task.build_model(spec) if model is None else model
   mesh = sharding.mesh_from_config(config.mesh, devices)
-  tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
-  return Experiment(config=config, spec=spec, model=model, mesh=mesh, tx=tx)
+  schedule = state_lib.make_schedule(settings.optimizer, settings.loop.num_train_steps)
+  tx = state_lib.make_optimizer(settings.optimizer, schedule)
+  exp = Experiment(config=config, settings=settings, task=task, spec=spec, model=model, mesh=mesh,
+                   schedule=schedule, tx=tx)
+  task.check(exp)
+  return exp
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, checkpoint_step: int | None = None,
+            purpose: str = "evaluate", devices=None) -> tuple[Experiment, state_lib.TrainState, int]:
+  """The experiment of `config` (on `devices`, default all) and the state of `workdir`'s checkpoint (latest, or
+  `checkpoint_step`), for eval.py, predict.py, ensemble members and export.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no complete checkpoint (missing, empty, or only an unfinished save),
+      saying which and what to do.
+    ValueError: a checkpoint of another model or classes, an unknown checkpoint step, a damaged
+      `checkpoint_step` (listing the steps that restore) or no checkpoint that restores. A damaged latest
+      checkpoint is named in a warning and the newest one that restores is used.
+  """
+  checkpoint_lib.check_workdir(workdir)
+  exp = build(config, devices)
+  state, step = checkpoint_lib.restore_from(workdir, exp.abstract_state(), config, checkpoint_step, purpose)
+  return exp, state, step
+
+
+def member(exp: Experiment, state: state_lib.TrainState) -> inference.Member:
+  """The ensemble Member (segjax.evaluation.inference) of a train state of `exp`."""
+  return inference.Member(model=exp.model, variables=forward_lib.variables(state.params, state.batch_stats),
+                          mean=tuple(exp.mean), std=tuple(exp.std), normalization=exp.normalization)
+
+
+def load_member(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, step: int | None = None,
+                mesh: Mesh | None = None) -> inference.Member:
+  """Restores checkpoint `step` (default: the latest) of `workdir`, trained with recipe `config`, as an ensemble
+  member on `mesh`'s devices (one device when None).
+
+  Raises:
+    FileNotFoundError: `workdir` holds no complete checkpoint.
+    ValueError: unknown step, or a checkpoint of another model or class list (naming each differing key).
+  """
+  devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+  config = ml_collections.ConfigDict(config.to_dict())  # a copy: the caller's recipe keeps its mesh
+  # The recipe's mesh shape may not fit `devices` (e.g. mesh.model=2 on one device): inference uses data only.
+  config.mesh.data, config.mesh.spatial, config.mesh.model = -1, 1, 1
+  exp, state, _ = restore(config, workdir, step, "predict with", devices)
+  return member(exp, state)

@@ -1,24 +1,48 @@
-"""Train state, optimiser and learning-rate schedule built from the recipe."""
+"""Train state, optimiser and learning-rate schedule built from the recipe.
+
+The state holds arrays only (no apply function, no optax transformation): its tree structure is the same for
+every Experiment of a recipe, so `jax.jit` takes its shardings directly and orbax saves exactly its leaves. The
+transformation lives on the Experiment (`Experiment.tx`) and is passed to `apply_gradients`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
-from flax.training import train_state
 
 
-class TrainState(train_state.TrainState):
-  """Flax TrainState plus BatchNorm statistics (an empty dict for models without BatchNorm)."""
+@flax.struct.dataclass
+class TrainState:
+  """step, params, opt_state and the BatchNorm statistics (an empty dict for models without BatchNorm).
 
-  batch_stats: Any = None
+  The field names are those of flax's TrainState, so checkpoints saved with it restore unchanged.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  batch_stats: Any = dataclasses.field(default_factory=dict)
+
+  @classmethod
+  def create(cls, *, params: Any, tx: optax.GradientTransformation, batch_stats: Any = None) -> "TrainState":
+    # A strongly typed step: a restored checkpoint's step is int32 (not weak), and a weak one here would make a
+    # fresh run and a resumed run compile the train step twice.
+    return cls(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
+               batch_stats={} if batch_stats is None else batch_stats)
+
+  def apply_gradients(self, tx: optax.GradientTransformation, grads: Any, **changes) -> "TrainState":
+    """One optimiser update with `tx` (the transformation the state was created with); `changes` replace other
+    fields (the new batch_stats)."""
+    updates, opt_state = tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state,
+                        **changes)
 
 
-def make_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+def make_schedule(opt, num_steps: int) -> optax.Schedule:
   lr, warmup = opt.learning_rate, opt.warmup_steps
   if opt.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, max(num_steps, warmup + 1))
@@ -36,8 +60,9 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-  schedule = make_schedule(opt, num_steps)
+def make_optimizer(opt, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The optax transformation of `opt` (config.optimizer or config.OptimizerSettings) on learning-rate `schedule`
+  (`make_schedule`, built once by the Experiment, which the loop also logs from)."""
   if opt.name == "adamw":
     tx = optax.adamw(schedule, weight_decay=opt.weight_decay, mask=_decay_mask)
   elif opt.name == "adam":
@@ -64,8 +89,4 @@ def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformatio
   with jax.threefry_partitionable(False):
     variables = model.init({"params": params_key, "dropout": dropout_key}, jnp.zeros(input_shape, jnp.float32),
                            train=False)
-  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                            batch_stats=variables.get("batch_stats", {}))
-  # A strongly typed step: a restored checkpoint's step is int32 (not weak), and a weak one here would make a
-  # fresh run and a resumed run compile the train step twice.
-  return state.replace(step=jnp.asarray(0, jnp.int32))
+  return TrainState.create(params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats", {}))

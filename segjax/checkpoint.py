@@ -361,41 +361,41 @@ def _no_checkpoint(workdir: str, workdir_path: pathlib.Path, ckpt_dir: pathlib.P
   return f"{ckpt_dir} holds no checkpoint step directory (only {entries[:5]}): {train}."
 
 
-def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                       checkpoint_step: int | None = None, purpose: str = "evaluate", devices=None):
-  """The experiment of `config` (on `devices`, default all) and the state of `workdir`'s checkpoint (latest, or
-  `checkpoint_step`), for eval.py, predict.py, ensemble members and export.
-
-  Raises:
-    FileNotFoundError: `workdir` holds no complete checkpoint (missing, empty, or only an unfinished save),
-      saying which and what to do.
-    ValueError: a checkpoint of another model or classes, an unknown checkpoint step, a damaged
-      `checkpoint_step` (listing the steps that restore) or no checkpoint that restores. A damaged latest
-      checkpoint is named in a warning and the newest one that restores is used.
-  """
-  from segjax.train import setup as setup_lib  # pylint: disable=import-outside-toplevel  (setup builds models)
-
-  workdir = str(workdir)
+def check_workdir(workdir: str | pathlib.Path) -> None:
+  """Raises FileNotFoundError (saying why and what to do) when `workdir` has no checkpoints/ directory; checked
+  before the recipe's experiment is built, which can take seconds."""
   workdir_path = pathlib.Path(workdir)
   ckpt_dir = (workdir_path / "checkpoints").absolute()
   if not ckpt_dir.is_dir():
-    raise FileNotFoundError(_no_checkpoint(workdir, workdir_path, ckpt_dir))
-  exp = setup_lib.build(config, devices)
+    raise FileNotFoundError(_no_checkpoint(str(workdir), workdir_path, ckpt_dir))
+
+
+def restore_from(workdir: str | pathlib.Path, abstract: Any, config: ml_collections.ConfigDict,
+                 checkpoint_step: int | None = None, purpose: str = "evaluate") -> tuple[Any, int]:
+  """(state, step) of `workdir`'s checkpoint `checkpoint_step` (default the newest that restores) restored onto
+  `abstract` (shapes and target shardings; segjax.experiment.restore builds them from the recipe).
+
+  Raises:
+    FileNotFoundError: no complete checkpoint. ValueError: see segjax.experiment.restore.
+  """
+  workdir = str(workdir)
+  workdir_path = pathlib.Path(workdir)
+  ckpt_dir = (workdir_path / "checkpoints").absolute()
+  check_workdir(workdir)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
     steps_available = ckpt.all_steps()
     if not steps_available:
       raise FileNotFoundError(_no_checkpoint(workdir, workdir_path, ckpt_dir))
-    abstract = exp.abstract_state()
     if checkpoint_step is None:
       step, state = ckpt.restore_newest(abstract, config, purpose, set_aside_damaged=False)
-      return exp, state, int(step)
+      return state, int(step)
     step = checkpoint_step
     if step not in steps_available:
       raise ValueError(f"--checkpoint_step={step} is not in {ckpt.directory}; available steps: {steps_available}")
     check_compatible(ckpt, step, config, purpose)
     try:
-      return exp, ckpt.restore(step, abstract), int(step)
+      return ckpt.restore(step, abstract), int(step)
     except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many types)
       error = e
     restoring = []

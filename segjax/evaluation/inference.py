@@ -2,7 +2,7 @@
 
 Modes (`config.inference.mode`, docs/inference.md compares them with MMSegmentation and nnU-Net):
 - "whole": the image in one call; a padded net sees it zero-padded (after normalisation) at the bottom/right up
-  to its `size_divisor`, a valid-convolution net mirror-padded by its margin (`steps.predict`'s path); the
+  to its `size_divisor`, a valid-convolution net mirror-padded by its margin (segjax.forward); the
   scores are cropped back to H x W.
 - "slide": MMSegmentation's `slide_inference`: windows of `tile_size` at `stride`, the last window of a row or
   column aligned to the border, each window's logits summed into the image and divided by the count map
@@ -29,160 +29,20 @@ host ever hold full-resolution scores. Multi-scale TTA resizes the whole image a
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
-import pathlib
 from typing import Any, Callable, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from segjax import models, sharding
-from segjax.data import augment, datasets
+from segjax import forward as forward_lib
+from segjax import sharding
+from segjax.data import augment
+from segjax.evaluation import tiling
+from segjax.evaluation.inference_config import InferenceParams, MERGES, MODES, WEIGHTINGS  # noqa: F401  (API)
 from segjax.ops import conv as conv_lib
-
-MODES = ("whole", "slide", "overlap_tile")
-WEIGHTINGS = ("mean", "gaussian")
-MERGES = ("probs", "logits")
-
-
-# ---------------------------------------------------------------------------------------------------- parameters
-
-
-@dataclasses.dataclass(frozen=True)
-class InferenceParams:
-  """A typed, checked copy of `config.inference` (see `from_config` and the module docstring).
-
-  Attributes:
-    mode: "whole", "slide" or "overlap_tile".
-    tile_size: (h, w). slide: the window fed to the net; overlap_tile: the OUTPUT tile (the net's input is
-      tile + 2 * margin). Unused by "whole".
-    stride: (h, w) between slide windows (overlap_tile tiles step by the tile, rounded to the pooling grid).
-    weighting: how slide averages overlapping windows, "mean" or "gaussian".
-    gaussian_sigma: sigma of the Gaussian as a fraction of the tile side (nnU-Net: 1/8).
-    hflip: also predict the horizontally mirrored image.
-    vflip: also predict the vertically mirrored image.
-    scales: image scales whose predictions are averaged.
-    merge: average "probs" (softmax) or "logits".
-    tile_batch: windows per device call.
-  """
-  mode: str = "whole"
-  tile_size: tuple[int, int] | None = None
-  stride: tuple[int, int] | None = None
-  weighting: str = "mean"
-  gaussian_sigma: float = 0.125
-  hflip: bool = False
-  vflip: bool = False
-  scales: tuple[float, ...] = (1.0,)
-  merge: str = "probs"
-  tile_batch: int = 8
-
-  def __post_init__(self):
-    def fail(key, value, fix):
-      raise ValueError(f"config.inference.{key}={value!r}: {fix}")
-
-    if self.mode not in MODES:
-      fail("mode", self.mode, f"choose one of {MODES}")
-    if self.weighting not in WEIGHTINGS:
-      fail("weighting", self.weighting, f"choose one of {WEIGHTINGS}")
-    if self.merge not in MERGES:
-      fail("merge", self.merge, f"choose one of {MERGES}")
-    if not self.gaussian_sigma > 0:
-      fail("gaussian_sigma", self.gaussian_sigma, "must be > 0 (a fraction of the tile side, nnU-Net: 0.125)")
-    if not self.scales or any(not s > 0 for s in self.scales):
-      fail("scales", self.scales, "give one or more positive scales, e.g. (0.75, 1.0, 1.25)")
-    if self.tile_batch < 1:
-      fail("tile_batch", self.tile_batch, "must be >= 1")
-    if self.mode != "whole":
-      if self.tile_size is None or len(self.tile_size) != 2 or min(self.tile_size) <= 0:
-        fail("tile_size", self.tile_size, "give (height, width), both positive")
-    if self.mode == "slide":
-      if self.stride is None or len(self.stride) != 2 or min(self.stride) <= 0:
-        fail("stride", self.stride, "give (height, width), both positive")
-      if any(s > t for s, t in zip(self.stride, self.tile_size)):
-        fail("stride", self.stride, f"must not exceed tile_size={self.tile_size} (pixels between windows would "
-             "get no prediction); MMSegmentation uses about 2/3 of the tile")
-
-  @property
-  def flips(self) -> tuple[tuple[bool, bool], ...]:
-    """(vertical, horizontal) flip of every view: the identity first, then the flip group the flags ask for."""
-    return tuple(itertools.product((False, True) if self.vflip else (False,),
-                                   (False, True) if self.hflip else (False,)))
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, model: flax.linen.Module | None = None
-                  ) -> "InferenceParams":
-    """Reads `config.inference` of a whole recipe and checks it against the recipe's model.
-
-    Defaults: tile_size = dataset.crop_size for slide, the output of a crop_size input for overlap_tile;
-    stride = ceil(2/3 tile).
-
-    Raises:
-      ValueError: naming config.inference.<key>, its value and the fix.
-    """
-    inf = config.inference
-    if model is None:
-      spec = datasets.get_spec(config.dataset)
-      model = models.build_model(config.model.name, spec.num_classes, **models.model_kwargs(config.model))
-    if inf.mode == "overlap_tile" and not models.is_valid_conv(model):
-      cls(mode="overlap_tile", tile_size=(1, 1)).check_model(model)  # raises: the mode, before any tile default
-    tile = None if inf.tile_size is None else tuple(int(t) for t in inf.tile_size)
-    if tile is None and inf.mode == "slide":
-      tile = tuple(int(t) for t in config.dataset.crop_size)
-    elif tile is None and inf.mode == "overlap_tile" and models.is_valid_conv(model):
-      try:
-        tile = tuple(models.output_size(model, int(t)) for t in config.dataset.crop_size)
-      except ValueError as e:
-        raise ValueError(f"config.inference.tile_size is unset and dataset.crop_size={config.dataset.crop_size} "
-                         f"gives no default: {e} Set --config.inference.tile_size.") from None
-    stride = None if inf.stride is None else tuple(int(s) for s in inf.stride)
-    if stride is None and tile is not None:
-      stride = tuple(-(-2 * t // 3) for t in tile)
-    params = cls(mode=inf.mode, tile_size=tile, stride=stride, weighting=inf.weighting,
-                 gaussian_sigma=float(inf.gaussian_sigma), hflip=bool(inf.hflip), vflip=bool(inf.vflip),
-                 scales=tuple(float(s) for s in inf.scales), merge=inf.merge, tile_batch=int(inf.tile_batch))
-    params.check_model(model)
-    return params
-
-  def check_model(self, model: flax.linen.Module) -> None:
-    """Raises ValueError (naming config.inference.<key>) when this mode or tile cannot run `model`."""
-    name = type(model).__name__
-    if self.mode == "slide":
-      if models.is_valid_conv(model):
-        raise ValueError(f"config.inference.mode='slide': {name} is a valid-convolution net (its output is smaller "
-                         "than its input); use --config.inference.mode=overlap_tile.")
-      d, smallest = models.size_divisor(model), models.init_size(model)
-      for t in self.tile_size:
-        if t % d or t < smallest:
-          raise ValueError(f"config.inference.tile_size={self.tile_size}: {name} needs sides that are multiples of "
-                           f"{d} and at least {smallest}; use e.g. {max(smallest, -(-t // d) * d)}.")
-    if self.mode == "overlap_tile":
-      if not models.is_valid_conv(model):
-        raise ValueError(f"config.inference.mode='overlap_tile': {name} pads its convolutions (output size = input "
-                         "size), so there is no margin to tile with; use --config.inference.mode=slide.")
-      m = int(model.input_margin)
-      for t in self.tile_size:
-        size = t + 2 * m
-        if models.output_size(model, model.input_size_for(t)) != t or model.input_size_for(t) != size:
-          good = models.output_size(model, model.input_size_for(t))
-          raise ValueError(f"config.inference.tile_size={self.tile_size}: {name}'s output tiles must be valid "
-                           f"output sizes (input = tile + 2 * {m}); {t} is not, the next one is {good}.")
-
-
-def pooling_grid(model: flax.linen.Module) -> int:
-  """The step between a valid-convolution net's valid input sizes (2**depth for UNetValid): shifting its input by
-  a multiple of it shifts the output by the same amount, other shifts change the pooling windows."""
-  if not models.is_valid_conv(model):
-    return max(1, models.size_divisor(model))
-  first = int(model.input_size_for(1))
-  return int(model.input_size_for(models.output_size(model, first) + 1)) - first
-
-
-# ---------------------------------------------------------------------------------------------------- members
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +54,7 @@ class Member:
     variables: {"params": ..., ["batch_stats": ...]}.
     mean: per-channel mean (0..255 units) for "mean_std" normalisation.
     std: per-channel std.
-    normalization: "mean_std" or "per_image" (as steps.normalize).
+    normalization: "mean_std" or "per_image" (segjax.forward).
   """
   model: flax.linen.Module
   variables: dict
@@ -202,14 +62,10 @@ class Member:
   std: tuple[float, ...]
   normalization: str = "mean_std"
 
-
-def member_from_state(exp, state) -> Member:
-  """The Member of a train state of `exp` (a setup.Experiment)."""
-  variables = {"params": state.params}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
-  return Member(model=exp.model, variables=variables, mean=tuple(exp.mean), std=tuple(exp.std),
-                normalization=exp.normalization)
+  @property
+  def forward(self) -> forward_lib.Forward:
+    """The member's forward pass (segjax.forward): its normalisation, padding and model."""
+    return forward_lib.Forward(self.model, self.mean, self.std, self.normalization)
 
 
 def check_same_classes(spec, where: str, other) -> None:
@@ -217,70 +73,6 @@ def check_same_classes(spec, where: str, other) -> None:
   if tuple(other.class_names) != tuple(spec.class_names):
     raise ValueError(f"Ensemble member {where} predicts classes {list(other.class_names)}, but the recipe has "
                      f"{list(spec.class_names)}: every member must be trained on the same class list.")
-
-
-def load_member(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, step: int | None = None,
-                mesh: Mesh | None = None) -> Member:
-  """Restores checkpoint `step` (default: the latest) of `workdir`, trained with recipe `config`.
-
-  The state is restored onto `mesh`'s devices, or one device when None.
-
-  Raises:
-    FileNotFoundError: `workdir` holds no complete checkpoint.
-    ValueError: unknown step, or a checkpoint of another model or class list (naming each differing key).
-  """
-  from segjax.train import checkpoint as checkpoint_lib  # pylint: disable=import-outside-toplevel  (orbax: heavy)
-
-  devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
-  config = ml_collections.ConfigDict(config.to_dict())  # a copy: the caller's recipe keeps its mesh
-  # The recipe's mesh shape may not fit `devices` (e.g. mesh.model=2 on one device): inference uses data only.
-  config.mesh.data, config.mesh.spatial, config.mesh.model = -1, 1, 1
-  exp, state, _ = checkpoint_lib.restore_checkpoint(config, workdir, step, "predict with", devices)
-  return member_from_state(exp, state)
-
-
-# ---------------------------------------------------------------------------------------------------- helpers
-
-
-def gaussian_weights(tile_size: Sequence[int], sigma: float) -> np.ndarray:
-  """[h, w] float32 separable Gaussian importance map, peak 1 at the tile's centre ((n - 1) / 2, so the map is
-  symmetric under flips; nnU-Net centres at n // 2), sigma = `sigma` * side in each axis."""
-  axes = []
-  for n in tile_size:
-    r = np.arange(n, dtype=np.float64) - (n - 1) / 2
-    axes.append(np.exp(-0.5 * (r / (sigma * n)) ** 2))
-  return np.outer(*axes).astype(np.float32)
-
-
-def slide_starts(size: int, tile: int, stride: int) -> list[int]:
-  """Window offsets along one side, as MMSegmentation's slide_inference (the last one aligned to the border).
-  `size` >= `tile` (smaller images are padded to a tile first)."""
-  n = max(size - tile + stride - 1, 0) // stride + 1
-  return sorted({max(min(i * stride, size - tile), 0) for i in range(n)})
-
-
-def tile_starts(size: int, tile: int, grid: int) -> list[int]:
-  """Output-tile offsets along one side for overlap-tile: multiples of `grid`, stepping by the largest multiple of
-  `grid` not above `tile` (tiles overlap when tile is no multiple of grid), the last one the first multiple of
-  `grid` whose tile reaches the border (so it may overhang it by less than `grid`, into the mirror padding)."""
-  step = max(grid, tile // grid * grid)
-  last = max(0, -(-(size - tile) // grid) * grid)
-  return sorted(set(range(0, last, step)) | {last})
-
-
-def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
-  """numpy's / jnp.pad's "reflect" (edge not repeated) as an index map, for indices any distance outside."""
-  if size == 1:
-    return np.zeros_like(index)
-  period = 2 * (size - 1)
-  j = np.mod(index, period)
-  return np.where(j >= size, period - j, j)
-
-
-def _normalize(x: jax.Array, member: Member, stats) -> jax.Array:
-  if member.normalization == "per_image":
-    return (x - stats[0]) / stats[1]
-  return (x - jnp.asarray(member.mean, jnp.float32)) / jnp.asarray(member.std, jnp.float32)
 
 
 def _resize(x: jax.Array, height: int, width: int) -> jax.Array:
@@ -296,21 +88,6 @@ def _flip(x: jax.Array, flip: tuple[bool, bool], axes=(1, 2)) -> jax.Array:
   return x
 
 
-def _whole_logits(model: flax.linen.Module, variables, x: jax.Array) -> jax.Array:
-  """Logits [B, H, W, K] of normalised [B, H, W, C] `x` in one call (padded, then cropped back)."""
-  h, w = x.shape[1:3]
-  if models.is_valid_conv(model):
-    m = int(model.input_margin)
-    sh, sw = model.input_size_for(h), model.input_size_for(w)
-    x = jnp.pad(x, ((0, 0), (m, sh - h - m), (m, sw - w - m), (0, 0)), mode="reflect")
-  else:
-    d, smallest = models.size_divisor(model), models.init_size(model)
-    ph, pw = (max(smallest, -(-n // d) * d) for n in (h, w))
-    if (ph, pw) != (h, w):
-      x = jnp.pad(x, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)))
-  return model.apply(variables, x, train=False)[:, :h, :w].astype(jnp.float32)
-
-
 def _to_merge(logits, merge: str, xp=jnp):
   if merge == "logits":
     return logits
@@ -321,14 +98,6 @@ def _to_merge(logits, merge: str, xp=jnp):
 
 
 # ---------------------------------------------------------------------------------------------------- segmenter
-
-
-@dataclasses.dataclass(frozen=True)
-class _Window:
-  view: int  # index into params.flips
-  row: int  # window's top-left in the view's (flipped) image coordinates: its output covers rows row..row+oh
-  col: int
-  top: int  # first image row (unflipped coordinates) its output covers: the streaming order
 
 
 class Segmenter:
@@ -358,7 +127,7 @@ class Segmenter:
       if member.normalization not in ("mean_std", "per_image"):
         raise ValueError(f"Member normalization={member.normalization!r}: choose 'mean_std' or 'per_image'.")
     if params.mode == "overlap_tile":
-      geometry = {(int(m.model.input_margin), pooling_grid(m.model)) for m in self.members}
+      geometry = {(int(m.model.input_margin), tiling.pooling_grid(m.model)) for m in self.members}
       if len(geometry) > 1:
         raise ValueError(f"overlap_tile ensemble of nets with different (margin, pooling grid) {sorted(geometry)}: "
                          "their tiles would differ; use members of one architecture or mode=whole.")
@@ -371,9 +140,15 @@ class Segmenter:
       target = jax.sharding.SingleDeviceSharding(jax.devices()[0])
       self._tile_sharding = target
       self._tile_batch = params.tile_batch
+    self._target = target
     self._variables = tuple(jax.device_put(m.variables, target) for m in self.members)
     self._jit_batch = jax.jit(lambda variables, images: self.batch_scores(images, variables))
     self._jit_tiles: dict[Any, Callable] = {}
+
+  def set_variables(self, variables: Sequence[dict]) -> None:
+    """New weights for the same members (evaluation during training): the jitted functions are kept, so a new
+    state costs no compilation."""
+    self._variables = tuple(jax.device_put(v, self._target) for v in variables)
 
   @property
   def variables(self) -> tuple[dict, ...]:
@@ -408,7 +183,7 @@ class Segmenter:
       for flip in p.flips:
         xv = _flip(xs, flip)
         for member, var in zip(self.members, variables):
-          logits = _flip(_whole_logits(member.model, var, _normalize(xv, member, stats)), flip)
+          logits = _flip(member.forward.logits(var, member.forward.normalize(xv, stats)), flip)
           if (hs, ws) != (h, w):
             logits = _resize(logits, h, w)
           total = total + _to_merge(logits, p.merge)
@@ -473,26 +248,26 @@ class Segmenter:
     m = int(self.members[0].model.input_margin)
     return tuple(t + 2 * m for t in p.tile_size), tuple(p.tile_size), m, "reflect"
 
-  def _windows(self, h: int, w: int) -> list[_Window]:
+  def _windows(self, h: int, w: int) -> list[tiling.Window]:
     p = self.params
     (oh, ow) = self._geometry()[1]
     if p.mode == "slide":
-      rows = slide_starts(max(h, oh), oh, p.stride[0])
-      cols = slide_starts(max(w, ow), ow, p.stride[1])
+      rows = tiling.slide_starts(max(h, oh), oh, p.stride[0])
+      cols = tiling.slide_starts(max(w, ow), ow, p.stride[1])
     else:
-      grid = pooling_grid(self.members[0].model)
-      rows, cols = tile_starts(h, oh, grid), tile_starts(w, ow, grid)
+      grid = tiling.pooling_grid(self.members[0].model)
+      rows, cols = tiling.tile_starts(h, oh, grid), tiling.tile_starts(w, ow, grid)
     out = []
     for v, (fv, _) in enumerate(p.flips):
       for r in rows:
         top = max(0, h - (r + oh)) if fv else r
-        out.extend(_Window(v, r, c, top) for c in cols)
+        out.extend(tiling.Window(v, r, c, top) for c in cols)
     return sorted(out, key=lambda win: (win.top, win.view, win.row, win.col))
 
   def _tile_fn(self, in_size, out_size, weighted: bool):
     key = (in_size, out_size, weighted)
     if key not in self._jit_tiles:
-      weight = jnp.asarray(gaussian_weights(out_size, self.params.gaussian_sigma)) if weighted else None
+      weight = jnp.asarray(tiling.gaussian_weights(out_size, self.params.gaussian_sigma)) if weighted else None
       members = self.members
 
       def tiles(variables, raw, mask, stats):
@@ -500,8 +275,8 @@ class Segmenter:
         outs = []
         with conv_lib.backend(self.conv_backend):
           for member, var in zip(members, variables):
-            xn = jnp.where(mask[..., None], _normalize(x, member, stats), 0.0)
-            logits = member.model.apply(var, xn, train=False).astype(jnp.float32)
+            xn = jnp.where(mask[..., None], member.forward.normalize(x, stats), 0.0)
+            logits = member.forward.apply(var, xn).astype(jnp.float32)
             outs.append(logits if weight is None else logits * weight[None, :, :, None])
         return jnp.stack(outs)  # [M, B, oh, ow, K]
 
@@ -514,7 +289,7 @@ class Segmenter:
     h, w = image.shape[:2]
     stats = None
     if any(m.normalization == "per_image" for m in self.members):
-      stats = _host_stats(image)
+      stats = tiling.host_stats(image)
     if p.scales == (1.0,):
       self._stream(image, stats, lambda r0, r1, terms: sink(r0, r1, self._merge_terms(terms, len(p.scales))))
       return
@@ -541,7 +316,7 @@ class Segmenter:
     (ih, iw), (oh, ow), margin, padding = self._geometry()
     n_views, n_members, k = len(p.flips), len(self.members), self.num_classes
     weighted = p.mode == "slide" and p.weighting == "gaussian"
-    weight = gaussian_weights((oh, ow), p.gaussian_sigma) if weighted else np.ones((oh, ow), np.float32)
+    weight = tiling.gaussian_weights((oh, ow), p.gaussian_sigma) if weighted else np.ones((oh, ow), np.float32)
     fn = self._tile_fn((ih, iw), (oh, ow), weighted)
     stats_arr = np.zeros((2,), np.float32) if stats is None else np.asarray(stats, np.float32)
     windows = self._windows(h, w)
@@ -555,7 +330,7 @@ class Segmenter:
       raw = np.zeros((tb, ih, iw, image.shape[2]), image.dtype)
       mask = np.zeros((tb, ih, iw), bool)
       for i, win in enumerate(batch):
-        raw[i], mask[i] = _read_window(image, win, p.flips[win.view], margin, (ih, iw), padding)
+        raw[i], mask[i] = tiling.read_window(image, win, p.flips[win.view], margin, (ih, iw), padding)
       out = np.asarray(fn(self._variables, jax.device_put(raw, self._tile_sharding),
                           jax.device_put(mask, self._tile_sharding), stats_arr))
       for i, win in enumerate(batch):
@@ -594,35 +369,3 @@ class Segmenter:
         base, used = done, rest
 
 
-def _host_stats(image: np.ndarray) -> tuple[float, float]:
-  """Per-image mean and floored std (per_image normalisation) of a whole image, in float64 by row chunks."""
-  n = image.size
-  total, sq = 0.0, 0.0
-  for r in range(0, image.shape[0], 1024):
-    chunk = image[r:r + 1024].astype(np.float64)
-    total += chunk.sum()
-  mean = total / n
-  for r in range(0, image.shape[0], 1024):
-    sq += ((image[r:r + 1024].astype(np.float64) - mean) ** 2).sum()
-  return mean, max(math.sqrt(sq / n), 1.0 / math.sqrt(n))
-
-
-def _read_window(image: np.ndarray, win: _Window, flip: tuple[bool, bool], margin: int, size: tuple[int, int],
-                 padding: str) -> tuple[np.ndarray, np.ndarray]:
-  """The input window of `win` ([ih, iw, C], and where it lies inside the image) from the unflipped image.
-
-  Window row j of the view is view row win.row - margin + j, i.e. image row (that, or H - 1 - that flipped);
-  rows outside the image come from the padding: mirrored ("reflect", which commutes with flips) or masked out
-  ("zero": 0 after normalisation).
-  """
-  idx = []
-  inside = []
-  for axis, (start, n, flipped) in enumerate(((win.row, size[0], flip[0]), (win.col, size[1], flip[1]))):
-    extent = image.shape[axis]
-    i = np.arange(start - margin, start - margin + n)
-    if flipped:
-      i = extent - 1 - i
-    inside.append((i >= 0) & (i < extent) if padding == "zero" else np.ones(n, bool))
-    idx.append(reflect_index(i, extent) if padding == "reflect" else np.clip(i, 0, extent - 1))
-  window = image[idx[0][:, None], idx[1][None, :]]
-  return window, inside[0][:, None] & inside[1][None, :]

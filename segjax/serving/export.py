@@ -1,11 +1,11 @@
 """Exports a trained checkpoint as serialized StableHLO (jax.export) that `segjax.serving` runs without segjax.
 
-python -m segjax.export --config=configs/quickstart.py --workdir=runs/quickstart --out=exported/quickstart
+python export.py --config=configs/quickstart.py --workdir=runs/quickstart --out=exported/quickstart
 
 writes OUT/model.jaxexport (the serialized `jax.export.Exported`) and OUT/model.json (format version, classes,
 palette, input channels and size rules, recipe, versions, platforms). The exported function takes uint8 images
 [B, H, W, C] and returns {"labels": int32 [B, H, W], "probs": float32 [B, H, W, K]}: the recipe's normalisation and
-the model's padding (`steps.predict`) are inside it, and the parameters are baked in as constants, so the file is
+the model's padding (segjax.forward) are inside it, and the parameters are baked in as constants, so the file is
 about as large as the float parameters (4 bytes each in float32). docs/export.md has the details.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import pathlib
-import types
 from typing import Any, Callable, Sequence
 
 import flax
@@ -23,11 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import models, serving
-from segjax.data import augment, datasets
-from segjax.train import checkpoint as checkpoint_lib
-from segjax.train import setup as setup_lib
-from segjax.train import steps
+from segjax import experiment, models
+from segjax import forward as forward_lib
+from segjax.data import datasets
+from segjax.ops import conv as conv_lib
+from segjax.serving import serving
 
 OUTPUTS = ("labels", "probs", "logits")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -38,19 +37,14 @@ def inference_function(model: flax.linen.Module, variables: dict[str, Any], *, m
                        outputs: Sequence[str] = ("labels", "probs")) -> Callable[[jax.Array], dict[str, jax.Array]]:
   """images uint8 [B, H, W, C] -> {"labels": int32 [B, H, W], "probs": float32 [B, H, W, K], "logits": ...}.
 
-  The computation of `steps.predict` (normalisation, and the mirror padding of valid-convolution nets) with
-  `variables` ({"params", "batch_stats"}) closed over, so exporting bakes them in as constants.
+  The forward pass of training and evaluation (segjax.forward: normalisation, and the padding the model needs)
+  with `variables` ({"params", "batch_stats"}) closed over, so exporting bakes them in as constants.
   """
-  state = types.SimpleNamespace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+  fwd = forward_lib.Forward(model, mean, std, normalization)
 
   def predict(images: jax.Array) -> dict[str, jax.Array]:
-    if normalization == "per_image":
-      # Normalised here (shape-polymorphic); predict's own mean 0 / std 1 normalisation is then exactly the identity.
-      logits = steps.predict(state, augment.standardize_per_image(images), model=model, mean=(0.0,), std=(1.0,),
-                             conv_backend="xla")
-    else:
-      logits = steps.predict(state, images, model=model, mean=mean, std=std, normalization=normalization,
-                             conv_backend="xla")
+    with conv_lib.backend("xla"):  # the oneDNN custom call is CPU-only and not serializable
+      logits = fwd(variables, images)
     out = {"labels": jnp.argmax(logits, axis=-1).astype(jnp.int32),
            "probs": jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
            "logits": logits.astype(jnp.float32)}
@@ -216,13 +210,13 @@ def export_model(model: flax.linen.Module, variables: dict[str, Any], spec: data
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-            step: int | None = None) -> tuple[setup_lib.Experiment, dict[str, Any], int]:
+            step: int | None = None) -> tuple[experiment.Experiment, dict[str, Any], int]:
   """Restores checkpoint `step` (default the latest) of `workdir` as eval.py does.
 
   Returns:
     (the Experiment, host variables {"params", "batch_stats"}, the step).
   """
-  exp, state, step = checkpoint_lib.restore_checkpoint(config, workdir, step, purpose="export")
+  exp, state, step = experiment.restore(config, workdir, step, purpose="export")
   variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
   return exp, variables, step
 
@@ -295,52 +289,3 @@ def export_saved_model(config: ml_collections.ConfigDict, workdir: str | pathlib
   out_dir = pathlib.Path(out_dir)
   tf.saved_model.save(module, str(out_dir), signatures={"serving_default": module.serve})
   return out_dir
-
-
-def _define_flags():
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  config_flags.DEFINE_config_file("config", None, "Recipe file in configs/ (the one used for training).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Training directory holding checkpoints/.")
-  flags.DEFINE_string("out", None, "Directory to write model.jaxexport and model.json (or the SavedModel) to.")
-  flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
-  flags.DEFINE_integer("height", None, "Export this image height only (default: any multiple of the model's size "
-                       "divisor; required for valid-convolution nets).")
-  flags.DEFINE_integer("width", None, "Export this image width only (as --height).")
-  flags.DEFINE_string("batch", "b", "A name: any batch size; an integer: that batch size only.")
-  flags.DEFINE_list("platforms", ["cpu"], "Platforms the artifact runs on: cpu, cuda, rocm, tpu (comma-separated).")
-  flags.DEFINE_list("outputs", ["labels", "probs"], "Outputs: labels, probs, logits (comma-separated).")
-  flags.DEFINE_enum("format", "jax", ["jax", "saved_model"], "jax: jax.export (needs only jax to run); "
-                    "saved_model: a TensorFlow SavedModel (needs segjax[tf]).")
-  flags.mark_flags_as_required(["config", "workdir", "out"])
-  return flags.FLAGS
-
-
-def main(argv, flags_=None):
-  from absl import app, logging  # pylint: disable=import-outside-toplevel
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)  # orbax logs every step of a restore at INFO
-  f = flags_
-  if f.format == "saved_model":
-    out = export_saved_model(f.config, f.workdir, f.out, step=f.step, height=f.height, width=f.width,
-                             outputs=f.outputs, platforms=f.platforms)
-    print(f"Wrote the TensorFlow SavedModel {out}")
-    return
-  recipe = f["config"].config_filename if hasattr(f["config"], "config_filename") else None
-  out = export_checkpoint(f.config, f.workdir, f.out, step=f.step, batch=f.batch, height=f.height, width=f.width,
-                          outputs=f.outputs, platforms=f.platforms, recipe=recipe)
-  meta = serving.read_meta(out)
-  i = meta["input"]
-  print(f"Wrote {out / serving.EXPORTED_FILE} ({meta['exported_bytes'] / 2**20:.1f} MiB; "
-        f"{meta['parameters']['count']:,} parameters baked in as constants) and {out / serving.META_FILE}: input "
-        f"uint8 {tuple(i['shape'])}, outputs {list(meta['outputs'])}, platforms {meta['platforms']}, checkpoint "
-        f"step {meta['recipe']['checkpoint_step']}.\nLoad it with: from segjax import serving; "
-        f"model = serving.load({str(out)!r}); model(images)")
-
-
-if __name__ == "__main__":
-  _FLAGS = _define_flags()
-  from segjax import cli  # pylint: disable=import-outside-toplevel
-  cli.run(lambda argv: main(argv, _FLAGS))

@@ -1,0 +1,100 @@
+"""What eval.py does: restore a checkpoint, evaluate a split (optionally as an ensemble), write the report.
+
+`run_eval` writes DIR/eval/<split>/ (metrics.json, per_class.csv, confusion.png, worst/best panels, images), prints
+the metrics table and every toolkit's convention, and logs the numbers to the workdir's TensorBoard and
+curves.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from segjax import experiment, viz
+from segjax.train import curves
+from segjax.data import datasets
+from segjax import conventions, metrics
+from segjax.evaluation import inference, report, semantic
+from segjax.train import logs
+
+
+def _check_split_not_empty(config: ml_collections.ConfigDict, split: str, spec: datasets.DatasetSpec) -> None:
+  """Refuses a split (or tfds slice) without examples, which would give metrics of nothing. (datasets.data_source
+  refuses empty splits of segjax's builders itself; this also covers other sources.)"""
+  if len(datasets.data_source(config.dataset, split)) == 0:
+    raise ValueError(f"Split {split!r} of dataset {spec.name!r} holds no examples: there is nothing to evaluate. "
+                     f"Pass --split with a split that has examples ({', '.join(spec.splits)}), or a slice that "
+                     "selects some (tfds slicing: 'test[:50]', 'test[10%:]').")
+
+
+def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = None,
+             checkpoint_step: int | None = None,
+             members: Sequence[tuple[ml_collections.ConfigDict, str, int | None]] = ()) -> dict[str, Any]:
+  """What eval.py does: restore a checkpoint of `workdir`, evaluate `split`, write DIR/eval/<split>/.
+
+  Args:
+    config: the recipe the checkpoint was trained with (its `inference` block picks the inference mode).
+    workdir: the training directory.
+    split: split or tfds slice (default: the recipe's eval_split).
+    checkpoint_step: step to restore (default: the latest).
+    members: further ensemble members as (recipe, workdir, step or None); their averaged probabilities are
+      scored together with this one.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no complete checkpoint (missing, empty, or only an unfinished save),
+      saying which and what to do.
+    ValueError: a bad recipe, a checkpoint of another model or classes, an unknown checkpoint step, a split
+      without examples, or ensemble members with another class list.
+  """
+  params = inference.InferenceParams.from_config(config)  # a bad inference block fails before any restore
+  if config.metrics.convention == "smp_weighted" and config.loss.class_weights is None:
+    raise ValueError("config.metrics.convention='smp_weighted' needs class weights (smp's weighted reduction), "
+                     "taken from config.loss.class_weights, which is unset: set them or choose another convention.")
+  exp, state, step = experiment.restore(config, workdir, checkpoint_step)
+  split = split or config.eval_split
+  _check_split_not_empty(config, split, exp.spec)
+  extra = []
+  for member_config, member_workdir, member_step in members:
+    inference.check_same_classes(exp.spec, member_workdir, datasets.get_spec(member_config.dataset))
+    extra.append(experiment.load_member(member_config, member_workdir, member_step, mesh=exp.mesh))
+  result_eval = semantic.evaluate(exp, state, split, members=extra, params=params,
+                         num_visualizations=config.num_visualizations)
+  names = exp.spec.class_names
+  result = metrics.compute_metrics(result_eval.cm, names)
+  class_weights = config.loss.class_weights  # smp's "weighted" reduction needs weights; the training ones
+  result["conventions"] = conventions.compute_conventions(result_eval.cm, result_eval.stats, names,
+                                                      class_weights=class_weights)
+  result.update(split=split, checkpoint_step=step, dataset=exp.spec.name, num_images=int(len(result_eval.scores)),
+                inference=dataclasses.asdict(params),
+                ensemble=[workdir, *[m[1] for m in members]] if members else None)
+  if jax.process_index() == 0:
+    out_dir = pathlib.Path(workdir) / "eval" / split
+    written = report.write_report(out_dir, result, result_eval.cm, exp.spec, samples=result_eval.samples,
+                                  ranking=result_eval.ranking)
+    print(f"\n{exp.spec.name} / {split}, checkpoint step {step}, inference {params.mode}\n"
+          f"{metrics.format_table(result)}")
+    convention = config.metrics.convention
+    print(f"\nThe same predictions under each toolkit's convention (docs/metrics.md), percent:\n"
+          f"{conventions.format_conventions(result['conventions'], convention)}")
+    images = written.pop("images", [])
+    print(f"Wrote {', '.join(str(p) for p in written.values())}"
+          + (f" and {len(images)} images under {out_dir / 'images'}" if images else ""))
+    _log_to_workdir(workdir, split, step, result, result_eval.samples, exp.spec.palette)
+  return result
+
+
+def _log_to_workdir(workdir, split, step, result, samples, palette) -> None:
+  """eval.py's metrics and overlays in the workdir's TensorBoard logs (`eval/<split>/...` at the checkpoint's
+  step), and DIR/curves.png redrawn with them."""
+  board = logs.TensorBoard(workdir, enabled=True)
+  try:
+    board.scalars({"step": step, **{f"eval/{split}/{k}": result[k] for k in curves.EVAL_KEYS}})
+    if samples:
+      board.images(f"eval/{split}/overlay", viz.overlay_images(samples, palette), step)
+  finally:
+    board.close()
+  curves.plot_curves(workdir)
