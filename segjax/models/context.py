@@ -33,18 +33,14 @@ input size.
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from segjax.models.backbones.vgg import VGG16, VGG16_STAGES, conv_init
-from segjax.models.deeplab import upsample_aligned
+from segjax.models.layers import Dtype, check_images, fc_layers, symmetric_padding, upsample_aligned
 from segjax.ops.conv import Conv
-
-Dtype = Any
 
 OUTPUT_STRIDE = 8
 # (name, kernel side, dilation, output channels as a multiple of C for the large module), Table 1.
@@ -108,8 +104,7 @@ class ContextModule(nn.Module):
     noise = self.init_noise if self.large else 0.0
     for i, (name, k, dilation, mult) in enumerate(CONTEXT_LAYERS):
       features = mult * c if self.large else c
-      pad = dilation * (k - 1) // 2
-      x = Conv(features, (k, k), padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
+      x = Conv(features, (k, k), padding=symmetric_padding(k, dilation), kernel_dilation=dilation,
                kernel_init=identity_init(c, noise), dtype=self.dtype, param_dtype=self.param_dtype,
                name=name)(x)
       if i < len(CONTEXT_LAYERS) - 1:
@@ -142,19 +137,15 @@ class ContextNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f"ContextNet expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, "ContextNet")
     if self.context not in ("basic", "large", "none"):
       raise ValueError(f"ContextNet.context must be 'basic', 'large' or 'none', got {self.context!r}")
     _, h, w, _ = x.shape
     feats = VGG16(stages=self.stages, dilations=(1, 1, 1, 1, 2), pool_strides=(2, 2, 2, 0, 0), ceil_mode=True,
                   dtype=self.dtype, param_dtype=self.param_dtype, name="backbone")(x, train=train)
-    y = feats["conv5"]
-    for name, k, dilation in (("fc6", 7, 4), ("fc7", 1, 1)):
-      pad = dilation * (k - 1) // 2
-      y = Conv(self.fc_features, (k, k), padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
-               kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(y)
-      y = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(y))
+    y = fc_layers(feats["conv5"], (("fc6", 7, 4), ("fc7", 1, 1)), self.fc_features, train=train,
+                  dropout_rate=self.dropout_rate, kernel_init=conv_init, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
     scores = Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.001), dtype=self.dtype,
                   param_dtype=self.param_dtype, name="final")(y)
     if self.context != "none":

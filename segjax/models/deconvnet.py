@@ -20,19 +20,15 @@ is a deviation from the paper, for whole-image training on small crops.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.backbones.vgg import conv_init
-from segjax.models.segnet import VGG16ArgmaxEncoder, scaled_stages
+from segjax.models.backbones.vgg import VGG16ArgmaxEncoder, conv_init, scaled_stages
+from segjax.models.layers import Dtype, batch_norm_partial, check_images
 from segjax.ops import max_unpool
 from segjax.ops.conv import Conv
-from segjax.ops.norm import BatchNorm
-
-Dtype = Any
 
 # The reference fills every decoder layer it trains from scratch with N(0, 0.01) (Caffe "gaussian", std 0.01);
 # the encoder and fc6/fc7 come from ImageNet VGG16 there, so they get He initialisation here.
@@ -69,8 +65,7 @@ class DeconvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f"DeconvNet expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, "DeconvNet")
     if self.fc6_padding not in ("VALID", "SAME"):
       raise ValueError(f"DeconvNet.fc6_padding must be 'VALID' or 'SAME', got {self.fc6_padding!r}")
     if min(x.shape[1], x.shape[2]) < self.min_input_size:
@@ -78,8 +73,7 @@ class DeconvNet(nn.Module):
           f"DeconvNet(fc6_padding='VALID') needs height and width of at least {self.min_input_size} (pool5 at "
           f"least 7x7 for the 7x7 fc6), got {x.shape[1]}x{x.shape[2]}: resize or pad the input (the paper uses "
           f"224x224 crops) or set fc6_padding='SAME'.")
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = batch_norm_partial(self.dtype, self.param_dtype, train=train)
     conv = functools.partial(Conv, kernel_init=conv_init, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     deconv = functools.partial(nn.ConvTranspose, kernel_init=_DECODER_INIT, dtype=self.dtype,

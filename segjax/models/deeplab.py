@@ -20,51 +20,15 @@ the paper's Table 2 (DeepLab-CRF-LargeFOV).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones.vgg import VGG16, VGG16_STAGES, conv_init
+from segjax.models.layers import Dtype, check_images, fc_layers, upsample_aligned
 from segjax.ops.conv import Conv
-from segjax.ops.upsample import resize_bilinear
-
-Dtype = Any
 
 OUTPUT_STRIDE = 8
-
-
-def upsample_aligned(x: jax.Array, size: Sequence[int], stride: int, centre: float) -> jax.Array:
-  """Bilinearly interpolates stride-`stride` scores to `size`, where score i sits over input pixel i*stride + centre.
-
-  The dense-prediction networks here know where each score's receptive field is centred, so output pixel y
-  samples the score map at (y - centre) / stride exactly, for any input size:
-  - centre 0 (DeepLab's padded 3x3/2 poolings): the corner-aligned resize of n scores to (n - 1) * stride + 1
-    pixels, cropped to `size` (exactly Caffe's Interp for inputs of size k * stride + 1);
-  - centre (stride - 1) / 2 (SAME convolutions and 2x2/2 poolings, e.g. Yu & Koltun's front-end here): the
-    half-pixel resize of n scores to n * stride pixels, cropped to `size`.
-
-  Args:
-    x: [B, n_h, n_w, K] scores.
-    size: (H, W) of the output; at most the resized map's extent.
-    stride: output stride of the scores.
-    centre: 0 or (stride - 1) / 2, as above.
-
-  Returns:
-    [B, H, W, K] with x's dtype.
-  """
-  _, nh, nw, _ = x.shape
-  if centre == 0:
-    y = resize_bilinear(x, ((nh - 1) * stride + 1, (nw - 1) * stride + 1), align_corners=True)
-  elif centre == (stride - 1) / 2:
-    y = resize_bilinear(x, (nh * stride, nw * stride), align_corners=False)
-  else:
-    raise ValueError(f"upsample_aligned supports centre 0 or (stride - 1) / 2, got {centre}")
-  if y.shape[1] < size[0] or y.shape[2] < size[1]:
-    raise ValueError(f"{nh}x{nw} scores at stride {stride} cover {y.shape[1]}x{y.shape[2]} pixels, "
-                     f"not {size[0]}x{size[1]}")
-  return y[:, :size[0], :size[1]]
 
 
 class DeepLabLargeFOV(nn.Module):
@@ -90,19 +54,14 @@ class DeepLabLargeFOV(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f"DeepLabLargeFOV expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, "DeepLabLargeFOV")
     _, h, w, _ = x.shape
     feats = VGG16(stages=self.stages, dilations=(1, 1, 1, 1, 2), pool_strides=(2, 2, 2, 1, 1), pool_window=3,
                   pool_padding=1, ceil_mode=True, dtype=self.dtype, param_dtype=self.param_dtype,
                   name="backbone")(x, train=train)
-    y = feats["pool5"]
-    d = self.fc6_dilation
-    for name, k, dilation in (("fc6", 3, d), ("fc7", 1, 1)):
-      pad = dilation * (k - 1) // 2
-      y = Conv(self.fc_features, (k, k), padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
-               kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(y)
-      y = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(y))
+    y = fc_layers(feats["pool5"], (("fc6", 3, self.fc6_dilation), ("fc7", 1, 1)), self.fc_features, train=train,
+                  dropout_rate=self.dropout_rate, kernel_init=conv_init, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
     scores = Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
                   param_dtype=self.param_dtype, name="fc8")(y)
     return upsample_aligned(scores, (h, w), OUTPUT_STRIDE, centre=0).astype(jnp.float32)

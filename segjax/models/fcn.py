@@ -28,7 +28,7 @@ that is the price of the reference geometry.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -36,10 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from segjax.models.backbones.vgg import VGG16, VGG16_STAGES, conv_init
+from segjax.models.layers import Dtype, check_images, crop, fc_layers
 from segjax.ops.conv import Conv
 from segjax.ops.upsample import bilinear_kernel, transposed_conv
-
-Dtype = Any
 
 # Offsets of the reference nets' Crop layers (voc-fcn8s/deploy.prototxt; 19 and 27 from the 32s/16s nets'
 # coord_map): FCN-8s aligns score_pool4 at 5 and score_pool3 at 9, and crops the output at 31 (8s), 27 (16s) or
@@ -79,9 +78,8 @@ def bilinear_deconvolution_matrix(n: int, stride: int) -> np.ndarray:
 
 
 def _crop(x: jax.Array, offset: int, height: int, width: int) -> jax.Array:
-  if x.shape[1] < offset + height or x.shape[2] < offset + width:
-    raise ValueError(f"cannot crop {height}x{width} at offset {offset} from a {x.shape[1]}x{x.shape[2]} map")
-  return x[:, offset:offset + height, offset:offset + width]
+  # Caffe's Crop layer with one offset for both axes.
+  return crop(x, offset, offset, height, width)
 
 
 class Upscore(nn.Module):
@@ -138,16 +136,13 @@ class _FCN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f"{type(self).__name__} expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, type(self).__name__)
     _, h, w, _ = x.shape
     feats = VGG16(stages=self.stages, ceil_mode=True, conv1_padding=100, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="backbone")(x, train=train)
-    y = feats["pool5"]
-    for name, k in (("fc6", 7), ("fc7", 1)):
-      y = Conv(self.fc_features, (k, k), padding="VALID", kernel_init=conv_init, dtype=self.dtype,
-               param_dtype=self.param_dtype, name=name)(y)
-      y = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(y))
+    y = fc_layers(feats["pool5"], (("fc6", 7, 1), ("fc7", 1, 1)), self.fc_features, train=train,
+                  dropout_rate=self.dropout_rate, kernel_init=conv_init, padding="VALID", dtype=self.dtype,
+                  param_dtype=self.param_dtype)
     score = self._score(y, "score_fr")
 
     if self.output_stride == 32:

@@ -22,7 +22,7 @@ that redundancy is what FCNs remove, and why this model is a baseline.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -30,10 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from segjax.models.unet import max_pool_2x2
+from segjax.models.layers import Dtype, check_images, max_pool_2x2
 from segjax.ops.conv import Conv
-
-Dtype = Any
 
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": nn.relu}
 
@@ -183,8 +181,7 @@ class PatchClassifier(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     del train  # no BatchNorm or dropout
-    if x.ndim != 4:
-      raise ValueError(f"PatchClassifier expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, "PatchClassifier")
     self._check()
     net = PatchNet(self.num_classes, tuple(self.features), tuple(self.kernel_sizes), self.hidden, self.activation,
                    dtype=self.dtype, param_dtype=self.param_dtype, name="net")

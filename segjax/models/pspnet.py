@@ -19,7 +19,7 @@ input size is accepted.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -27,11 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from segjax.models.backbones.resnet import ResNet, conv_init
+from segjax.models.layers import Dtype, batch_norm_partial, check_images, symmetric_padding
 from segjax.ops.conv import Conv
-from segjax.ops.norm import BatchNorm
 from segjax.ops.upsample import resize_bilinear
-
-Dtype = Any
 
 
 def adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -85,8 +83,7 @@ class PyramidPooling(nn.Module):
       y = adaptive_avg_pool(x, b)
       y = Conv(reduced, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                param_dtype=self.param_dtype, name=f"conv{i}")(y)
-      y = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                    param_dtype=self.param_dtype, activation="relu", name=f"bn{i}")(y)
+      y = batch_norm_partial(self.dtype, self.param_dtype, train=train)(activation="relu", name=f"bn{i}")(y)
       outputs.append(resize_bilinear(y, (h, w), align_corners=True))
     return jnp.concatenate(outputs, axis=-1)
 
@@ -110,10 +107,9 @@ class ConvHead(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=conv_init,
+    x = Conv(self.features, (3, 3), padding=symmetric_padding(3), use_bias=False, kernel_init=conv_init,
              dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
-    x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                  param_dtype=self.param_dtype, activation="relu", name="bn")(x)
+    x = batch_norm_partial(self.dtype, self.param_dtype, train=train)(activation="relu", name="bn")(x)
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
     # MMSeg's decode heads start the classifier at N(0, 0.01^2).
     return Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
@@ -159,8 +155,7 @@ class PSPNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f"PSPNet expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, "PSPNet")
     if not self.bins or any(b < 1 for b in self.bins):
       raise ValueError(f"PSPNet bins must be positive pooling sizes, got {self.bins}")
     size = x.shape[1:3]

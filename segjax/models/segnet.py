@@ -26,26 +26,16 @@ biases, load by name into `encoder/conv1_1` ... `encoder/conv5_3`). Weights are 
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.backbones.vgg import VGG16_STAGES, conv_init, vgg_stage
+from segjax.models.backbones.vgg import VGG16ArgmaxEncoder, conv_init, scaled_stages
+from segjax.models.layers import Dtype, batch_norm_partial, check_images
 from segjax.ops import max_pool_with_argmax
 from segjax.ops.conv import Conv
-from segjax.ops.norm import BatchNorm
 from segjax.ops.upsample import Upsample
-
-Dtype = Any
-
-
-def scaled_stages(base_features: int) -> tuple[tuple[int, int], ...]:
-  """`VGG16_STAGES` (channels, convolutions) with widths scaled so that stage 1 has `base_features` channels."""
-  if base_features < 1:
-    raise ValueError(f"base_features must be positive, got {base_features}")
-  return tuple((max(1, c * base_features // 64), n) for c, n in VGG16_STAGES)
 
 
 def local_response_norm(x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
@@ -59,39 +49,6 @@ def local_response_norm(x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: 
   padded = jnp.pad(squares, [(0, 0)] * (x.ndim - 1) + [(half, size - 1 - half)])
   window_sum = sum(padded[..., i:i + x.shape[-1]] for i in range(size))
   return (x / (k + alpha / size * window_sum) ** beta).astype(x.dtype)
-
-
-class VGG16ArgmaxEncoder(nn.Module):
-  """VGG16-BN's 13 conv layers, pooling with argmax: [B, H, W, C] -> [B, ceil(H/32), ceil(W/32), 512].
-
-  The stages are `backbones.vgg.vgg_stage`, so the layers are named as in `VGG16(batch_norm=True)` (`conv1_1`,
-  `bn1_1`, ..., `conv5_3`, `bn5_3`) and ImageNet VGG16 weights load by name. Each 2x2/2 pooling rounds up as in
-  Caffe and also returns its argmax. The pre-pooling map of stage s is sown as intermediates `pre_pool{s}`.
-
-  Attributes:
-    base_features: channels of the first stage; the others scale with it (64: VGG16).
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-
-  Returns:
-    (pool5 features, list of (indices, (H, W) before pooling) for stages 1..5).
-  """
-
-  base_features: int = 64
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, list[tuple[jax.Array, tuple[int, int]]]]:
-    switches = []
-    for s, (features, num_convs) in enumerate(scaled_stages(self.base_features), start=1):
-      x = vgg_stage(x, s, features, num_convs, train=train, batch_norm=True, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
-      self.sow("intermediates", f"pre_pool{s}", x)
-      size = (x.shape[1], x.shape[2])
-      x, indices = max_pool_with_argmax(x, 2, 2, ceil_mode=True)
-      switches.append((indices, size))
-    return x, switches
 
 
 class SegNet(nn.Module):
@@ -121,12 +78,10 @@ class SegNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f"SegNet expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, "SegNet")
     conv = functools.partial(Conv, kernel_size=(3, 3), padding=1, kernel_init=conv_init, dtype=self.dtype,
                              param_dtype=self.param_dtype)
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = batch_norm_partial(self.dtype, self.param_dtype, train=train)
     x, switches = VGG16ArgmaxEncoder(self.base_features, self.dtype, self.param_dtype, name="encoder")(
         x.astype(self.dtype), train=train)
     stages = scaled_stages(self.base_features)
@@ -175,13 +130,11 @@ class SegNetBasic(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f"SegNetBasic expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, "SegNetBasic")
     k = self.kernel_size
     conv = functools.partial(Conv, self.features, (k, k), padding=k // 2, kernel_init=conv_init,
                              dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = batch_norm_partial(self.dtype, self.param_dtype, train=train)
     if self.input_lrn:
       x = local_response_norm(x)
     x = x.astype(self.dtype)

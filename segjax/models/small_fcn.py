@@ -25,18 +25,14 @@ input, and one more such block with 8 x `base_features` channels at 1/8.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.unet import ConvBlock, max_pool_2x2
+from segjax.models.layers import Dtype, check_divisible, check_images, classifier, conv_and_block, max_pool_2x2
 from segjax.ops.conv import Conv
-from segjax.ops.norm import BatchNorm
 from segjax.ops.upsample import Upsample
-
-Dtype = Any
 
 NUM_POOLINGS = 3
 
@@ -58,28 +54,26 @@ class SmallEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, list[jax.Array]]:
-    conv = functools.partial(Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = None
-    if self.batch_norm:
-      norm = functools.partial(BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                               param_dtype=self.param_dtype)
+    _, block = conv_and_block("SAME", self.batch_norm, self.dtype, self.param_dtype)
     skips = []
     for stage in range(NUM_POOLINGS):
-      x = ConvBlock(self.base_features * 2**stage, conv=conv, norm=norm, name=f"stage{stage}")(x, train=train)
+      x = block(self.base_features * 2**stage, name=f"stage{stage}")(x, train=train)
       skips.append(x)
       x = max_pool_2x2(x)
-    x = ConvBlock(self.base_features * 2**NUM_POOLINGS, conv=conv, norm=norm, name="stage3")(x, train=train)
+    x = block(self.base_features * 2**NUM_POOLINGS, name="stage3")(x, train=train)
     return x, skips
 
 
-def _check_input(model: nn.Module, x: jax.Array) -> None:
+def _encode(model: nn.Module, x: jax.Array, *, train: bool) -> tuple[jax.Array, list[jax.Array]]:
+  """Checks the input and runs the shared `SmallEncoder` as `model`'s submodule "encoder".
+
+  Call it inside `model`'s `nn.compact` method, with the fields every network here has.
+  """
   name = type(model).__name__
-  if x.ndim != 4:
-    raise ValueError(f"{name} expects images [B, H, W, C], got shape {x.shape}")
-  d = 2**NUM_POOLINGS
-  if x.shape[1] % d or x.shape[2] % d:
-    raise ValueError(f"{name} needs height and width divisible by {d}, got {x.shape[1]}x{x.shape[2]}: crop or "
-                     "pad the input (the input pipeline pads evaluation images).")
+  check_images(x, name)
+  check_divisible(x, name, 2**NUM_POOLINGS)
+  return SmallEncoder(model.base_features, model.batch_norm, model.dtype, model.param_dtype,
+                      name="encoder")(x.astype(model.dtype), train=train)
 
 
 class FCNNearest(nn.Module):
@@ -105,11 +99,8 @@ class FCNNearest(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    _check_input(self, x)
-    x, _ = SmallEncoder(self.base_features, self.batch_norm, self.dtype, self.param_dtype,
-                        name="encoder")(x.astype(self.dtype), train=train)
-    scores = Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                  name="classifier")(x)
+    x, _ = _encode(self, x, train=train)
+    scores = classifier(self.num_classes, self.dtype, self.param_dtype)(x)
     return Upsample("nearest", 2**NUM_POOLINGS, dtype=self.dtype)(scores).astype(jnp.float32)
 
 
@@ -140,23 +131,15 @@ class FCNSkipConcat(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    _check_input(self, x)
     if self.upsample not in ("nearest", "bilinear"):
       raise ValueError(f"FCNSkipConcat.upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
-    x, skips = SmallEncoder(self.base_features, self.batch_norm, self.dtype, self.param_dtype,
-                            name="encoder")(x.astype(self.dtype), train=train)
-    conv = functools.partial(Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = None
-    if self.batch_norm:
-      norm = functools.partial(BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                               param_dtype=self.param_dtype)
+    x, skips = _encode(self, x, train=train)
+    _, block = conv_and_block("SAME", self.batch_norm, self.dtype, self.param_dtype)
     for stage in reversed(range(NUM_POOLINGS)):
       x = Upsample(self.upsample, 2, dtype=self.dtype)(x)
       x = jnp.concatenate([skips[stage], x], axis=-1)
-      x = ConvBlock(self.base_features * 2**stage, conv=conv, norm=norm, name=f"decoder{stage}")(x, train=train)
-    logits = Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                  name="classifier")(x)
-    return logits.astype(jnp.float32)
+      x = block(self.base_features * 2**stage, name=f"decoder{stage}")(x, train=train)
+    return classifier(self.num_classes, self.dtype, self.param_dtype)(x).astype(jnp.float32)
 
 
 class FCNTransposedSkip(nn.Module):
@@ -187,12 +170,10 @@ class FCNTransposedSkip(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    _check_input(self, x)
     if self.upsample not in ("transpose", "transpose_bilinear"):
       raise ValueError(f"FCNTransposedSkip.upsample must be 'transpose' or 'transpose_bilinear', got "
                        f"{self.upsample!r}")
-    x, skips = SmallEncoder(self.base_features, self.batch_norm, self.dtype, self.param_dtype,
-                            name="encoder")(x.astype(self.dtype), train=train)
+    x, skips = _encode(self, x, train=train)
     score = functools.partial(Conv, self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype)
     scores = score(name="score3")(x)
     for stage in reversed(range(NUM_POOLINGS)):

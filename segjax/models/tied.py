@@ -27,14 +27,14 @@ Parameters: `layer{i}` holds W_i, b_i (and c_i for i >= 2), `classifier` holds V
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-Dtype = Any
+from segjax.models.layers import Dtype, check_images
 
 _LAYER = re.compile(r"C(\d+)k(\d+)s(\d+)")
 _GRAMMAR = "C<features>k<kernel>s<stride> layers joined by '-', e.g. 'C64k5s2-C64k5s2-C64k5s2'"
@@ -182,8 +182,7 @@ class TiedConvDeconv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     del train  # no BatchNorm or dropout
-    if x.ndim != 4:
-      raise ValueError(f"TiedConvDeconv expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, "TiedConvDeconv")
     specs = parse_spec(self.spec)
     x = x.astype(self.dtype)
     layers, encoded = [], [x]

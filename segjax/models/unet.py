@@ -14,28 +14,19 @@ yields 388x388 logits. Images larger than one tile are segmented with the overla
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.ops.conv import Conv
-from segjax.ops.norm import BatchNorm
+from segjax.models.layers import (Dtype, center_crop, check_divisible, check_images, classifier, conv_and_block,
+                                  max_pool_2x2)
 from segjax.ops.upsample import Upsample
 
-Dtype = Any
-
-
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2/stride-2 max pooling of [B, H, W, C] (H, W even) as reshape + max.
-
-  Same values as `nn.max_pool(x, (2, 2), (2, 2))`, but its gradient is a plain comparison instead of XLA's
-  select-and-scatter, which XLA:CPU lowers about 6x slower (see BENCHMARKS.md).
-  """
-  b, h, w, c = x.shape
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+# `center_crop` and `max_pool_2x2` are imported above for this module's own use; segjax/train/steps.py
+# (`unet.center_crop`) and bench/unet_ops.py (`unet.max_pool_2x2`) still reach them here until they import
+# segjax.models.layers.
+__all__ = ["UNET_UPSAMPLING", "UNet", "UNetValid", "UpConv2x2", "add_bias", "center_crop", "max_pool_2x2",
+           "valid_unet_output_size"]
 
 
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
@@ -87,44 +78,10 @@ class UpConv2x2(nn.Module):
     return add_bias(y, bias)
 
 
-class ConvBlock(nn.Module):
-  """Two (3x3 conv -> [BatchNorm] -> ReLU) layers: [B, H, W, C] -> [B, H, W, features].
-
-  Attributes:
-    features: output channels of both convolutions.
-    conv: convolution constructor (a partial of `nn.Conv`).
-    norm: constructor of a `segjax.ops.BatchNorm` (called with `activation="relu"`: the ReLU is fused into
-      it), or None for conv bias, no normalisation and a plain ReLU.
-  """
-
-  features: int
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module] | None
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    for _ in range(2):
-      x = self.conv(self.features, (3, 3), use_bias=self.norm is None)(x)
-      if self.norm is not None:
-        x = self.norm(use_running_average=not train, activation="relu")(x)
-      else:
-        x = nn.relu(x)
-    return x
-
-
-def _conv_and_block(padding: str, batch_norm: bool, dtype: Dtype, param_dtype: Dtype):
-  """The 3x3 convolution and ConvBlock constructors shared by the padded and the valid U-Net."""
-  conv = functools.partial(Conv, padding=padding, dtype=dtype, param_dtype=param_dtype)
-  norm = None
-  if batch_norm:
-    norm = functools.partial(BatchNorm, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=param_dtype)
-  return conv, functools.partial(ConvBlock, conv=conv, norm=norm)
-
-
 def _classifier(num_classes: int, param_dtype: Dtype) -> nn.Module:
   # The 1x1 output convolution runs in float32 whatever the compute dtype (a few FLOPs per pixel): its bias
   # gradient, a sum over every pixel, then accumulates in float32 (see `add_bias`), and the logits are float32.
-  return Conv(num_classes, (1, 1), dtype=jnp.float32, param_dtype=param_dtype, name="classifier")
+  return classifier(num_classes, jnp.float32, param_dtype)
 
 
 UNET_UPSAMPLING = ("transpose", "bilinear", "nearest", "bed_of_nails", "learned")
@@ -163,15 +120,11 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f"UNet expects images [B, H, W, C], got shape {x.shape}")
-    if x.shape[1] % self.size_divisor or x.shape[2] % self.size_divisor:
-      raise ValueError(
-          f"UNet(depth={self.depth}) needs height and width divisible by {self.size_divisor}, got "
-          f"{x.shape[1]}x{x.shape[2]}: crop or pad the input (the input pipeline pads evaluation images).")
+    check_images(x, "UNet")
+    check_divisible(x, f"UNet(depth={self.depth})", self.size_divisor)
     if self.upsample not in UNET_UPSAMPLING:
       raise ValueError(f"UNet.upsample must be one of {UNET_UPSAMPLING}, got {self.upsample!r}")
-    conv, block = _conv_and_block("SAME", self.batch_norm, self.dtype, self.param_dtype)
+    conv, block = conv_and_block("SAME", self.batch_norm, self.dtype, self.param_dtype)
 
     x = x.astype(self.dtype)
     skips = []
@@ -191,17 +144,6 @@ class UNet(nn.Module):
       x = jnp.concatenate([skips[level], x], axis=-1)
       x = block(features, name=f"up{level}")(x, train=train)
     return _classifier(self.num_classes, self.param_dtype)(x)
-
-
-def center_crop(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """The centre `size` = (h, w) window of [B, H, W, ...] `x`; with an odd margin the extra row/column is
-  dropped at the bottom/right."""
-  big_h, big_w = x.shape[1:3]
-  h, w = size
-  if h > big_h or w > big_w:
-    raise ValueError(f"cannot centre-crop a {big_h}x{big_w} map to {h}x{w}")
-  top, left = (big_h - h) // 2, (big_w - w) // 2
-  return x[:, top:top + h, left:left + w]
 
 
 def valid_unet_output_size(size: int, depth: int) -> int | None:
@@ -313,13 +255,12 @@ class UNetValid(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f"UNetValid expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, "UNetValid")
     if self.depth < 1:
       raise ValueError(f"UNetValid.depth must be >= 1, got {self.depth}")
     for side in x.shape[1:3]:
       self.output_size(side)  # raises, naming the nearest valid sizes
-    _, block = _conv_and_block("VALID", self.batch_norm, self.dtype, self.param_dtype)
+    _, block = conv_and_block("VALID", self.batch_norm, self.dtype, self.param_dtype)
 
     x = x.astype(self.dtype)
     skips = []

@@ -29,17 +29,15 @@ BatchNorm, as in TernausNet.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones.vgg import VGG16
+from segjax.models.layers import Dtype, check_divisible, check_images, classifier
 from segjax.ops.conv import Conv
 from segjax.ops.upsample import resize_bilinear
-
-Dtype = Any
 
 _UPSAMPLE = ("bilinear", "transpose")
 
@@ -105,12 +103,8 @@ class UNetVGG16(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f"UNetVGG16 expects images [B, H, W, C], got shape {x.shape}")
-    if x.shape[1] % self.size_divisor or x.shape[2] % self.size_divisor:
-      raise ValueError(
-          f"UNetVGG16 needs height and width divisible by {self.size_divisor} (five 2x2 poolings), got "
-          f"{x.shape[1]}x{x.shape[2]}: crop or pad the input (the input pipeline pads evaluation images).")
+    check_images(x, "UNetVGG16")
+    check_divisible(x, "UNetVGG16", self.size_divisor, " (five 2x2 poolings)")
     if self.upsample not in _UPSAMPLE:
       raise ValueError(f"UNetVGG16.upsample must be one of {_UPSAMPLE}, got {self.upsample!r}")
     f = self.num_filters
@@ -124,6 +118,4 @@ class UNetVGG16(nn.Module):
     y = block(4 * f, f, name="dec2")(jnp.concatenate([y, features["conv2"]], axis=-1))
     y = Conv(f, (3, 3), padding="SAME", kernel_init=nn.initializers.he_normal(), dtype=self.dtype,
              param_dtype=self.param_dtype, name="dec1")(jnp.concatenate([y, features["conv1"]], axis=-1))
-    logits = Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                  name="classifier")(nn.relu(y))
-    return logits.astype(jnp.float32)
+    return classifier(self.num_classes, self.dtype, self.param_dtype)(nn.relu(y)).astype(jnp.float32)

@@ -36,16 +36,13 @@ bias-free with epsilon 1e-5 in both styles and the parameter shapes are the same
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.models.layers import Dtype, batch_norm_partial, check_images, symmetric_padding
 from segjax.ops.conv import Conv
-from segjax.ops.norm import BatchNorm
-
-Dtype = Any
 
 # Bottleneck blocks per stage, He et al. 2016, Table 1.
 STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {
@@ -70,12 +67,6 @@ def stage_strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tu
   if output_stride not in table:
     raise ValueError(f"ResNet output_stride must be 8, 16 or 32, got {output_stride}")
   return table[output_stride]
-
-
-def _pad(k: int, dilation: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
-  # PyTorch's symmetric padding that keeps a stride-1 convolution's size: dilation * (k - 1) / 2 per side.
-  p = dilation * (k - 1) // 2
-  return ((p, p), (p, p))
 
 
 class Bottleneck(nn.Module):
@@ -106,13 +97,12 @@ class Bottleneck(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     conv = functools.partial(Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                              param_dtype=self.param_dtype)
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = batch_norm_partial(self.dtype, self.param_dtype, train=train)
     d = self.dilation
     s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
     y = conv(self.features, (1, 1), strides=s1, padding="VALID", name="conv1")(x)
     y = norm(name="bn1", activation="relu")(y)
-    y = conv(self.features, (3, 3), strides=s3, padding=_pad(3, d), kernel_dilation=d, name="conv2")(y)
+    y = conv(self.features, (3, 3), strides=s3, padding=symmetric_padding(3, d), kernel_dilation=d, name="conv2")(y)
     y = norm(name="bn2", activation="relu")(y)
     y = conv(EXPANSION * self.features, (1, 1), padding="VALID", name="conv3")(y)
     last_scale = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
@@ -168,22 +158,20 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth}")
     if self.stem not in ("standard", "deep"):
       raise ValueError(f"ResNet stem must be 'standard' or 'deep', got {self.stem!r}")
-    if x.ndim != 4:
-      raise ValueError(f"ResNet expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, "ResNet")
     strides, dilations = stage_strides_and_dilations(self.output_stride)
     conv = functools.partial(Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                              param_dtype=self.param_dtype)
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = batch_norm_partial(self.dtype, self.param_dtype, train=train)
 
     x = x.astype(self.dtype)
     if self.stem == "standard":
-      x = conv(self.stem_width, (7, 7), strides=2, padding=_pad(7), name="conv1")(x)
+      x = conv(self.stem_width, (7, 7), strides=2, padding=symmetric_padding(7), name="conv1")(x)
       x = norm(name="bn1", activation="relu")(x)
     else:
       widths = (self.stem_width, self.stem_width, 2 * self.stem_width)
       for i, features in enumerate(widths):
-        x = conv(features, (3, 3), strides=2 if i == 0 else 1, padding=_pad(3), name=f"conv{i + 1}")(x)
+        x = conv(features, (3, 3), strides=2 if i == 0 else 1, padding=symmetric_padding(3), name=f"conv{i + 1}")(x)
         x = norm(name=f"bn{i + 1}", activation="relu")(x)
     outputs = {"stem": x}
     # PyTorch's MaxPool2d(3, 2, padding=1) pads with -inf, as reduce_window's padding does here.

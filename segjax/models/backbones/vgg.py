@@ -21,16 +21,13 @@ parameters with its classifier; 14,723,136 in the 13 convolutions and their Batc
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.models.layers import Dtype, batch_norm_partial, check_images
+from segjax.ops import max_pool_with_argmax
 from segjax.ops.conv import Conv
-from segjax.ops.norm import BatchNorm
-
-Dtype = Any
 
 # (output channels, number of 3x3 convolutions) per stage: Simonyan & Zisserman 2015, Table 1, column D.
 # 14,714,688 parameters in total (torchvision's `vgg16().features`).
@@ -71,8 +68,7 @@ def vgg_stage(x: jax.Array, stage: int, features: int, num_convs: int, *, train:
     x = Conv(features, (3, 3), padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
              kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype, name=f"conv{stage}_{i}")(x)
     if batch_norm:
-      x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                    param_dtype=param_dtype, activation="relu", name=f"bn{stage}_{i}")(x)
+      x = batch_norm_partial(dtype, param_dtype, train=train)(activation="relu", name=f"bn{stage}_{i}")(x)
     else:
       x = nn.relu(x)
   return x
@@ -163,8 +159,7 @@ class VGG16(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
-    if x.ndim != 4:
-      raise ValueError(f"VGG16 expects images [B, H, W, C], got shape {x.shape}")
+    check_images(x, "VGG16")
     if not len(self.stages) == len(self.dilations) == len(self.pool_strides):
       raise ValueError(f"VGG16 needs one dilation and one pool stride per stage: stages={self.stages}, "
                        f"dilations={self.dilations}, pool_strides={self.pool_strides}")
@@ -180,3 +175,43 @@ class VGG16(nn.Module):
         x = max_pool(x, self.pool_window, stride, self.pool_padding, self.ceil_mode)
         out[f"pool{s}"] = x
     return out
+
+
+def scaled_stages(base_features: int) -> tuple[tuple[int, int], ...]:
+  """`VGG16_STAGES` (channels, convolutions) with widths scaled so that stage 1 has `base_features` channels."""
+  if base_features < 1:
+    raise ValueError(f"base_features must be positive, got {base_features}")
+  return tuple((max(1, c * base_features // 64), n) for c, n in VGG16_STAGES)
+
+
+class VGG16ArgmaxEncoder(nn.Module):
+  """VGG16-BN's 13 conv layers, pooling with argmax: [B, H, W, C] -> [B, ceil(H/32), ceil(W/32), 512].
+
+  SegNet's and DeconvNet's encoder. The stages are `vgg_stage`, so the layers are named as in `VGG16(batch_norm=True)` (`conv1_1`,
+  `bn1_1`, ..., `conv5_3`, `bn5_3`) and ImageNet VGG16 weights load by name. Each 2x2/2 pooling rounds up as in
+  Caffe and also returns its argmax. The pre-pooling map of stage s is sown as intermediates `pre_pool{s}`.
+
+  Attributes:
+    base_features: channels of the first stage; the others scale with it (64: VGG16).
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+
+  Returns:
+    (pool5 features, list of (indices, (H, W) before pooling) for stages 1..5).
+  """
+
+  base_features: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, list[tuple[jax.Array, tuple[int, int]]]]:
+    switches = []
+    for s, (features, num_convs) in enumerate(scaled_stages(self.base_features), start=1):
+      x = vgg_stage(x, s, features, num_convs, train=train, batch_norm=True, dtype=self.dtype,
+                    param_dtype=self.param_dtype)
+      self.sow("intermediates", f"pre_pool{s}", x)
+      size = (x.shape[1], x.shape[2])
+      x, indices = max_pool_with_argmax(x, 2, 2, ceil_mode=True)
+      switches.append((indices, size))
+    return x, switches
