@@ -22,13 +22,9 @@ def get_config():
   c.dataset.crop_size = (160, 224)
   c.dataset.eval_size = (368, 480)
   c.inference.scales = (0.5,)
-  c.augment.hflip_prob = 0.5
   c.loss.class_weights = camvid.MEDIAN_FREQUENCY_WEIGHTS
   c.num_train_steps = 4000
-  c.batch_size = 8
   c.eval_batch_size = 8
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 4
   c.eval_every_steps = 0
   c.model.depth = 4

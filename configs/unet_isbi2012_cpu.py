@@ -16,8 +16,6 @@ def get_config():
   c = config_lib.use_dataset(config_lib.default_config(), "isbi2012")
   c.dataset.crop_size = (160, 160)
   c.num_train_steps = 400
-  c.batch_size = 8
-  c.eval_batch_size = 5
   c.log_every_steps = 25
   c.checkpoint_every_steps = 200
   c.eval_every_steps = 0

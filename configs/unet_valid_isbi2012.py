@@ -4,8 +4,9 @@ python train.py --config=configs/unet_valid_isbi2012.py --workdir=runs/unet_vali
 python eval.py --config=configs/unet_valid_isbi2012.py --workdir=runs/unet_valid_isbi
 
 Training crops 508x508 tiles (the largest valid input inside the 512x512 images) and the loss covers their
-central 324x324 outputs; evaluation mirror-pads each whole image by the 92-pixel margin (overlap-tile). The paper: SGD momentum
-0.99, batch 1 tile, elastic deformations; Adam at batch 2 here.
+central 324x324 outputs; evaluation mirror-pads each whole image by the 92-pixel margin (overlap-tile). The
+paper: SGD momentum 0.99, batch 1 tile, elastic deformations; Adam at batch 2 here, with the paper's augmentation
+(the `use_dataset("isbi2012")` preset).
 """
 
 from segjax import config as config_lib
