@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from segjax.metrics import _nanmean, _percent, compute_metrics, image_stats
+from segjax.metrics import compute_metrics, format_percent, image_stats, nanmean
 
 CONVENTIONS = ("segjax", "mmseg", "torchvision", "torchmetrics", "smp_micro", "smp_macro", "smp_weighted",
                "smp_micro_imagewise", "smp_macro_imagewise")
@@ -56,7 +56,7 @@ def _mmseg(cm: np.ndarray, nan_to_num: float | None) -> dict[str, Any]:
     all_acc = np.nan_to_num(all_acc, nan=nan_to_num)
     per_class = {k: np.nan_to_num(v, nan=nan_to_num) for k, v in per_class.items()}
   out = {"aAcc": float(all_acc)}
-  out.update({"m" + k: _nanmean(v) for k, v in per_class.items()})
+  out.update({"m" + k: nanmean(v) for k, v in per_class.items()})
   out.update({k: _floats(v) for k, v in per_class.items()})
   return out
 
@@ -219,7 +219,7 @@ def format_conventions(conventions: dict[str, dict[str, Any]], headline: str | N
   width = max(len(n) for n in names) + 2
   lines = []
   for name in names:
-    values = "  ".join(f"{key} {_percent(value)}" for key, value in conventions[name].items()
+    values = "  ".join(f"{key} {format_percent(value)}" for key, value in conventions[name].items()
                        if isinstance(value, float))
     lines.append(f"{('* ' if name == headline else '  ') + name:<{width}}  {values}")
   return "\n".join(lines)

@@ -96,8 +96,8 @@ def confusion_matrices(
   return counts.reshape(b, k, k)
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-  """num / den elementwise, NaN where den == 0, without warnings."""
+def ratio_or_nan(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+  """num / den elementwise in float64, NaN where den == 0 (an undefined metric), without warnings."""
   num = np.asarray(num, np.float64)
   den = np.asarray(den, np.float64)
   out = np.full(np.broadcast(num, den).shape, np.nan)
@@ -105,7 +105,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
   return out
 
 
-def _nanmean(x: np.ndarray) -> float:
+def nanmean(x: np.ndarray) -> float:
   """Mean over the non-NaN entries; NaN (and no warning) if there are none."""
   x = x[~np.isnan(x)]
   return float(x.mean()) if x.size else math.nan
@@ -150,13 +150,13 @@ def compute_metrics(
   pred = counts.sum(axis=0)  # sum_j n_ji
   total = gt.sum()
 
-  accuracy = _ratio(tp, gt)
-  precision = _ratio(tp, pred)
-  iou = _ratio(tp, gt + pred - tp)
-  dice = _ratio(2 * tp, gt + pred)
+  accuracy = ratio_or_nan(tp, gt)
+  precision = ratio_or_nan(tp, pred)
+  iou = ratio_or_nan(tp, gt + pred - tp)
+  dice = ratio_or_nan(2 * tp, gt + pred)
   # Classes with t_i = 0 have weight 0 (and possibly IoU NaN): leave them out.
   present = gt > 0
-  fw_iou = _ratio(np.sum(gt[present] * iou[present]), total)
+  fw_iou = ratio_or_nan(np.sum(gt[present] * iou[present]), total)
 
   per_class = [
       dict(name=str(class_names[i]), iou=float(iou[i]),
@@ -167,14 +167,14 @@ def compute_metrics(
       for i in range(k)
   ]
   return dict(
-      pixel_accuracy=float(_ratio(tp.sum(), total)),
-      mean_accuracy=_nanmean(accuracy),
-      mean_iou=_nanmean(iou),
+      pixel_accuracy=float(ratio_or_nan(tp.sum(), total)),
+      mean_accuracy=nanmean(accuracy),
+      mean_iou=nanmean(iou),
       fw_iou=float(fw_iou),
-      mean_dice=_nanmean(dice),
-      mean_precision=_nanmean(precision),
-      mean_recall=_nanmean(accuracy),
-      mean_f1=_nanmean(dice),
+      mean_dice=nanmean(dice),
+      mean_precision=nanmean(precision),
+      mean_recall=nanmean(accuracy),
+      mean_f1=nanmean(dice),
       per_class=per_class,
   )
 
@@ -195,7 +195,8 @@ def to_json_dict(metrics: Any) -> Any:
   return metrics
 
 
-def _percent(x: float) -> str:
+def format_percent(x: float) -> str:
+  """A fraction as a percentage with 2 decimals, "-" for NaN (an undefined metric)."""
   return "-" if math.isnan(x) else f"{100 * x:.2f}"
 
 
@@ -210,8 +211,8 @@ def format_table(metrics: dict[str, Any]) -> str:
   Returns:
     Multi-line text, no trailing newline.
   """
-  rows = [(c["name"], _percent(c["iou"]), _percent(c["accuracy"]),
-           _percent(c["precision"]), _percent(c["f1"]), str(c["pixel_count"]))
+  rows = [(c["name"], format_percent(c["iou"]), format_percent(c["accuracy"]),
+           format_percent(c["precision"]), format_percent(c["f1"]), str(c["pixel_count"]))
           for c in metrics["per_class"]]
   header = ("class", "IoU", "acc", "precision", "F1", "pixels")
   widths = [max(len(row[i]) for row in [header, *rows])
@@ -232,7 +233,7 @@ def format_table(metrics: dict[str, Any]) -> str:
              ("frequency-weighted IoU", "fw_iou"),
              ("mean F1 (Dice)", "mean_f1"))
   width = max(len(title) for title, _ in summary)
-  lines += [f"{title.ljust(width)}  {_percent(metrics[key]):>6}"
+  lines += [f"{title.ljust(width)}  {format_percent(metrics[key]):>6}"
             for title, key in summary]
   return "\n".join(lines)
 
@@ -271,14 +272,18 @@ def image_scores(cms: np.ndarray) -> np.ndarray:
     prediction; NaN for an image without valid pixels.
   """
   s = image_stats(cms)
-  iou = _ratio(s["tp"], s["tp"] + s["fp"] + s["fn"])
+  iou = ratio_or_nan(s["tp"], s["tp"] + s["fp"] + s["fn"])
   defined = ~np.isnan(iou)
   count = defined.sum(axis=1)
-  return _ratio(np.where(defined, iou, 0).sum(axis=1), count)
+  return ratio_or_nan(np.where(defined, iou, 0).sum(axis=1), count)
 
 
 def reduce_zero_label(label: np.ndarray, ignore_label: int = 255) -> np.ndarray:
   """MMSegmentation's `reduce_zero_label` (LoadAnnotations): 0 -> ignored, c -> c - 1, ignored stays ignored.
+
+  Not used by the package (segjax.data.pipeline reduces labels itself): kept
+  only while tests/data/folder/test_masks.py takes it as its reference; to be
+  deleted once that test has its own.
 
   For ADE20K-style masks whose id 0 means "other". With ignore_label 255 this is
   mmseg's code line for line (`gt[gt == 0] = 255; gt = gt - 1; gt[gt == 254] = 255`).
