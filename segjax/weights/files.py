@@ -12,14 +12,14 @@ from typing import Mapping
 
 import numpy as np
 
-from segjax.weights import mapping
+from segjax.weights.mapping import FileWeights, from_keras, from_torch
 
 
-def read_weights(path: str, fmt: str) -> mapping.FileWeights:
+def read_weights(path: str, fmt: str) -> FileWeights:
   """Reads a weight file (`fmt`: "keras_h5" or "torch") into segjax's layout, the architecture from its keys."""
   if fmt == "keras_h5":
-    return mapping.from_keras(read_keras_h5(path), path)
-  return mapping.from_torch(read_torch(path), path)
+    return from_keras(read_keras_h5(path), path)
+  return from_torch(read_torch(path), path)
 
 
 def _text(x) -> str:

@@ -10,9 +10,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from segjax.weights import files
-from segjax.weights import formats
-from segjax.weights import mapping
+from segjax.weights.files import read_weights
+from segjax.weights.formats import resolve_format
+from segjax.weights.mapping import FileWeights, resnet_architecture
 
 # Subtrees of segjax models that hold a VGG16 or ResNet backbone (FCN, DeepLab, PSPNet, ContextNet: "backbone";
 # SegNet, DeconvNet, U-Net-VGG16: "encoder").
@@ -94,7 +94,7 @@ def _graft(tree: Mapping[str, Any], path: Path, sub: dict[str, Any]) -> dict[str
 def model_architecture(backbone_params: Mapping[str, Any]) -> str | None:
   """"vgg16", "vgg16_bn", "resnet50/101/152" from a backbone's parameter names, or None."""
   if "layer1_0" in backbone_params:
-    return mapping.resnet_architecture(sum(1 for k in backbone_params if k.startswith("layer3_")))
+    return resnet_architecture(sum(1 for k in backbone_params if k.startswith("layer3_")))
   if "conv1_1" in backbone_params:
     return "vgg16_bn" if "bn1_1" in backbone_params else "vgg16"
   return None
@@ -139,7 +139,7 @@ def _backbone_architecture(sub_params: Mapping[str, Any], init_from, model_name:
   return have
 
 
-def _check_architecture(weights: mapping.FileWeights, init_from, have: str, model_name: str, where: str) -> None:
+def _check_architecture(weights: FileWeights, init_from, have: str, model_name: str, where: str) -> None:
   """The file's architecture is the one asked for (or the model's), and a VGG16 file also fits a VGG16-BN."""
   wanted = init_from.architecture if init_from.architecture != "auto" else have
   if weights.architecture == wanted and (have == wanted or (wanted, have) == ("vgg16", "vgg16_bn")):
@@ -150,7 +150,7 @@ def _check_architecture(weights: mapping.FileWeights, init_from, have: str, mode
                    f"with a {weights.architecture} backbone")
 
 
-def _check_resnet_style(weights: mapping.FileWeights, model, path: str, fmt: str) -> None:
+def _check_resnet_style(weights: FileWeights, model, path: str, fmt: str) -> None:
   """Keras' (BGR, Caffe) ResNets are v1, with the stride in the first 1x1 convolution; torchvision's are v1.5."""
   if not weights.architecture.startswith("resnet"):
     return
@@ -166,7 +166,7 @@ def _check_resnet_style(weights: mapping.FileWeights, model, path: str, fmt: str
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _adapt_first_conv(weights: mapping.FileWeights, model_first) -> None:
+def _adapt_first_conv(weights: FileWeights, model_first) -> None:
   """The file's first kernel as the model takes its input: RGB (a BGR file's input channels flipped), and summed
   over the channels for a 1-channel model (segjax.weights docstring)."""
   first = weights.params.get(weights.first_conv)
@@ -179,7 +179,7 @@ def _adapt_first_conv(weights: mapping.FileWeights, model_first) -> None:
   weights.params[weights.first_conv] = np.ascontiguousarray(first)
 
 
-def _fill_backbone(weights: mapping.FileWeights, flat: dict[str, dict[Path, Any]], target: Path, path: str,
+def _fill_backbone(weights: FileWeights, flat: dict[str, dict[Path, Any]], target: Path, path: str,
                    model_name: str) -> Loaded:
   """Replaces the leaves of `flat` ({"params": ..., "batch_stats": ...} of the backbone) by the file's arrays,
   in the leaves' dtypes; raises where the model lacks a leaf or its shape differs."""
@@ -203,7 +203,7 @@ def _fill_backbone(weights: mapping.FileWeights, flat: dict[str, dict[Path, Any]
   return loaded
 
 
-def _fill_extras(weights: mapping.FileWeights, params: Mapping[str, Any], target: Path) -> tuple[
+def _fill_extras(weights: FileWeights, params: Mapping[str, Any], target: Path) -> tuple[
     dict[Path, np.ndarray], Loaded]:
   """fc6/fc7 beside the backbone where the model has them with VGG16's shapes (segjax.weights docstring); the
   others are added to `weights.ignored`. Returns (model path -> array, what was loaded)."""
@@ -221,7 +221,7 @@ def _fill_extras(weights: mapping.FileWeights, params: Mapping[str, Any], target
   return extras, loaded
 
 
-def _report(weights: mapping.FileWeights, params: Mapping[str, Any], loaded: Loaded, path: str, fmt: str,
+def _report(weights: FileWeights, params: Mapping[str, Any], loaded: Loaded, path: str, fmt: str,
             where: str) -> LoadReport:
   done = {name for name, _ in loaded}
   all_params = _flatten(params)
@@ -254,13 +254,13 @@ def load_into(params: Mapping[str, Any], batch_stats: Mapping[str, Any], init_fr
       both shapes and the fix).
   """
   path = _existing_file(init_from.path)
-  fmt = formats.resolve_format(path, init_from.format)
+  fmt = resolve_format(path, init_from.format)
   model_name = type(model).__name__
   target = find_target(params, init_from.target, model_name)
   where = "/".join(target) or "(root)"
   flat = {"params": _flatten(_subtree(params, target)), "batch_stats": _flatten(_subtree(batch_stats, target))}
   have = _backbone_architecture(_subtree(params, target), init_from, model_name, where)
-  weights = files.read_weights(path, fmt)
+  weights = read_weights(path, fmt)
   _check_architecture(weights, init_from, have, model_name, where)
   _check_resnet_style(weights, model, path, fmt)
 
