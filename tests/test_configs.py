@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from segjax import config as config_lib
-from segjax import models
-from segjax.train import setup
+from segjax import experiment, models
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "configs").glob("*.py"))
@@ -39,7 +38,7 @@ def test_recipe_builds(path):
   config.dataset.manual_dir = "/some/dir"
   with pytest.raises(AttributeError):  # locked: a misspelt key is an error, not a silent no-op
     config.num_train_step = 7
-  exp = setup.build(config)
+  exp = experiment.build(config)
   state = exp.abstract_state()
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   assert n_params > 0

@@ -6,20 +6,19 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import weights
+from segjax import experiment, weights
 from segjax.models.backbones.vgg import VGG16
-from segjax.train import setup
 from tests.weights.references import (NARROW, abstract_variables, deeplab_config, init_from, narrow_vgg_file,
                                       save_state)
 
 
 def test_recipe_initialises_the_backbone_from_the_file(tmp_path, caplog):
   path, state = narrow_vgg_file(tmp_path / "vgg16.pth")
-  exp = setup.build(deeplab_config(path))
+  exp = experiment.build(deeplab_config(path))
   # The normalisation follows the weights in training, eval and predict alike (no file read for it).
   np.testing.assert_allclose(exp.mean, (123.675, 116.28, 103.53))
   np.testing.assert_allclose(exp.std, (58.395, 57.12, 57.375))
-  with caplog.at_level("INFO", logger="segjax.train.setup"):
+  with caplog.at_level("INFO", logger="segjax.experiment"):
     loaded = exp.init_state()
   assert "left at initialisation (in ['fc6', 'fc7', 'fc8'])" in caplog.text
 
@@ -37,7 +36,7 @@ def test_recipe_initialises_the_backbone_from_the_file(tmp_path, caplog):
 
 def test_recipe_errors_name_file_key_shapes_and_fix(tmp_path):
   wide, _ = narrow_vgg_file(tmp_path / "wide.pth", widths=((6, 2), (8, 2), (8, 3), (8, 3), (8, 3)))
-  exp = setup.build(deeplab_config(wide))
+  exp = experiment.build(deeplab_config(wide))
   with pytest.raises(ValueError, match=r"wide\.pth: features\.0\.weight has shape \(6, 3, 3, 3\) .*\(3, 3, 3, 6\).*"
                                        r"'backbone/conv1_1/kernel' has shape \(3, 3, 3, 4\)\. Use weights"):
     exp.init_state()
@@ -46,10 +45,10 @@ def test_recipe_errors_name_file_key_shapes_and_fix(tmp_path):
   resnet_like = save_state({"conv1.weight": torch.zeros(4, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(4, 4, 1, 1)},
                            tmp_path / "resnet.pth")
   with pytest.raises(ValueError, match=r"holds resnet\? ?.*weights, but .*vgg16 backbone"):
-    setup.build(deeplab_config(resnet_like)).init_state()
+    experiment.build(deeplab_config(resnet_like)).init_state()
 
   missing = tmp_path / "nowhere.h5"
-  exp = setup.build(deeplab_config(missing))
+  exp = experiment.build(deeplab_config(missing))
   exp.abstract_state()  # restoring a checkpoint never reads the file
   assert exp.mean == weights.CAFFE_MEAN_RGB and exp.std == (1.0, 1.0, 1.0)
   with pytest.raises(FileNotFoundError, match=r"config\.init_from\.path=.*nowhere\.h5.*no such file"):
@@ -58,7 +57,7 @@ def test_recipe_errors_name_file_key_shapes_and_fix(tmp_path):
 
 def test_grayscale_dataset_sums_the_first_convolution(tmp_path):
   path, state = narrow_vgg_file(tmp_path / "vgg16.pth")
-  exp = setup.build(deeplab_config(path, dataset="isbi2012"))
+  exp = experiment.build(deeplab_config(path, dataset="isbi2012"))
   assert exp.spec.num_channels == 1
   np.testing.assert_allclose(exp.mean, (np.mean((123.675, 116.28, 103.53)),))
   np.testing.assert_allclose(exp.std, (np.mean((58.395, 57.12, 57.375)),))

@@ -8,10 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import models, weights
+from segjax import experiment, models, weights
 from segjax.models.backbones.resnet import ResNet
 from segjax.models.backbones.vgg import VGG16
-from segjax.train import setup
 from tests.conftest import import_torchvision
 from tests.weights.references import (KERAS_NUMPY_WARNING, NARROW, RTOL, abstract_variables, apply, deeplab_config,
                                       init_from, keras_outputs, narrow_vgg_file, nhwc, randomize_batchnorm,
@@ -167,7 +166,7 @@ def test_torchvision_classifier_becomes_fcn_fc6_fc7(tmp_path):
   assert rel_err(convolutional_fc(nhwc(pool5), fc6, fc7), expected) < RTOL
 
   # DeepLab's fc6 is a 3x3 of other widths: left at initialisation, and said so.
-  exp = setup.build(deeplab_config(path))
+  exp = experiment.build(deeplab_config(path))
   shapes = exp.abstract_state()
   _, _, report = weights.load_into(shapes.params, shapes.batch_stats, exp.config.init_from, exp.model)
   assert any(k.startswith("fc6/kernel (7, 7, 8, 16) (the model's fc6/kernel is of shape (3, 3, 8, 8))")
