@@ -161,7 +161,7 @@ def test_the_recipe_key_scanner_sees_every_form_of_override(tmp_path):
 
 
 def test_recipes_with_a_preset_cover_every_such_dataset():
-  assert {load(p).dataset.name for p in PRESET_RECIPES} == {"shapes", "camvid", "isbi2012"}
+  assert {load(p).dataset.name for p in PRESET_RECIPES} >= {"shapes", "camvid", "isbi2012"}
 
 
 @pytest.mark.parametrize("path", PRESET_RECIPES, ids=lambda p: p.stem)
