@@ -187,9 +187,10 @@ def scaled_stages(base_features: int) -> tuple[tuple[int, int], ...]:
 class VGG16ArgmaxEncoder(nn.Module):
   """VGG16-BN's 13 conv layers, pooling with argmax: [B, H, W, C] -> [B, ceil(H/32), ceil(W/32), 512].
 
-  SegNet's and DeconvNet's encoder. The stages are `vgg_stage`, so the layers are named as in `VGG16(batch_norm=True)` (`conv1_1`,
-  `bn1_1`, ..., `conv5_3`, `bn5_3`) and ImageNet VGG16 weights load by name. Each 2x2/2 pooling rounds up as in
-  Caffe and also returns its argmax. The pre-pooling map of stage s is sown as intermediates `pre_pool{s}`.
+  SegNet's and DeconvNet's encoder. The stages are `vgg_stage`, so the layers are named as in
+  `VGG16(batch_norm=True)` (`conv1_1`, `bn1_1`, ..., `conv5_3`, `bn5_3`) and ImageNet VGG16 weights load by name.
+  Each 2x2/2 pooling rounds up as in Caffe and also returns its argmax. The pre-pooling map of stage s is sown as
+  intermediates `pre_pool{s}`.
 
   Attributes:
     base_features: channels of the first stage; the others scale with it (64: VGG16).
