@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from segjax.data import augment as A
 from segjax.data import datasets, pipeline
-from tests.test_pipeline import SPEC, make_source
+from tests.data.fake_source import SPEC, make_source
 
 NUM_CLASSES = 5
 GEOMETRIC = dict(zoom=(0.6, 1.8), hflip_prob=0.5, vflip_prob=0.5, rotate_degrees=40.0, affine_scale=(0.8, 1.25),
@@ -293,7 +293,8 @@ def test_pipeline_and_augmentation_resume_exactly():
   cfg = A.AugmentConfig(**GEOMETRIC, **PHOTOMETRIC)
 
   def loader(start_step=0):
-    dataset = pipeline.train_dataset(source, spec=SPEC, batch_size=4, crop_size=(12, 16), seed=7)
+    crop = pipeline.RandomCrop((12, 16), SPEC.ignore_label, SPEC.num_classes)
+    dataset = pipeline.train_dataset(source, crop, batch_size=4, seed=7, name=SPEC.name)
     return pipeline.train_iterator(dataset, start_step=start_step)
 
   def augmented(step, batch):

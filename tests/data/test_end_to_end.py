@@ -10,8 +10,9 @@ from PIL import Image
 from segjax import config as config_lib
 from segjax.data import datasets, pipeline
 from tests.conftest import REPO
-from tests.test_ade20k import _tiny_ade
-from tests.test_lfw_voc import _tiny_lfw, _tiny_voc
+from tests.data.test_ade20k import _tiny_ade
+from tests.data.test_lfw_parts import _tiny_lfw
+from tests.data.test_voc2012 import _tiny_voc
 
 PALETTE = ((0, 0, 0), (255, 0, 0), (0, 0, 255))
 
