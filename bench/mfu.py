@@ -28,12 +28,11 @@ platform.configure_xla_cpu()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
+import _experiment  # noqa: E402
 import _timing  # noqa: E402
-from segjax import models, sharding, summary  # noqa: E402
-from segjax.ops import conv as conv_lib  # noqa: E402
-from segjax.train import state as state_lib, steps  # noqa: E402
+from segjax import models, summary  # noqa: E402
+from segjax.train import steps  # noqa: E402
 
 # Dense peak TFLOP/s from the vendors' data sheets (SXM parts), by jax's device_kind.
 PEAK_TFLOPS = {
@@ -65,24 +64,25 @@ def measure(name: str, dtype: str, args) -> dict:
   import torch_models  # pylint: disable=import-outside-toplevel  (the networks bench/throughput.py times)
   h, w = args.size
   model = models.build_model(name, args.classes, dtype=jnp.dtype(dtype), **dict(torch_models.SEGJAX_KWARGS[name]))
-  mesh = sharding.make_mesh()
-  tx = optax.adam(1e-3)
-  state = jax.jit(lambda key: state_lib.create_train_state(model, tx, key, (args.batch, h, w, 3)),
-                  out_shardings=sharding.replicated(mesh))(jax.random.key(0))
+
+  def experiment(conv_backend):  # the step of bench/throughput.py: inputs / 255, Adam 1e-3, cross-entropy
+    return _experiment.build(model, batch=args.batch, size=(h, w), mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0),
+                             conv_backend=conv_backend)
+
+  def jitted(exp):
+    return jax.jit(functools.partial(steps.train_step, exp=exp), donate_argnums=0)
+
+  # XLA's cost analysis cannot see inside the oneDNN custom calls: count the FLOPs of the same step on XLA's
+  # kernels, time the step on the backend asked for. Both Experiments have the same state (arrays only).
+  exp_xla, exp = experiment("xla"), experiment(args.conv_backend)
+  state = exp.init_state()
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(0, 255, (args.batch, h, w, 3)).astype(np.float32),
            "label": rng.integers(0, args.classes, (args.batch, h, w)).astype(np.int32),
            "weight": np.ones((args.batch, h, w), np.float32)}
-  batch = jax.device_put(batch, {k: sharding.batch_sharding(mesh, v.ndim) for k, v in batch.items()})
-  def jitted(conv_backend):
-    return jax.jit(functools.partial(steps.train_step, model=model, seed=0, mean=(0.0, 0.0, 0.0),
-                                     std=(255.0, 255.0, 255.0), ce_weight=1.0, dice_weight=0.0, class_weights=None,
-                                     conv_backend=conv_backend), donate_argnums=0)
-
-  # XLA's cost analysis cannot see inside the oneDNN custom calls: count the FLOPs of the same step on XLA's
-  # kernels, time the step on the backend asked for.
-  flops = summary.compiled_flops(jitted("xla").lower(state, batch).compile())
-  compiled = jitted(conv_lib.resolve_backend(args.conv_backend, mesh.size)).lower(state, batch).compile()
+  batch = _experiment.place(exp, batch)
+  flops = summary.compiled_flops(jitted(exp_xla).lower(state, batch).compile())
+  compiled = jitted(exp).lower(state, batch).compile()
   holder = {"state": state}
 
   def one():

@@ -4,12 +4,12 @@
     python bench/profile_step.py --stock-xla     # with XLA:CPU's default flags (the "before")
     python bench/profile_step.py --top 25        # + the 25 most expensive HLO operations
 
-Runs the jitted train step (segjax.train.steps.train_step: BN in training mode, cross-entropy, Adam) on one XLA
-CPU device, records `--steps` steps with `jax.profiler` (a Perfetto trace), and sums the duration of every
-executed HLO operation, over all threads, into kinds read from the optimised HLO of the same compiled step:
-convolution forward, convolution input gradient, convolution kernel gradient (a convolution whose output is a
-kernel: the batch is contracted), dot (the matmul up-convolutions), copies and transposes, reductions
-(BatchNorm statistics, the loss), and other fusions (element-wise work). Printed per kind: milliseconds per step
+Runs the jitted train step (segjax.train.steps.train_step of bench/_experiment.py's Experiment: BN in training
+mode, cross-entropy, Adam) on one XLA CPU device, records `--steps` steps with `jax.profiler` (a Perfetto trace),
+and sums the duration of every executed HLO operation, over all threads, into kinds read from the optimised HLO of
+the same compiled step: convolution forward, convolution input gradient, convolution kernel gradient (a
+convolution whose output is a kernel: the batch is contracted), dot (the matmul up-convolutions), copies and
+transposes, reductions (BatchNorm statistics, the loss), and other fusions (element-wise work). Printed per kind: milliseconds per step
 summed over threads, share, and the achieved GFLOP/s of the convolution kinds (XLA's FLOP count per op).
 
 Thread time above wall time means the step's operations ran on several cores at once. Convolutions that XLA runs
@@ -62,13 +62,12 @@ import functools  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _experiment  # noqa: E402
 from segjax import models  # noqa: E402
-from segjax.ops import conv as conv_lib  # noqa: E402
-from segjax.train import state as state_lib, steps  # noqa: E402
+from segjax.train import steps  # noqa: E402
 
 # segjax's oneDNN convolutions (segjax.ops.conv) appear as custom calls.
 _ONEDNN_KINDS = {"SegjaxOnednnConvForward": "conv forward", "SegjaxOnednnConvBackwardData": "conv input grad",
@@ -143,17 +142,16 @@ def main(args) -> None:
   import torch_models  # the twin's arguments: the same network bench/throughput.py times
   h, w = args.size
   model = models.build_model(args.model, args.classes, **dict(torch_models.SEGJAX_KWARGS[args.model]))
-  tx = optax.adam(1e-3)
-  state = jax.jit(lambda key: state_lib.create_train_state(model, tx, key, (args.batch, h, w, 3)))(jax.random.key(0))
+  # bench/throughput.py's step: inputs / 255, Adam 1e-3, cross-entropy, no augmentation, on the one device.
+  exp = _experiment.build(model, batch=args.batch, size=(h, w), mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0),
+                          conv_backend=args.conv_backend)
+  state = exp.init_state()
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(0, 255, (args.batch, h, w, 3)).astype(np.float32),
            "label": rng.integers(0, args.classes, (args.batch, h, w)).astype(np.int32),
            "weight": np.ones((args.batch, h, w), np.float32)}
-  batch = jax.device_put(batch)
-  step = jax.jit(functools.partial(steps.train_step, model=model, seed=0, mean=(0.0, 0.0, 0.0),
-                                   std=(255.0, 255.0, 255.0), ce_weight=1.0, dice_weight=0.0, class_weights=None,
-                                   conv_backend=conv_lib.resolve_backend(args.conv_backend, 1)),
-                 donate_argnums=0)
+  batch = _experiment.place(exp, batch)
+  step = jax.jit(functools.partial(steps.train_step, exp=exp), donate_argnums=0)
   compiled = step.lower(state, batch).compile()
   kinds = classify(compiled.as_text())
   flops = _flops_per_op(compiled.as_text())

@@ -7,8 +7,9 @@
 
 Both sides run one full optimiser step per call on the same batch: forward with BatchNorm in training mode,
 softmax cross-entropy over every pixel, backward, Adam update. segjax's side is the real train step
-(`segjax.train.steps.jit_train_step`: the jitted, sharded, donated step `train.py` runs, with its
-normalisation and no augmentation); PyTorch's is the twin network of `bench/torch_models.py` (identical layers,
+(`segjax.train.steps.jit_train_step` of an Experiment whose recipe is set to this network and batch,
+bench/_experiment.py: the jitted, sharded, donated step `train.py` runs, with its normalisation and no
+augmentation); PyTorch's is the twin network of `bench/torch_models.py` (identical layers,
 tests/test_torch_reference.py) stepped by `torch.optim.Adam`, in the modes asked for:
 - eager: the default NCHW memory format;
 - channels_last: the same, with the model and the input in NHWC memory format (oneDNN's preferred layout);
@@ -66,13 +67,13 @@ if ARGS is not None:  # XLA reads its flags once, when jax initialises its CPU b
 import jax  # noqa: E402  pylint: disable=wrong-import-position
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
-from segjax import models, sharding  # noqa: E402
+from segjax import models  # noqa: E402
 from segjax.ops import conv as conv_lib  # noqa: E402
-from segjax.train import state as state_lib, steps  # noqa: E402
+from segjax.train import steps  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _experiment  # noqa: E402  pylint: disable=wrong-import-position
 import _timing  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -87,17 +88,13 @@ def segjax_step(name: str, args) -> dict:
   h, w = args.size
   kwargs = dict(torch_models.SEGJAX_KWARGS[name])
   model = models.build_model(name, args.classes, dtype=jnp.dtype(args.dtype), **kwargs)
-  mesh = sharding.make_mesh()
-  tx = optax.adam(1e-3)
-  state = jax.jit(lambda key: state_lib.create_train_state(model, tx, key, (args.batch, h, w, 3)),
-                  out_shardings=sharding.replicated(mesh))(jax.random.key(0))
-  fn = steps.jit_train_step(mesh, model=model, seed=0, mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0),
-                            ce_weight=1.0, dice_weight=0.0, class_weights=None,
-                            conv_backend=conv_lib.resolve_backend(args.conv_backend, mesh.size))
+  # Inputs scaled to 0..1 as the PyTorch side's (x / 255); Adam 1e-3, cross-entropy, no augmentation.
+  exp = _experiment.build(model, batch=args.batch, size=(h, w), mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0),
+                          conv_backend=args.conv_backend)
+  fn = steps.jit_train_step(exp)
   image, label = _batch(args.batch, h, w, args.classes)
-  batch = jax.device_put({"image": image, "label": label, "weight": np.ones(label.shape, np.float32)},
-                         {k: sharding.batch_sharding(mesh, n) for k, n in (("image", 4), ("label", 3), ("weight", 3))})
-  holder = {"state": state}
+  batch = _experiment.place(exp, {"image": image, "label": label, "weight": np.ones(label.shape, np.float32)})
+  holder = {"state": exp.init_state()}
 
   def one_step():
     holder["state"], metrics = fn(holder["state"], batch)
