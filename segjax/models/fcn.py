@@ -42,7 +42,7 @@ from segjax.ops.upsample import bilinear_kernel, transposed_conv
 
 # Offsets of the reference nets' Crop layers (voc-fcn8s/deploy.prototxt; 19 and 27 from the 32s/16s nets'
 # coord_map): FCN-8s aligns score_pool4 at 5 and score_pool3 at 9, and crops the output at 31 (8s), 27 (16s) or
-# 19 (32s). tests/test_vgg_fcn.py re-derives them from the layer table.
+# 19 (32s). tests/models/test_fcn.py re-derives them from the layer table.
 POOL4_OFFSET = 5
 POOL3_OFFSET = 9
 OUTPUT_OFFSET = {32: 19, 16: 27, 8: 31}

@@ -49,6 +49,23 @@ def abstract_variables(model, x, dtype=jnp.float32):
   return jax.eval_shape(lambda x: model.init(KEYS, x, train=False), x)
 
 
+def abstract_apply(model, shape, **kwargs):
+  """(abstract variables, abstract output) of an eval-mode forward pass, without running anything."""
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(KEYS, x, train=False), x)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, **kwargs), variables, x)
+  return variables, out
+
+
+def abstract_intermediates(model, shape):
+  """(abstract variables, abstract logits, abstract intermediates) without running anything."""
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(KEYS, x, train=False), x)
+  out, state = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True,
+                                                       mutable=["intermediates"]), variables, x)
+  return variables, out, state["intermediates"]
+
+
 def numpy_variables(model, x, seed=0, random_stats=False):
   """Variables with `model.init`'s structure, drawn with numpy: He-scaled normal kernels, small normal biases.
 

@@ -1,152 +1,27 @@
-"""VGG16 backbone and FCN-32s/16s/8s: published parameter counts, Caffe geometry and numpy references.
+"""FCN-32s/16s/8s: published parameter counts, Caffe's Deconvolution and crop geometry, and the FCN-8s head
+against numpy.
 
 Full-size networks are only traced abstractly (`jax.eval_shape`); numerics run on narrow variants.
 """
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from segjax.models import fcn
-from segjax.models.backbones import vgg
-
-KEYS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-TINY_STAGES = ((4, 2), (6, 2), (8, 3), (8, 3), (10, 3))  # VGG16's table with narrow channels
-
-
-def _count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
-def _abstract(model, shape, **kwargs):
-  """(abstract variables, abstract output) without running anything."""
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(KEYS, x, train=False), x)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, **kwargs), variables, x)
-  return variables, out
-
-
-def _random_like(tree, seed=0):
-  """Concrete parameters of the given shapes: He-scaled normal kernels, small normal biases (numpy rng)."""
-  rng = np.random.default_rng(seed)
-
-  def fill(s):
-    scale = np.sqrt(2.0 / np.prod(s.shape[:-1])) if len(s.shape) == 4 else 0.1
-    return jnp.asarray(rng.normal(0.0, scale, s.shape), s.dtype)
-  return jax.tree.map(fill, tree)
-
-
-def _conv_params(cin, cout, k=3):
-  return k * k * cin * cout + cout
-
-
-# torchvision's classifier (docs: vgg16 138,357,544, vgg16_bn 138,365,992 parameters), written out:
-# fc6 25088 -> 4096, fc7 4096 -> 4096, fc8 4096 -> 1000, all with biases.
-TORCHVISION_CLASSIFIER = (25088 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000)
-
-
-def test_vgg16_parameter_counts_match_torchvision():
-  # Conv layers of Simonyan & Zisserman's configuration D: 3x3 convs with biases, channels from Table 1.
-  widths = [3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
-  conv_total = sum(_conv_params(a, b) for a, b in zip(widths[:-1], widths[1:]))
-  assert conv_total == 14_714_688 == 138_357_544 - TORCHVISION_CLASSIFIER
-  variables, out = _abstract(vgg.VGG16(), (1, 64, 64, 3))
-  assert _count(variables["params"]) == conv_total
-  names = [f"conv{s}_{i}" for s, (_, n) in enumerate(vgg.VGG16_STAGES, 1) for i in range(1, n + 1)]
-  assert sorted(variables["params"]) == sorted(names)
-  assert variables["params"]["conv4_1"]["kernel"].shape == (3, 3, 256, 512)
-  # VGG16-BN: same convs (torchvision keeps their biases) plus a BN scale and offset per channel.
-  variables, _ = _abstract(vgg.VGG16(batch_norm=True), (1, 64, 64, 3))
-  assert _count(variables["params"]) == 138_365_992 - TORCHVISION_CLASSIFIER
-  assert _count(variables["batch_stats"]) == 2 * sum(widths[1:])
+from tests.models.common import (KEYS, TINY_STAGES, VGG16_CONV_PARAMS, abstract_apply, conv_param_count,
+                                 count_params, random_like)
 
 
 def test_fcn32s_with_1000_classes_is_torchvision_vgg16():
   # FCN's point: fc6/fc7/score_fr are torchvision's classifier as convolutions (7x7, 1x1, 1x1); with fixed
   # upsampling FCN-32s has exactly vgg16's 138,357,544 parameters (torchvision docs).
-  variables, _ = _abstract(fcn.FCN32s(1000), (1, 40, 40, 3))
-  assert _count(variables["params"]) == 138_357_544
+  variables, _ = abstract_apply(fcn.FCN32s(1000), (1, 40, 40, 3))
+  assert count_params(variables["params"]) == 138_357_544
   assert variables["params"]["fc6"]["kernel"].shape == (7, 7, 512, 4096)
-
-
-def test_vgg16_stage_outputs():
-  _, out = _abstract(vgg.VGG16(), (2, 64, 96, 3))
-  for s, (c, _) in enumerate(vgg.VGG16_STAGES, 1):
-    assert out[f"conv{s}"].shape == (2, 64 >> (s - 1), 96 >> (s - 1), c)
-    assert out[f"pool{s}"].shape == (2, 64 >> s, 96 >> s, c)
-
-
-def _np_conv(x, kernel, bias, dilation, pad):
-  """Direct dilated cross-correlation of [H, W, Ci] with [k, k, Ci, Co], zero padding `pad`."""
-  k = kernel.shape[0]
-  xp = np.pad(x, ((pad, pad), (pad, pad), (0, 0)))
-  ho, wo = xp.shape[0] - dilation * (k - 1), xp.shape[1] - dilation * (k - 1)
-  out = np.zeros((ho, wo, kernel.shape[-1])) + bias
-  for i in range(ho):
-    for j in range(wo):
-      for u in range(k):
-        for v in range(k):
-          out[i, j] += xp[i + u * dilation, j + v * dilation] @ kernel[u, v]
-  return out
-
-
-def test_vgg_stage_matches_numpy_dilated_convolutions():
-  class Stage(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      return vgg.vgg_stage(x, 3, 4, 2, train=False, dilation=2)
-
-  x = np.random.default_rng(0).normal(size=(1, 9, 8, 3)).astype(np.float32)
-  params = _random_like(jax.eval_shape(lambda: Stage().init(KEYS, x))["params"])
-  assert sorted(params) == ["conv3_1", "conv3_2"]
-  y = Stage().apply({"params": params}, x)
-  ref = x[0]
-  for name in ("conv3_1", "conv3_2"):
-    p = jax.tree.map(np.asarray, params[name])
-    ref = np.maximum(_np_conv(ref, p["kernel"], p["bias"], dilation=2, pad=2), 0)
-  np.testing.assert_allclose(y[0], ref, rtol=1e-4, atol=1e-5)
-
-
-def _np_max_pool(x, k, s, p, ceil_mode):
-  """Caffe's pooling_layer.cpp (and PyTorch's) max pooling of [H, W, C]: output size, then clipped windows."""
-  def size(n):
-    o = (int(np.ceil((n + 2 * p - k) / s)) if ceil_mode else (n + 2 * p - k) // s) + 1
-    return o - 1 if ceil_mode and (o - 1) * s >= n + p else o
-  h, w, _ = x.shape
-  out = np.zeros((size(h), size(w), x.shape[-1]), x.dtype)
-  for i in range(out.shape[0]):
-    for j in range(out.shape[1]):
-      h0, w0 = i * s - p, j * s - p
-      out[i, j] = x[max(h0, 0):min(h0 + k, h), max(w0, 0):min(w0 + k, w)].max(axis=(0, 1))
-  return out
-
-
-@pytest.mark.parametrize("k,s,p,ceil_mode", [(2, 2, 0, False), (2, 2, 0, True), (3, 2, 1, True), (3, 1, 1, True),
-                                             (3, 2, 0, False)])
-@pytest.mark.parametrize("hw", [(7, 10), (9, 9)])
-def test_max_pool_matches_caffe_loop(k, s, p, ceil_mode, hw):
-  x = np.random.default_rng(1).normal(size=(1, *hw, 2)).astype(np.float32)
-  np.testing.assert_array_equal(vgg.max_pool(jnp.asarray(x), k, s, p, ceil_mode)[0],
-                                _np_max_pool(x[0], k, s, p, ceil_mode))
-
-
-def test_pooled_sizes_of_reference_nets():
-  # DeepLab's prototxt comment: a 321 input pools (3x3/2, pad 1, ceil) to 161, 81, 41. FCN's 500x500 PASCAL
-  # images pool (2x2/2, ceil) from 698 (= 500 + 2*100 - 2) to 349, 175, 88, 44, 22.
-  n, sizes = 321, []
-  for _ in range(3):
-    n = vgg.pooled_size(n, 3, 2, 1, ceil_mode=True)
-    sizes.append(n)
-  assert sizes == [161, 81, 41] and vgg.pooled_size(41, 3, 1, 1, ceil_mode=True) == 41
-  n, sizes = 698, []
-  for _ in range(5):
-    n = vgg.pooled_size(n, 2, 2, 0, ceil_mode=True)
-    sizes.append(n)
-  assert sizes == [349, 175, 88, 44, 22]
 
 
 def _upsample_filt(size):
@@ -228,26 +103,26 @@ def test_crop_offsets_follow_from_the_layer_table():
 def test_fcn_output_has_input_size_and_params_do_not_depend_on_it(cls):
   counts = set()
   for hw in [(1, 1), (32, 48), (33, 47), (40, 56), (500, 375)]:
-    variables, out = _abstract(cls(21), (2, *hw, 3))
+    variables, out = abstract_apply(cls(21), (2, *hw, 3))
     assert out.shape == (2, *hw, 21) and out.dtype == jnp.float32
-    counts.add(_count(variables["params"]))
+    counts.add(count_params(variables["params"]))
   assert len(counts) == 1
 
 
 def test_fcn8s_parameter_count_from_the_layer_table():
   # voc-fcn8s/net.py for 21 classes: VGG16 convs, fc6 7x7x512x4096, fc7 1x1x4096x4096, score_fr/score_pool4/
   # score_pool3 1x1 with bias, and bias-free upscore2 (4x4), upscore_pool4 (4x4), upscore8 (16x16), 21 -> 21.
-  backbone = 14_714_688
-  head = _conv_params(512, 4096, 7) + _conv_params(4096, 4096, 1) + _conv_params(4096, 21, 1)
-  skips = _conv_params(512, 21, 1) + _conv_params(256, 21, 1)
+  backbone = VGG16_CONV_PARAMS
+  head = conv_param_count(512, 4096, 7) + conv_param_count(4096, 4096, 1) + conv_param_count(4096, 21, 1)
+  skips = conv_param_count(512, 21, 1) + conv_param_count(256, 21, 1)
   upscore = (4 * 4 + 4 * 4 + 16 * 16) * 21 * 21
-  fixed = _count(_abstract(fcn.FCN8s(21), (1, 32, 32, 3))[0]["params"])
-  learned = _count(_abstract(fcn.FCN8s(21, learn_upsampling=True), (1, 32, 32, 3))[0]["params"])
+  fixed = count_params(abstract_apply(fcn.FCN8s(21), (1, 32, 32, 3))[0]["params"])
+  learned = count_params(abstract_apply(fcn.FCN8s(21, learn_upsampling=True), (1, 32, 32, 3))[0]["params"])
   assert fixed == backbone + head + skips == 134_362_751
   assert learned == backbone + head + skips + upscore == 134_489_759
   assert round(learned / 1e6) == round(fixed / 1e6) == 134  # FCN paper Table 1: "134M" for FCN-VGG16
-  fcn16 = _count(_abstract(fcn.FCN16s(21, learn_upsampling=True), (1, 32, 32, 3))[0]["params"])
-  assert fcn16 == backbone + head + _conv_params(512, 21, 1) + (4 * 4 + 32 * 32) * 21 * 21
+  fcn16 = count_params(abstract_apply(fcn.FCN16s(21, learn_upsampling=True), (1, 32, 32, 3))[0]["params"])
+  assert fcn16 == backbone + head + conv_param_count(512, 21, 1) + (4 * 4 + 32 * 32) * 21 * 21
 
 
 def test_fcn_fields_are_config_values():
@@ -257,7 +132,7 @@ def test_fcn_fields_are_config_values():
     for f in fields[1:]:
       if f.name not in ("dtype", "param_dtype"):
         assert isinstance(f.default, (int, float, bool, str, tuple)), f.name
-  _, out = _abstract(fcn.FCN8s(3, dtype=jnp.bfloat16), (1, 20, 24, 3))
+  _, out = abstract_apply(fcn.FCN8s(3, dtype=jnp.bfloat16), (1, 20, 24, 3))
   assert out.dtype == jnp.float32
 
 
@@ -275,7 +150,7 @@ def test_fcn8s_matches_numpy_head_and_starts_at_zero():
     assert not np.any(variables["params"][name]["kernel"])
   assert not np.any(apply(variables, x)[0])
 
-  params = dict(_random_like(variables["params"], seed=5))
+  params = dict(random_like(variables["params"], seed=5))
   # Undo the at-once scales in the skip kernels so that every branch moves the output.
   params["score_pool4"] = dict(params["score_pool4"], kernel=params["score_pool4"]["kernel"] * 300)
   params["score_pool3"] = dict(params["score_pool3"], kernel=params["score_pool3"]["kernel"] * 3e4)
@@ -299,7 +174,7 @@ def test_fcn8s_matches_numpy_head_and_starts_at_zero():
 def test_fcn_dropout_in_training():
   model = fcn.FCN16s(2, stages=TINY_STAGES, fc_features=16)
   x = jnp.asarray(np.random.default_rng(6).normal(size=(1, 16, 16, 3)), jnp.float32)
-  params = _random_like(jax.eval_shape(lambda x: model.init(KEYS, x, train=False), x)["params"], seed=7)
+  params = random_like(jax.eval_shape(lambda x: model.init(KEYS, x, train=False), x)["params"], seed=7)
   run = jax.jit(lambda x, key, train: model.apply({"params": params}, x, train=train, rngs={"dropout": key}),
                 static_argnums=2)
   y_eval = run(x, jax.random.key(0), False)
