@@ -3,7 +3,7 @@
 The 150-class benchmark of the MIT Scene Parsing Challenge 2016, as
 MMSegmentation, DeepLab and most papers use it. (tfds' catalog
 `scene_parse150` is not this: it holds the 100-class instance masks, see
-segjax/data/catalog.py.) Expected layout, as ADEChallengeData2016.zip
+segjax/data/catalog_tables.py.) Expected layout, as ADEChallengeData2016.zip
 extracts (CSAILVision/sceneparsing README, "the directory structure"):
 
   <manual_dir>/ADEChallengeData2016/images/training/ADE_train_00000001.jpg
