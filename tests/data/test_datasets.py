@@ -34,6 +34,15 @@ def test_registry_specs():
   assert datasets.get_spec("lfw_parts").class_names == ("background", "hair", "skin")
 
 
+def test_which_datasets_need_a_manual_dir(tmp_path):
+  # The builders of ours read the user's files, except the generated shapes; of the catalog, only Cityscapes
+  # (registration needed) does not download itself.
+  assert {name for name, spec in datasets.DATASETS.items() if spec.needs_manual_dir} == {
+      "isbi2012", "camvid", "lfw_parts", "voc2012", "ade20k", "cityscapes"}
+  with pytest.raises(ValueError, match=r"--config\.dataset\.manual_dir="):
+    datasets.get_builder("ade20k", data_dir=tmp_path)
+
+
 def test_unknown_dataset_lists_known_names():
   with pytest.raises(ValueError, match="camvid.*folder.*isbi2012.*shapes"):
     datasets.get_spec("kitti")
