@@ -13,9 +13,9 @@ imports). A case is a dict (registry name, model keywords, batch, size, classes)
 Timing (both frameworks alike): the input is on the device before the clock starts; after `warmup` steps,
 `rounds` times `inner` steps run back to back and are waited for once, and the median over rounds of the time
 per step is reported. Each step is a full optimiser step: forward with BatchNorm in training mode, softmax
-cross-entropy over every pixel, backward, Adam. segjax's step is `segjax.train.steps.train_step` jitted with
-its state donated (what `train.py` runs, without augmentation); PyTorch's is the twin of bench/torch_models.py
-with `torch.optim.Adam` (fused on CUDA).
+cross-entropy over every pixel, backward, Adam. segjax's step is `segjax.train.steps.train_step` of an Experiment
+(bench/_experiment.py) jitted with its state donated (what `train.py` runs, without augmentation); PyTorch's is
+the twin of bench/torch_models.py with `torch.optim.Adam` (fused on CUDA).
 """
 
 from __future__ import annotations
@@ -168,32 +168,34 @@ def _jax_case(case, dtypes, timing, matmul, mesh, device, profile_steps) -> None
   import functools  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-  from segjax import models, sharding  # pylint: disable=import-outside-toplevel
-  from segjax.train import state as state_lib, steps  # pylint: disable=import-outside-toplevel
+  import _experiment  # pylint: disable=import-outside-toplevel  (bench/, on sys.path above)
+  from segjax import models  # pylint: disable=import-outside-toplevel
+  from segjax.train import steps  # pylint: disable=import-outside-toplevel
 
   b, (h, w), k = case["batch"], case["size"], case["classes"]
   image, label = synthetic_batch(b, h, w, k)
   batch = {"image": image, "label": label, "weight": np.ones(label.shape, np.float32)}
-  batch = jax.device_put(batch, {key: sharding.batch_sharding(mesh, v.ndim) for key, v in batch.items()})
   holder = {}
   for dtype in dtypes:
     row = {"kind": "step", "framework": "segjax", "mode": "jit", "model": case["name"],
            "registry_name": case["registry_name"], "dtype": dtype, "batch": b, "size": [h, w]}
     try:
       model = models.build_model(case["registry_name"], k, dtype=jnp.dtype(dtype), **case["kwargs"])
+      # The step train.py runs for this network: Adam 1e-3, cross-entropy over every pixel, no augmentation,
+      # XLA's convolutions (segjax's oneDNN kernels are a CPU backend).
+      exp = _experiment.build(model, devices=list(mesh.devices.flat), batch=b, size=(h, w), mean=(127.5,) * 3,
+                              std=(127.5,) * 3, conv_backend="xla")
+      if "batch" not in holder:
+        holder["batch"] = _experiment.place(exp, batch)
       if "state" not in holder:
         # Parameters are float32 in every compute dtype (param_dtype) and do not depend on the input size (fully
-        # convolutional nets): initialise once, at a small size; each dtype's steps go on from the last state.
-        s = models.init_size(model)
-        holder["state"] = jax.jit(lambda key, model=model, s=s: state_lib.create_train_state(
-            model, optax.adam(1e-3), key, (1, s, s, 3)), out_shardings=sharding.replicated(mesh))(jax.random.key(0))
+        # convolutional nets): initialise once (the Experiment initialises at the model's smallest input); each
+        # dtype's steps go on from the last state (arrays only, so any dtype's Experiment takes it).
+        holder["state"] = exp.init_state()
       state = holder["state"]
-      fn = jax.jit(functools.partial(steps.train_step, model=model, seed=0, mean=(127.5,) * 3, std=(127.5,) * 3,
-                                     ce_weight=1.0, dice_weight=0.0, class_weights=None, conv_backend="xla"),
-                   donate_argnums=0)
+      fn = jax.jit(functools.partial(steps.train_step, exp=exp), donate_argnums=0)
       start = time.perf_counter()
-      lowered = fn.lower(state, batch)
+      lowered = fn.lower(state, holder["batch"])
       compiled = lowered.compile()
       row["compile_s"] = time.perf_counter() - start
       row["params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
@@ -210,7 +212,7 @@ def _jax_case(case, dtypes, timing, matmul, mesh, device, profile_steps) -> None
                                 - mem.alias_size_in_bytes)
 
       def one(holder=holder, compiled=compiled):
-        holder["state"], metrics = compiled(holder["state"], batch)
+        holder["state"], metrics = compiled(holder["state"], holder["batch"])
         return metrics
 
       first, seconds = timed(one, jax.block_until_ready, **timing)
@@ -398,7 +400,8 @@ def pipeline_worker(case: dict[str, Any], workers: list[int], batches: int) -> N
           return {key: np.stack([ex[key] for ex in exs]) for key in exs[0]}
         close = pool.terminate if pool else (lambda: None)
       else:
-        dataset = pipeline.train_dataset(source, spec=spec, batch_size=b, crop_size=(h, w), seed=0)
+        crop = pipeline.RandomCrop((h, w), spec.ignore_label, spec.num_classes, spec.reduce_zero_label)
+        dataset = pipeline.train_dataset(source, crop, batch_size=b, seed=0, name=spec.name)
         it = pipeline.train_iterator(dataset, worker_count=n)
         next_batch, close = (lambda it=it: next(it)), getattr(it, "close", lambda: None)
       for _ in range(2):  # worker start-up and the first reads

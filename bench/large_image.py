@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
-from segjax import inference, models  # noqa: E402  pylint: disable=wrong-import-position
+from segjax import models  # noqa: E402  pylint: disable=wrong-import-position
+from segjax.evaluation import inference  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main() -> None:

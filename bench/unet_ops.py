@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax.models import unet
+from segjax.models import layers, unet
 
 import _timing  # bench/_timing.py (this folder is on sys.path when a script runs)
 
@@ -27,7 +27,7 @@ def main():
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.devices()[0].device_kind}")
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((8, 128, 128, 32)), jnp.float32)
-  ours = grad_time(lambda p, x: unet.max_pool_2x2(x * p), jnp.float32(1.0), x)
+  ours = grad_time(lambda p, x: layers.max_pool_2x2(x * p), jnp.float32(1.0), x)
   ref = grad_time(lambda p, x: nn.max_pool(x * p, (2, 2), strides=(2, 2)), jnp.float32(1.0), x)
   print(f"max pool 2x2, [8,128,128,32], fwd+grad: segjax {ours:.1f} ms, nn.max_pool {ref:.1f} ms, "
         f"ratio {ref / ours:.1f}x")
