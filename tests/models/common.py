@@ -49,6 +49,12 @@ def abstract_variables(model, x, dtype=jnp.float32):
   return jax.eval_shape(lambda x: model.init(KEYS, x, train=False), x)
 
 
+def abstract_init(model, shape, **kwargs):
+  """(logits, variables) of `model.init_with_output` as shapes only: no real initialisation or forward pass."""
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  return jax.eval_shape(lambda x: model.init_with_output(KEYS, x, train=False, **kwargs), x)
+
+
 def abstract_apply(model, shape, **kwargs):
   """(abstract variables, abstract output) of an eval-mode forward pass, without running anything."""
   x = jax.ShapeDtypeStruct(shape, jnp.float32)

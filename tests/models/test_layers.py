@@ -71,10 +71,10 @@ def test_max_pool_2x2_matches_a_numpy_loop_and_has_correct_gradients():
 
 
 def test_center_crop_helper():
-  x = np.arange(2 * 8 * 8 * 1).reshape(2, 8, 8, 1)
+  x = np.arange(2 * 9 * 8 * 1).reshape(2, 9, 8, 1)
   np.testing.assert_array_equal(layers.center_crop(jnp.asarray(x), (4, 4)), x[:, 2:6, 2:6, :])
   # An odd margin drops the extra row/column at the bottom/right.
-  np.testing.assert_array_equal(layers.center_crop(jnp.asarray(x), (5, 3)), x[:, 1:6, 2:5, :])
+  np.testing.assert_array_equal(layers.center_crop(jnp.asarray(x), (4, 3)), x[:, 2:6, 2:5, :])
   with pytest.raises(ValueError, match="centre-crop"):
     layers.center_crop(jnp.asarray(x), (10, 4))
 

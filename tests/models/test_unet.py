@@ -1,4 +1,6 @@
-"""U-Net variants: the unpadded original (Ronneberger et al. 2015, Fig. 1) and U-Net with a VGG16 encoder."""
+"""U-Net: the same-padded network (shapes, dtypes, parameter counts against an independent formula, the matmul
+up-convolution) and the paper's unpadded original (Ronneberger et al. 2015, Fig. 1: valid sizes, centre-cropped
+skips against a numpy reference forward pass)."""
 
 import flax.linen as nn
 import jax
@@ -7,21 +9,97 @@ import numpy as np
 import pytest
 from jax import lax
 
-from segjax.models import unet
+from segjax.models import build_model, unet
 from segjax.models.unet import UNetValid
-from segjax.models.unet_vgg import DecoderBlock, UNetVGG16
-
-_RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+from tests.models.common import KEYS, abstract_init, count_params
 
 
-def _count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+def _params(model, shape):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))["params"]
 
 
-def _abstract_init(model, shape, **kwargs):
-  """(logits, variables) as shapes only: no real initialisation or forward pass."""
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  return jax.eval_shape(lambda x: model.init_with_output(_RNGS, x, train=False, **kwargs), x)
+def unet_param_count(in_ch, classes, depth, base, bn, transpose=True):
+  """Parameter count of the U-Net written out layer by layer from the paper's description."""
+  def conv(cin, cout, k, bias=True):
+    return k * k * cin * cout + (cout if bias else 0)
+
+  def block(cin, cout):  # two 3x3 convs; with BN the conv has no bias and BN adds scale + offset
+    if bn:
+      return conv(cin, cout, 3, False) + 2 * cout + conv(cout, cout, 3, False) + 2 * cout
+    return conv(cin, cout, 3) + conv(cout, cout, 3)
+
+  total, cin = 0, in_ch
+  for level in range(depth + 1):
+    total += block(cin, base * 2**level)
+    cin = base * 2**level
+  for level in reversed(range(depth)):
+    f = base * 2**level
+    total += conv(2 * f, f, 2) if transpose else conv(2 * f, f, 3)  # up-conv halves the channels
+    total += block(2 * f, f)
+  return total + conv(base, classes, 1)
+
+
+def test_paper_unet_has_31_0m_parameters():
+  # Ronneberger et al. 2015, Fig. 1: 1 input channel, 2 classes, 64 base features, 4 poolings, no BN.
+  # The figure of "31.0 M" is the one quoted by the paper's successors (e.g. the Pytorch-UNet project
+  # reports 31,037,698 for the BN variant with 3 input channels); our formula gives both exactly.
+  model = build_model("unet", 2, depth=4, base_features=64, batch_norm=False)
+  n = count_params(_params(model, (1, 32, 32, 1)))
+  assert n == unet_param_count(1, 2, 4, 64, bn=False) == 31_030_658
+  model = build_model("unet", 2, depth=4, base_features=64, batch_norm=True)
+  n = count_params(_params(model, (1, 32, 32, 3)))
+  assert n == unet_param_count(3, 2, 4, 64, bn=True) == 31_037_698
+
+
+@pytest.mark.parametrize("bn,upsample", [(True, "transpose"), (False, "bilinear")])
+def test_parameter_count_independent_of_input_size(bn, upsample):
+  model = build_model("unet", 5, depth=3, base_features=8, batch_norm=bn, upsample=upsample)
+  counts = {count_params(_params(model, (1, s, s, 3))) for s in (8, 16, 48)}
+  assert counts == {unet_param_count(3, 5, 3, 8, bn, upsample == "transpose")}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_logits_are_float32_at_input_resolution(dtype):
+  model = build_model("unet", 4, depth=2, base_features=4, dtype=dtype, dropout_rate=0.5)
+  x = jnp.ones((2, 24, 40, 3))
+  with jax.threefry_partitionable(False):  # as create_train_state: XLA:CPU compiles the other one slowly
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)},
+                                           mutable=["batch_stats"]))
+  y, _ = apply(variables, x)
+  assert y.shape == (2, 24, 40, 4) and y.dtype == jnp.float32
+
+
+def test_rejects_sizes_not_divisible():
+  model = build_model("unet", 2, depth=3, base_features=4)
+  with pytest.raises(ValueError, match="divisible by 8"):
+    model.init(jax.random.key(0), jnp.ones((1, 20, 24, 1)), train=False)
+
+
+def test_unknown_model_and_option_errors():
+  with pytest.raises(ValueError, match="known models"):
+    build_model("unett", 2)
+  with pytest.raises(ValueError, match="no option"):
+    build_model("unet", 2, widht=3)
+
+
+def test_upconv_equals_flax_conv_transpose():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 7, 6))
+  ours = unet.UpConv2x2(4)
+  ref = nn.ConvTranspose(4, (2, 2), strides=(2, 2), padding="VALID")
+  params = ours.init(jax.random.key(1), x)
+  y = ours.apply(params, x)
+  y_ref = ref.apply(params, x)  # same parameter names and shapes: kernel [2, 2, Cin, Cout], bias
+  assert y.shape == (2, 10, 14, 4)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  g = jax.grad(lambda p: (ours.apply(p, x) ** 2).sum())(params)
+  g_ref = jax.grad(lambda p: (ref.apply(p, x) ** 2).sum())(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g, g_ref)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# UNetValid
 
 
 def _numpy_variables(model, shape, seed=0):
@@ -30,7 +108,7 @@ def _numpy_variables(model, shape, seed=0):
   XLA:CPU takes over a minute to compile the threefry random initialisers of a whole U-Net on a loaded
   2-core machine; tests only need some well-scaled values.
   """
-  _, variables = _abstract_init(model, shape)
+  _, variables = abstract_init(model, shape)
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -50,15 +128,11 @@ def _dropout_key(seed):
   return jax.random.key(seed, impl="rbg")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# UNetValid
-
-
 def test_paper_tile_572_gives_388_with_fig1_feature_map_sizes():
   # Ronneberger et al. 2015, Fig. 1: 572x572 input tile, 388x388 output segmentation map, and the side of
   # every feature map written in the figure.
   model = UNetValid(num_classes=2)
-  logits, variables = _abstract_init(model, (1, 572, 572, 1), capture_intermediates=True)
+  logits, variables = abstract_init(model, (1, 572, 572, 1), capture_intermediates=True)
   assert logits.shape == (1, 388, 388, 2) and logits.dtype == jnp.float32
   sides = {k: v["__call__"][0].shape[1] for k, v in variables["intermediates"].items() if k != "__call__"}
   fig1 = {"down0": 568, "down1": 280, "down2": 136, "down3": 64, "bottleneck": 28,
@@ -74,10 +148,10 @@ def test_paper_network_has_31_0m_parameters_like_the_padded_one():
   # 1 input channel, 2 classes, 64 base features, 4 poolings, no BN: 31,030,658 (the padded UNet's count,
   # tests/test_unet.py; padding adds no parameters). The parameter trees are identical, so weights transfer.
   model = UNetValid(num_classes=2)
-  _, variables = _abstract_init(model, (1, model.min_input_size, model.min_input_size, 1))
-  assert _count(variables["params"]) == 31_030_658
+  _, variables = abstract_init(model, (1, model.min_input_size, model.min_input_size, 1))
+  assert count_params(variables["params"]) == 31_030_658
   padded = unet.UNet(num_classes=2, batch_norm=False)
-  padded_vars = jax.eval_shape(lambda: padded.init(_RNGS, jnp.zeros((1, 32, 32, 1)), train=False))
+  padded_vars = jax.eval_shape(lambda: padded.init(KEYS, jnp.zeros((1, 32, 32, 1)), train=False))
   shapes = lambda t: jax.tree.map(lambda a: a.shape, t)  # noqa: E731
   assert shapes(variables["params"]) == shapes(padded_vars["params"])
 
@@ -111,7 +185,7 @@ def test_output_size_and_input_size_for_match_the_network(depth):
   # Actual shapes for a few valid sizes, non-square.
   valid = sorted(expected)
   for h, w in [(valid[0], valid[1]), (valid[3], valid[0])]:
-    logits, _ = _abstract_init(model, (2, h, w, 1))
+    logits, _ = abstract_init(model, (2, h, w, 1))
     assert logits.shape == (2, expected[h], expected[w], 3)
     assert model.input_margin == (h - expected[h]) // 2 == (w - expected[w]) // 2
   # input_size_for: the smallest valid input reaching the requested output.
@@ -124,7 +198,7 @@ def test_output_size_and_input_size_for_match_the_network(depth):
 def test_invalid_input_raises_naming_the_nearest_sizes():
   model = UNetValid(num_classes=2, depth=2, base_features=2)
   with pytest.raises(ValueError, match=r"side of 50.*48 or 52"):
-    model.init(_RNGS, jnp.zeros((1, 48, 50, 1)), train=False)
+    model.init(KEYS, jnp.zeros((1, 48, 50, 1)), train=False)
 
 
 def _reference_forward(params, x, depth, shift=0):
@@ -167,18 +241,11 @@ def test_skip_connections_are_centre_crops():
   assert not np.allclose(y, off_centre, rtol=1e-3, atol=1e-3)
 
 
-def test_center_crop_helper():
-  x = np.arange(2 * 9 * 8 * 1).reshape(2, 9, 8, 1)
-  np.testing.assert_array_equal(unet.center_crop(jnp.asarray(x), (4, 4)), x[:, 2:6, 2:6, :])
-  with pytest.raises(ValueError):
-    unet.center_crop(jnp.asarray(x), (10, 4))
-
-
 def test_valid_unet_parameters_independent_of_size_bn_dropout_and_bf16():
   model = UNetValid(num_classes=4, depth=2, base_features=4, batch_norm=True, dtype=jnp.bfloat16)
-  counts = {_count(_abstract_init(model, (1, s, s, 3))[1]["params"]) for s in (44, 48, 92)}
+  counts = {count_params(abstract_init(model, (1, s, s, 3))[1]["params"]) for s in (44, 48, 92)}
   assert len(counts) == 1
-  abstract = _abstract_init(model, (2, 44, 48, 3))[1]
+  abstract = abstract_init(model, (2, 44, 48, 3))[1]
   assert set(abstract) == {"params", "batch_stats"}
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(abstract["params"]))
   x = np.random.default_rng(0).standard_normal((2, 44, 48, 3)).astype(np.float32)
@@ -188,84 +255,3 @@ def test_valid_unet_parameters_independent_of_size_bn_dropout_and_bf16():
   y2, _ = apply(variables, x, _dropout_key(4))
   assert y1.shape == (2, 4, 8, 4) and y1.dtype == jnp.float32
   assert not np.allclose(y1, y2)  # dropout (rate 0.5 by default) is active in training
-
-
-# ----------------------------------------------------------------------------------------------------------
-# UNetVGG16 (TernausNet-16)
-
-
-def _conv(cin, cout, k=3):
-  return k * k * cin * cout + cout
-
-
-# VGG16's 13 convolutions (Simonyan & Zisserman 2015, Table 1, configuration D): 14,714,688, the parameter count
-# of torchvision's `vgg16().features`.
-_VGG16_CONVS = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
-                (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
-
-
-def ternausnet16_param_count(classes, f=32, transpose=False, bn=False):
-  """TernausNet's UNet16 (ternausnet/models.py) written out block by block: (input, middle, output) widths."""
-  encoder = sum(_conv(cin, cout) for cin, cout in _VGG16_CONVS)
-  if bn:
-    encoder += sum(2 * cout for _, cout in _VGG16_CONVS)  # BatchNorm scale and offset
-  blocks = [(512, 16 * f, 8 * f),           # center: pool5
-            (512 + 8 * f, 16 * f, 8 * f),   # dec5: center + conv5
-            (512 + 8 * f, 16 * f, 8 * f),   # dec4: dec5 + conv4
-            (256 + 8 * f, 8 * f, 2 * f),    # dec3: dec4 + conv3
-            (128 + 2 * f, 4 * f, f)]        # dec2: dec3 + conv2
-  # bilinear: two 3x3 convs; transpose: a 3x3 conv and a 4x4 transposed conv.
-  decoder = sum(_conv(cin, mid) + _conv(mid, out, 4 if transpose else 3) for cin, mid, out in blocks)
-  decoder += _conv(64 + f, f)  # dec1: dec2 + conv1
-  return encoder + decoder + _conv(f, classes, 1)
-
-
-@pytest.mark.parametrize("kwargs,expected", [
-    ({}, 29_306_465), ({"upsample": "transpose"}, 32_202_337), ({"batch_norm": True}, 29_314_913)])
-def test_unet_vgg16_parameter_count(kwargs, expected):
-  assert sum(_conv(cin, cout) for cin, cout in _VGG16_CONVS) == 14_714_688
-  assert ternausnet16_param_count(1, transpose=kwargs.get("upsample") == "transpose",
-                                  bn=kwargs.get("batch_norm", False)) == expected
-  model = UNetVGG16(num_classes=1, **kwargs)
-  counts = {_count(_abstract_init(model, (1, h, w, 3))[1]["params"]) for h, w in ((32, 32), (64, 96))}
-  assert counts == {expected}
-  assert _count(_abstract_init(UNetVGG16(num_classes=7, num_filters=8), (1, 32, 32, 3))[1]["params"]) == (
-      ternausnet16_param_count(7, f=8))
-
-
-@pytest.mark.parametrize("upsample", ["bilinear", "transpose"])
-def test_unet_vgg16_shapes(upsample):
-  model = UNetVGG16(num_classes=5, num_filters=8, upsample=upsample, dtype=jnp.bfloat16)
-  logits, variables = _abstract_init(model, (2, 64, 96, 3), capture_intermediates=True)
-  assert logits.shape == (2, 64, 96, 5) and logits.dtype == jnp.float32
-  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-  sides = {k: variables["intermediates"][k]["__call__"][0].shape[1:] for k in
-           ("center", "dec5", "dec4", "dec3", "dec2", "dec1")}
-  assert sides == {"center": (4, 6, 64), "dec5": (8, 12, 64), "dec4": (16, 24, 64), "dec3": (32, 48, 16),
-                   "dec2": (64, 96, 8), "dec1": (64, 96, 8)}
-  assert model.size_divisor == 32
-  with pytest.raises(ValueError, match="divisible by 32"):
-    _abstract_init(model, (1, 48, 64, 3))
-
-
-def test_unet_vgg16_transposed_conv_is_pytorchs_k4_s2_p1():
-  # PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1) is the gradient of Conv2d(kernel 4, stride 2,
-  # padding 1) with respect to its input (PyTorch docs); Flax stores the kernel unflipped, hence the flip.
-  block = DecoderBlock(middle=3, features=2, upsample="transpose")
-  rng = np.random.default_rng(0)
-  x = rng.standard_normal((1, 5, 6, 4)).astype(np.float32)
-  shapes = jax.eval_shape(lambda: block.init(jax.random.key(0), x))["params"]
-  params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
-  y = block.apply({"params": params}, x)
-  assert y.shape == (1, 10, 12, 2)
-  middle = jax.nn.relu(lax.conv_general_dilated(x, params["conv"]["kernel"], (1, 1), "SAME",
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["conv"]["bias"])
-  kernel = params["deconv"]["kernel"]  # [4, 4, middle, features]
-  torch_weight = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)  # the Conv2d(features -> middle) it is the gradient of
-
-  def forward(z):  # Conv2d(kernel 4, stride 2, padding 1)
-    return lax.conv_general_dilated(z, torch_weight, (2, 2), ((1, 1), (1, 1)),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-  adjoint = jax.vjp(forward, jnp.zeros((1, 10, 12, 2)))[1](middle)[0]
-  np.testing.assert_allclose(y, jax.nn.relu(adjoint + params["deconv"]["bias"]), rtol=1e-4, atol=1e-4)
