@@ -8,7 +8,7 @@
 
 Each fold trains a fresh network on 24 images with segjax's own loop (`segjax.train.loop.train_and_evaluate`,
 checkpoints in --workdir/fold<k>, so an interrupted run resumes fold by fold) and scores the 6 held-out
-images whole, at 512x512, with `segjax.evaluate.evaluate` (the "whole" inference of eval.py). Folds are tfds
+images whole, at 512x512, with `segjax.evaluation.semantic.evaluate` (the "whole" inference of eval.py). Folds are tfds
 split strings over the records (record i is train/image/i.png), e.g. fold 1 trains on "train[0:6]+train[12:30]"
 and evaluates "train[6:12]".
 
@@ -55,12 +55,13 @@ from segjax import platform as segjax_platform  # noqa: E402  (imports no JAX)
 
 segjax_platform.configure_xla_cpu()  # train.py's XLA:CPU flags, before any JAX computation
 
+from segjax import checkpoint as checkpoint_lib  # noqa: E402  pylint: disable=wrong-import-position
 from segjax import config as config_lib  # noqa: E402  pylint: disable=wrong-import-position
-from segjax import evaluate, metrics  # noqa: E402  pylint: disable=wrong-import-position
+from segjax import experiment  # noqa: E402  pylint: disable=wrong-import-position
+from segjax import metrics  # noqa: E402  pylint: disable=wrong-import-position
 from segjax.data import datasets, pipeline  # noqa: E402  pylint: disable=wrong-import-position
-from segjax.train import checkpoint as checkpoint_lib  # noqa: E402  pylint: disable=wrong-import-position
+from segjax.evaluation import semantic  # noqa: E402  pylint: disable=wrong-import-position
 from segjax.train import loop  # noqa: E402  pylint: disable=wrong-import-position
-from segjax.train import setup as setup_lib  # noqa: E402  pylint: disable=wrong-import-position
 
 NUM_IMAGES = 30  # labelled images of ISBI 2012 (train/image/0.png .. 29.png)
 FOREGROUND = "membrane"
@@ -163,8 +164,8 @@ def run_fold(k: int, fold: list[int], args, workdir: pathlib.Path) -> dict:
   jax.block_until_ready(state)
   train_s = time.perf_counter() - start
   start = time.perf_counter()
-  exp = setup_lib.build(config)
-  result = evaluate.evaluate(exp, state, config.eval_split, progress=False)
+  exp = experiment.build(config)
+  result = semantic.evaluate(exp, state, config.eval_split, progress=False)
   eval_s = time.perf_counter() - start
   names = exp.spec.class_names
   per_image = []
@@ -241,8 +242,8 @@ def estimate(folds: list[list[int]], args, workdir: pathlib.Path) -> None:
   times = [json.loads(line)["time"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   step_s = float(np.median(np.diff(times[1:])))  # from step 2: step 1's record includes compilation
   start = time.perf_counter()
-  exp = setup_lib.build(config)
-  evaluate.evaluate(exp, state, config.eval_split, progress=False)
+  exp = experiment.build(config)
+  semantic.evaluate(exp, state, config.eval_split, progress=False)
   eval_s = time.perf_counter() - start
   overhead = train_s - (n - 1) * step_s
   per_fold = overhead + (steps - 1) * step_s + eval_s

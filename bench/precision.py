@@ -7,7 +7,7 @@
 
 Each run trains from scratch with the recipe's seed, so both see the same initial parameters (float32 in both) and
 the same batches (`segjax.train.loop.train_and_evaluate`), then evaluates `--split` from the last checkpoint as
-eval.py does (`segjax.evaluate.run_eval`). Printed per dtype: mIoU and pixel accuracy, the training wall time
+eval.py does (`segjax.apps.eval.run_eval`). Printed per dtype: mIoU and pixel accuracy, the training wall time
 (compilation and checkpoints included), the median training throughput in images/s from metrics.jsonl (the first
 logged interval, which includes compilation, left out), and the bf16 / f32 ratios. bf16 speed on a CPU says nothing
 about accelerators: XLA:CPU has no fast bfloat16 convolution.
@@ -32,9 +32,10 @@ import time
 import jax
 import numpy as np
 
-from segjax import evaluate
+from segjax import experiment
+from segjax.apps import eval as eval_lib
 from segjax.data import pipeline
-from segjax.train import loop, setup, steps
+from segjax.train import loop, steps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,7 @@ def run(args, dtype: str, workdir: pathlib.Path) -> dict:
   loop.train_and_evaluate(config, workdir, progress=False)
   train_seconds = time.perf_counter() - start
   with contextlib.redirect_stdout(io.StringIO()):  # run_eval prints its table; one summary table below
-    result = evaluate.run_eval(config, str(workdir), split=args.split)
+    result = eval_lib.run_eval(config, str(workdir), split=args.split)
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   rates = [r["images_per_second"] for r in records if "images_per_second" in r][1:]
   return {"dtype": dtype, "steps": config.num_train_steps, "batch": config.batch_size,
@@ -78,7 +79,7 @@ def step_times(args, repeats: int) -> dict[str, float]:
     config.model.dtype = dtype
     if args.data_dir:
       config.dataset.data_dir = args.data_dir
-    exp = setup.build(config)
+    exp = experiment.build(config)
     if batch is None:
       rng = np.random.default_rng(0)
       h, w = config.dataset.crop_size
@@ -87,11 +88,7 @@ def step_times(args, repeats: int) -> dict[str, float]:
                "label": rng.integers(0, exp.spec.num_classes, shape, dtype=np.int32),
                "weight": np.ones(shape, np.float32)}
       batch = pipeline.to_global(batch, exp.mesh)
-    fns[dtype] = steps.jit_train_step(
-        exp.mesh, model=exp.model, seed=config.seed, mean=exp.mean, std=exp.std, ce_weight=config.loss.ce_weight,
-        dice_weight=config.loss.dice_weight, aux_weight=config.loss.aux_weight, augment=exp.augment,
-        normalization=exp.normalization,
-        class_weights=None if config.loss.class_weights is None else tuple(config.loss.class_weights))
+    fns[dtype] = steps.jit_train_step(exp)  # the recipe's step: its seed, normalisation, augmentation and loss
     states[dtype], out = fns[dtype](exp.init_state(), batch)  # compiles
     jax.block_until_ready(out)
   times = {dtype: [] for dtype in args.dtypes}
