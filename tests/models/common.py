@@ -108,6 +108,26 @@ def numpy_variables(model, x, seed=0, random_stats=False):
   return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
+def numpy_params(model, shape, seed=0):
+  """Parameters with `model.init`'s structure, filled from numpy (He-scaled normal kernels, small normal biases,
+  `transpose_bias` included), for models without BatchNorm: XLA:CPU compiles threefry initialisers slowly on a
+  loaded machine, and the tests only need well-scaled values."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    if path[-1].key.endswith("bias"):
+      return (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+    fan_in = int(np.prod(leaf.shape[:-1]))
+    return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract_variables(model, shape)["params"])
+
+
+def random_image(shape, seed=1):
+  """A standard normal float32 array (numpy rng)."""
+  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
 def random_like(tree, seed=0, positive=False):
   """Concrete parameters of the given shapes (numpy rng): He-scaled normal kernels, small normal biases; with
   `positive`, uniform positive values scaled by the fan-in."""
