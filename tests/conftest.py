@@ -112,9 +112,9 @@ def random_checkpoint(config, workdir, seed: int = 0, step: int = 3):
   (orbax's first save over 8 fake devices costs ~10 s). Returns (Experiment, state)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from segjax.train import checkpoint, setup  # pylint: disable=import-outside-toplevel
+  from segjax import checkpoint, experiment  # pylint: disable=import-outside-toplevel
 
-  exp = setup.build(config, jax.devices()[:1])
+  exp = experiment.build(config, jax.devices()[:1])
   state = random_state(exp.abstract_state(), seed).replace(step=np.int32(step))
   ckpt = checkpoint.Checkpointer(workdir)
   ckpt.save(step, state, config)
@@ -164,3 +164,28 @@ def cli_env(tmp_path_factory) -> dict[str, str]:
               # compiles ~100 small ones (optimiser schedule, orbax, init) besides the train step: 15 s of CPU
               # per restart with the default, 8-11 s with 0.
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def semantic_train_dataset(source, *, spec, batch_size, crop_size, seed, rows=None, scale_range=(1.0, 1.0)):
+  """`pipeline.train_dataset` with the semantic task's host transform (`pipeline.RandomCrop`), as training uses."""
+  from segjax.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  crop = pipeline.RandomCrop(crop_size, spec.ignore_label, spec.num_classes, spec.reduce_zero_label, scale_range)
+  return pipeline.train_dataset(source, crop, batch_size=batch_size, seed=seed, rows=rows, name=spec.name)
+
+
+def semantic_eval_batches(source, *, spec, batch_size, size, rows=None, num_threads=4):
+  """`pipeline.eval_batches` with the semantic task's example and padding functions, as evaluation uses."""
+  from segjax.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  return pipeline.eval_batches(source, example=pipeline.semantic_eval_example(spec, size),
+                               padding=pipeline.semantic_padding(spec, size), batch_size=batch_size, rows=rows,
+                               num_threads=num_threads)
+
+
+def predict_logits(state, images, *, model, mean, std, normalization="mean_std"):
+  """Logits of a train state through the one forward pass (`segjax.forward.Forward`) in inference mode."""
+  from segjax import forward  # pylint: disable=import-outside-toplevel
+
+  fwd = forward.Forward(model, mean, std, normalization)
+  return fwd(forward.variables(state.params, state.batch_stats), images)

@@ -2,7 +2,7 @@
 gives (the file or key, the value, the fix), and an existing checkpoint that stays bitwise intact and restorable.
 
 A module fixture trains a tiny run for 2 steps; every case then resumes training on it (`loop.train_and_evaluate`),
-evaluates it (`evaluate.run_eval`), or runs train.py on it, and compares the sha256 of every checkpoint file
+evaluates it (`eval_app.run_eval`), or runs train.py on it, and compares the sha256 of every checkpoint file
 afterwards. Bad folder datasets carry the shapes dataset's 6 class names and 3 channels, so the checkpoint is
 compatible and the error really comes from the data.
 """
@@ -22,12 +22,13 @@ from PIL import Image
 from PIL import ImageFile
 import pytest
 
-from segjax import evaluate
+from segjax import experiment
+from segjax.apps import eval as eval_app
 from segjax.data import pipeline
 from segjax.data import shapes
-from segjax.train import checkpoint as checkpoint_lib
+from segjax import checkpoint as checkpoint_lib
 from segjax.train import loop
-from segjax.train import setup
+from segjax import experiment
 from tests.conftest import REPO
 from tests.conftest import tiny_config
 
@@ -61,7 +62,7 @@ def run(shapes_data_dir, tmp_path_factory) -> Run:
   config = _config(shapes_data_dir, num_train_steps=STEP)
   # One device: compiles and saves faster than 8; the checkpoint restores onto any mesh.
   loop.train_and_evaluate(config, workdir, progress=False, devices=jax.devices()[:1])
-  abstract = setup.build(config, jax.devices()[:1]).abstract_state()
+  abstract = experiment.build(config, jax.devices()[:1]).abstract_state()
   return Run(workdir, shapes_data_dir, _fingerprint(workdir / "checkpoints"), abstract)
 
 
@@ -247,7 +248,7 @@ def empty_split_fraction(run, tmp_path):
 def empty_eval_slice(run, tmp_path):
   del tmp_path
   config = _config(run.data_dir)
-  return lambda: evaluate.run_eval(config, str(run.workdir), split="test[:0]"), ValueError, [
+  return lambda: eval_app.run_eval(config, str(run.workdir), split="test[:0]"), ValueError, [
       # The tfds slicing hint is also in the message datasets.data_source gives for an empty split.
       r"Split 'test\[:0\]' of dataset 'shapes' holds no examples", r"\(tfds slicing: '"]
 
@@ -262,35 +263,35 @@ def mean_of_wrong_length(run, tmp_path):
 def checkpoint_channels_differ(run, tmp_path):
   root = _folder(tmp_path / "d", channels=1)
   config = _folder_config(run, tmp_path, root, num_channels=1)
-  return lambda: evaluate.run_eval(config, str(run.workdir), split="train"), ValueError, [
+  return lambda: eval_app.run_eval(config, str(run.workdir), split="train"), ValueError, [
       rf"Cannot evaluate .*checkpoints at step {STEP}", r"image channels: 3 in the checkpoint, 1 now",
       r"Use the recipe it was trained with"]
 
 
 def eval_workdir_missing(run, tmp_path):
   config = _config(run.data_dir)
-  return lambda: evaluate.run_eval(config, str(tmp_path / "nowhere")), FileNotFoundError, [
+  return lambda: eval_app.run_eval(config, str(tmp_path / "nowhere")), FileNotFoundError, [
       r"--workdir=.*/nowhere does not exist", r"train first with `python train.py --config=\.\.\. --workdir="]
 
 
 def eval_workdir_is_a_file(run, tmp_path):
   (tmp_path / "notes.txt").write_text("not a run")
   config = _config(run.data_dir)
-  return lambda: evaluate.run_eval(config, str(tmp_path / "notes.txt")), FileNotFoundError, [
+  return lambda: eval_app.run_eval(config, str(tmp_path / "notes.txt")), FileNotFoundError, [
       r"--workdir=.*/notes\.txt is a file, not a training directory", r"train first"]
 
 
 def eval_workdir_without_checkpoints(run, tmp_path):
   (tmp_path / "w" / "eval").mkdir(parents=True)
   config = _config(run.data_dir)
-  return lambda: evaluate.run_eval(config, str(tmp_path / "w")), FileNotFoundError, [
+  return lambda: eval_app.run_eval(config, str(tmp_path / "w")), FileNotFoundError, [
       r"/w/checkpoints does not exist, so .*/w is no training directory", r"train first"]
 
 
 def eval_checkpoints_empty(run, tmp_path):
   (tmp_path / "w" / "checkpoints").mkdir(parents=True)
   config = _config(run.data_dir)
-  return lambda: evaluate.run_eval(config, str(tmp_path / "w")), FileNotFoundError, [
+  return lambda: eval_app.run_eval(config, str(tmp_path / "w")), FileNotFoundError, [
       r"/w/checkpoints is empty: no checkpoint was saved there yet", r"train first"]
 
 
@@ -298,7 +299,7 @@ def eval_checkpoint_half_written(run, tmp_path):
   # What orbax leaves when a save is cut short: the step under a temporary name, never renamed.
   shutil.copytree(run.workdir / "checkpoints" / str(STEP), tmp_path / "w" / "checkpoints" / "4.orbax-checkpoint-tmp")
   config = _config(run.data_dir)
-  return lambda: evaluate.run_eval(config, str(tmp_path / "w")), FileNotFoundError, [
+  return lambda: eval_app.run_eval(config, str(tmp_path / "w")), FileNotFoundError, [
       r"/w/checkpoints holds no complete checkpoint, only unfinished saves \(4\.orbax-checkpoint-tmp\)",
       r"stopped while saving", r"Rerun the same train\.py command"]
 
@@ -453,7 +454,7 @@ def test_compute_dtype_may_change_but_not_the_parameters(run):
   try:
     bf16 = _config(run.data_dir, **{"model.dtype": "bfloat16"})
     checkpoint_lib.check_compatible(ckpt, STEP, bf16, "evaluate")  # no error
-    state = ckpt.restore(STEP, setup.build(bf16, jax.devices()[:1]).abstract_state())
+    state = ckpt.restore(STEP, experiment.build(bf16, jax.devices()[:1]).abstract_state())
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
     wider = _config(run.data_dir, **{"model.dtype": "bfloat16", "model.base_features": 2 * BASE_FEATURES})
     differs = rf"model\.base_features: {BASE_FEATURES} in the checkpoint, {2 * BASE_FEATURES} now"

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from segjax.train import checkpoint as checkpoint_lib
+from segjax import checkpoint as checkpoint_lib
+from segjax import experiment
 from segjax.train import loop
 from tests.checkpoint_damage import DAMAGES, damage
 from tests.conftest import random_checkpoint, tiny_config
@@ -33,7 +34,7 @@ def test_damaged_latest_checkpoint_falls_back_for_eval(shapes_data_dir, tmp_path
   devices = jax.devices()[:1]
 
   with caplog.at_level(logging.WARNING):
-    _, state, step = checkpoint_lib.restore_checkpoint(config, tmp_path, devices=devices)
+    _, state, step = experiment.restore(config, tmp_path, devices=devices)
   assert step == 2
   for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(state2.params)):
     np.testing.assert_array_equal(a, b)
@@ -46,7 +47,7 @@ def test_damaged_latest_checkpoint_falls_back_for_eval(shapes_data_dir, tmp_path
 
   with pytest.raises(ValueError, match=r"--checkpoint_step=4: checkpoint step 4 in .* cannot be restored \(.*\)\. "
                                        r"Steps that restore: \[2\]; pass one of them, e.g\. --checkpoint_step=2\."):
-    checkpoint_lib.restore_checkpoint(config, tmp_path, checkpoint_step=4, devices=devices)
+    experiment.restore(config, tmp_path, checkpoint_step=4, devices=devices)
   del state4
 
 

@@ -18,8 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from segjax.train import checkpoint as checkpoint_lib
-from segjax.train import loop, setup
+from segjax import checkpoint as checkpoint_lib
+from segjax import experiment
+from segjax.train import loop
 from tests.conftest import REPO, tiny_config
 
 STEPS = 12
@@ -96,7 +97,7 @@ def test_two_processes_equal_one_process_with_8_devices(shapes_data_dir, tmp_pat
   outs = _finish(_launch(workdir, shapes_data_dir, cli_env))
   ckpt = checkpoint_lib.Checkpointer(workdir)
   assert ckpt.latest_step() == STEPS
-  restored = jax.device_get(ckpt.restore(STEPS, setup.build(config).abstract_state()))
+  restored = jax.device_get(ckpt.restore(STEPS, experiment.build(config).abstract_state()))
   for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(restored)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert int(restored.step) == STEPS

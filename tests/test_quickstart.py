@@ -4,8 +4,10 @@ import time
 
 import pytest
 
-from segjax import evaluate, metrics
-from segjax.train import loop, setup
+from segjax import metrics
+from segjax.evaluation import semantic as evaluate
+from segjax import experiment
+from segjax.train import loop
 from tests.conftest import REPO
 
 
@@ -19,7 +21,7 @@ def test_quickstart_reaches_target_miou(shapes_data_dir, tmp_path):
   start = time.perf_counter()
   state = loop.train_and_evaluate(config, tmp_path, progress=False)
   train_seconds = time.perf_counter() - start
-  cm = evaluate.evaluate(setup.build(config), state, "test", progress=False).cm
+  cm = evaluate.evaluate(experiment.build(config), state, "test", progress=False).cm
   result = metrics.compute_metrics(cm)
   print(f"quickstart: {config.num_train_steps} steps in {train_seconds:.0f} s, test mIoU {result['mean_iou']:.4f}, "
         f"pixel accuracy {result['pixel_accuracy']:.4f}")

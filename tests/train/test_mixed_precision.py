@@ -18,11 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segjax import evaluate, losses
+from segjax import losses
+from segjax.apps import eval as eval_app
 from segjax.data import datasets, pipeline
 from segjax.models import unet
-from segjax.train import loop, setup, steps
-from tests.conftest import REPO, tiny_config
+from segjax import experiment
+from segjax.train import loop, steps
+from tests.conftest import REPO, semantic_train_dataset, tiny_config
 from tests.test_configs import load
 
 # Tolerances of one bf16 step against float32 on the tiny U-Net (depth 2, base 4, 8 x 32 x 32 crops). Measured:
@@ -58,15 +60,12 @@ def _config(data_dir, dtype, **overrides):
 
 def _first_batch(config, spec):
   source = datasets.data_source(config.dataset, "train")
-  return pipeline.train_dataset(source, spec=spec, batch_size=config.batch_size,
+  return semantic_train_dataset(source, spec=spec, batch_size=config.batch_size,
                                 crop_size=config.dataset.crop_size, seed=config.seed)[0]
 
 
 def _train_step(exp):
-  c = exp.config
-  return steps.jit_train_step(exp.mesh, model=exp.model, seed=c.seed, mean=exp.mean, std=exp.std,
-                              ce_weight=c.loss.ce_weight, dice_weight=c.loss.dice_weight, class_weights=None,
-                              augment=exp.augment)
+  return steps.jit_train_step(exp)
 
 
 def _float_leaves(tree):
@@ -84,7 +83,7 @@ def _assert_state_float32(state):
 
 
 def _model_input(batch, exp):
-  return steps.normalize(jnp.asarray(batch["image"]), exp.mean, exp.std)
+  return exp.forward.normalize(jnp.asarray(batch["image"]))
 
 
 def _reference_loss(logits, labels, weights, ce_weight, dice_weight, smooth=1.0):
@@ -126,7 +125,7 @@ def test_bf16_recipe_is_quickstart_with_bf16_compute():
 @dataclasses.dataclass
 class Run:
   """One train step of the tiny recipe from its initial state, in one compute dtype (host copies)."""
-  exp: setup.Experiment
+  exp: experiment.Experiment
   init: Any  # TrainState before the step
   stepped: Any  # TrainState after it
   out: dict[str, np.ndarray]  # the step's metrics
@@ -139,7 +138,7 @@ def runs(shapes_data_dir) -> dict[str, Any]:
   """A Run per dtype on the same first batch (under "batch"), shared so that each program compiles once."""
   result = {}
   for dtype in ("float32", "bfloat16"):
-    exp = setup.build(_config(shapes_data_dir, dtype))
+    exp = experiment.build(_config(shapes_data_dir, dtype))
     state = exp.init_state()
     batch = _first_batch(exp.config, exp.spec)
     global_batch = pipeline.to_global(batch, exp.mesh)
@@ -269,7 +268,7 @@ def test_bf16_training_reaches_float32_quality(shapes_data_dir, tmp_path):
     config = tiny_config(shapes_data_dir, **{**QUALITY_SCHEDULE, "model.dtype": dtype, "mesh.data": 1})
     loop.train_and_evaluate(config, tmp_path / dtype, progress=False)
     with contextlib.redirect_stdout(io.StringIO()):  # run_eval prints its table
-      results[dtype] = evaluate.run_eval(config, str(tmp_path / dtype), split="test")
+      results[dtype] = eval_app.run_eval(config, str(tmp_path / dtype), split="test")
   miou = {dtype: r["mean_iou"] for dtype, r in results.items()}
   print(f"test mIoU: float32 {miou['float32']:.4f}, bfloat16 {miou['bfloat16']:.4f}")
   assert min(miou.values()) > MIOU_FLOOR, miou

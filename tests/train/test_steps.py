@@ -9,8 +9,9 @@ import pytest
 
 from segjax import sharding
 from segjax.data import augment, datasets, pipeline
-from segjax.train import setup, steps
-from tests.conftest import tiny_config
+from segjax import experiment
+from segjax.train import steps
+from tests.conftest import semantic_train_dataset, tiny_config
 
 
 FULL_AUGMENT = dict(zoom=(0.7, 1.5), hflip_prob=0.5, vflip_prob=0.5, rotate_degrees=20.0, affine_scale=(0.9, 1.1),
@@ -23,16 +24,16 @@ FULL_AUGMENT = dict(zoom=(0.7, 1.5), hflip_prob=0.5, vflip_prob=0.5, rotate_degr
 def _first_batch(config):
   spec = datasets.get_spec(config.dataset.name)
   source = datasets.data_source(spec.name, "train", data_dir=config.dataset.data_dir)
-  return pipeline.train_dataset(source, spec=spec, batch_size=config.batch_size,
+  return semantic_train_dataset(source, spec=spec, batch_size=config.batch_size,
                                 crop_size=config.dataset.crop_size, seed=0)[0]
 
 
 def _one_step(config, devices, batch):
-  exp = setup.build(config, devices)
+  config.loss.ce_weight, config.loss.dice_weight = 1.0, 0.5
+  config.loss.class_weights = (1.0, 2.0, 1.0, 1.0, 3.0, 1.0)
+  exp = experiment.build(config, devices)
   state = exp.init_state()
-  fn = steps.jit_train_step(exp.mesh, model=exp.model, seed=config.seed, mean=exp.mean, std=exp.std,
-                            ce_weight=1.0, dice_weight=0.5, class_weights=(1.0, 2.0, 1.0, 1.0, 3.0, 1.0),
-                            augment=exp.augment)
+  fn = steps.jit_train_step(exp)
   new_state, out = fn(state, pipeline.to_global(batch, sharding.batch_sharding(exp.mesh)))
   return jax.device_get(new_state.params), jax.device_get(new_state.batch_stats), jax.device_get(out)
 
@@ -50,11 +51,11 @@ def test_one_step_on_8_devices_equals_1_device(shapes_data_dir):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), p1, p8)
   # BatchNorm statistics are over the global batch, not per device.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), s1, s8)
-  init = jax.device_get(setup.build(config).init_state().params)
+  init = jax.device_get(experiment.build(config).init_state().params)
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(p1)))
 
 
 def test_eval_refuses_missing_workdir(tmp_path, shapes_data_dir):
-  from segjax import evaluate  # pylint: disable=import-outside-toplevel
+  from segjax.apps import eval as eval_app  # pylint: disable=import-outside-toplevel
   with pytest.raises(FileNotFoundError, match="train first"):
-    evaluate.run_eval(tiny_config(shapes_data_dir), str(tmp_path / "nothing"))
+    eval_app.run_eval(tiny_config(shapes_data_dir), str(tmp_path / "nothing"))

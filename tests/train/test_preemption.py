@@ -48,8 +48,9 @@ import numpy as np
 import pytest
 
 from segjax.data import datasets
-from segjax.train import checkpoint as checkpoint_lib
-from segjax.train import loop, setup
+from segjax import checkpoint as checkpoint_lib
+from segjax import experiment
+from segjax.train import loop
 from tests.conftest import REPO, tiny_config
 
 # Room to spare, so that no run reaches the end before its kill: a run killed at startup does not advance the
@@ -94,7 +95,7 @@ def _latest(workdir: pathlib.Path) -> int | None:
 def _restore(workdir: pathlib.Path, step: int, config):
   ckpt = checkpoint_lib.Checkpointer(workdir)
   try:
-    return jax.device_get(ckpt.restore(step, setup.build(config).abstract_state()))
+    return jax.device_get(ckpt.restore(step, experiment.build(config).abstract_state()))
   finally:
     ckpt.close()
 

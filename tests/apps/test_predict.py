@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segjax import inference, predict
+from segjax import experiment
+from segjax.apps import predict
+from segjax.evaluation import inference
 from segjax.data import datasets
 from tests.conftest import random_checkpoint, tiny_config
 
@@ -43,7 +45,7 @@ def test_predict_writes_palette_labels_overlays_and_probabilities(trained, tmp_p
   assert [p.name for p, _ in failed] == ["bad.png"]
   assert "bad.png" in failed[0][1] and "re-export it" in failed[0][1]
   spec = datasets.get_spec(config.dataset)
-  segmenter = inference.Segmenter([inference.load_member(config, workdir)], spec.num_classes,
+  segmenter = inference.Segmenter([experiment.load_member(config, workdir)], spec.num_classes,
                                   inference.InferenceParams.from_config(config))
   names = sorted(p.name for p in (tmp_path / "out").iterdir())
   assert names == sorted(f"{s}{suffix}" for s in images for suffix in (".png", "_overlay.png", "_probs.npy"))
@@ -129,7 +131,7 @@ def test_inputs_sharing_a_stem_get_distinct_outputs_and_the_summary_counts_files
   assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
       "x.bmp.png", "x.bmp_overlay.png", "x.png.png", "x.png_overlay.png"]
   spec = datasets.get_spec(config.dataset)
-  segmenter = inference.Segmenter([inference.load_member(config, workdir)], spec.num_classes,
+  segmenter = inference.Segmenter([experiment.load_member(config, workdir)], spec.num_classes,
                                   inference.InferenceParams.from_config(config))
   for name, image in (("x.png", x_png), ("x.bmp", x_bmp)):
     with Image.open(tmp_path / "out" / f"{name}.png") as img:

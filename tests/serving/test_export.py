@@ -18,10 +18,11 @@ import pytest
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the flatbuffers package")
 
-from segjax import export, models, serving  # noqa: E402
+from segjax import forward, models, serving  # noqa: E402
+from segjax.serving import export  # noqa: E402
 from segjax.data import datasets  # noqa: E402
 from segjax.train import steps  # noqa: E402
-from tests.conftest import REPO, random_checkpoint, random_state, tiny_config  # noqa: E402
+from tests.conftest import REPO, predict_logits, random_checkpoint, random_state, tiny_config  # noqa: E402
 
 # (batch, height, width): the tiny U-Net (depth 2) takes multiples of 4; one artifact serves all of them.
 SHAPES = ((3, 16, 24), (1, 8, 12))
@@ -47,7 +48,7 @@ def exported(trained, tmp_path_factory):
 
 def _reference(exp, state, images):
   """The in-process segjax path: steps.predict + argmax / softmax (jitted: faster than eager on CPU)."""
-  logits = jax.jit(lambda x: steps.predict(state, x, model=exp.model, mean=exp.mean, std=exp.std,
+  logits = jax.jit(lambda x: predict_logits(state, x, model=exp.model, mean=exp.mean, std=exp.std,
                                            normalization=exp.normalization))(images)
   return np.asarray(jax.numpy.argmax(logits, -1)), np.asarray(jax.nn.softmax(logits, -1))
 
@@ -135,7 +136,7 @@ def test_valid_conv_net_exports_fixed_sizes_with_per_image_normalization(tmp_pat
   x = np.random.default_rng(1).integers(0, 256, (2, 12, 10, 3), dtype=np.uint8)
   x[1] = 7  # a constant image: standard deviation 0, which only the floor keeps from giving 0 / 0
   state = type("State", (), variables)
-  logits = steps.predict(state, x, model=model, mean=(0.0,), std=(1.0,), normalization="per_image")
+  logits = predict_logits(state, x, model=model, mean=(0.0,), std=(1.0,), normalization="per_image")
   got = loaded(x)
   assert set(got) == {"labels", "logits"}
   np.testing.assert_array_equal(got["labels"], np.argmax(logits, -1))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from segjax.data import datasets, pipeline
+from tests.conftest import semantic_eval_batches, semantic_train_dataset
 
 SPEC = datasets.DatasetSpec(name="fake", tfds_name="fake", class_names=("a", "b", "c"),
                             palette=((0, 0, 0), (1, 1, 1), (2, 2, 2)), ignore_label=255, num_channels=3,
@@ -105,7 +106,7 @@ def test_eval_batches_cover_every_pixel_exactly_once(layout):
   expected_valid = sum(int((s["label"] != 255).sum()) for s in source)
   seen, total_valid, batch_counts = [], 0, set()
   for rows in LAYOUTS[layout]:
-    batches = list(pipeline.eval_batches(source, spec=SPEC, batch_size=6, size=(16, 16), rows=rows, num_threads=1))
+    batches = list(semantic_eval_batches(source, spec=SPEC, batch_size=6, size=(16, 16), rows=rows, num_threads=1))
     batch_counts.add(len(batches))
     for number, b in enumerate(batches):
       assert b["image"].shape == (len(rows), 16, 16, 3) and b["weight"].shape == (len(rows), 16, 16)
@@ -129,11 +130,11 @@ def test_eval_batches_cover_every_pixel_exactly_once(layout):
 def test_eval_rejects_images_larger_than_eval_size():
   source = make_source([(20, 20)])
   with pytest.raises(ValueError, match="eval_size"):
-    list(pipeline.eval_batches(source, spec=SPEC, batch_size=1, size=(16, 16)))
+    list(semantic_eval_batches(source, spec=SPEC, batch_size=1, size=(16, 16)))
 
 
 def _dataset(source, seed, rows=None, batch_size=4):
-  return pipeline.train_dataset(source, spec=SPEC, batch_size=batch_size, crop_size=(8, 8), seed=seed, rows=rows)
+  return semantic_train_dataset(source, spec=SPEC, batch_size=batch_size, crop_size=(8, 8), seed=seed, rows=rows)
 
 
 def _loader(source, seed, rows=None, start_step=0, worker_count=0, batch_size=4):

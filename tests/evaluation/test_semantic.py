@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 
 from segjax import config as config_lib
-from segjax import evaluate, inference
+from segjax import experiment
+from segjax.apps import eval as eval_app
+from segjax.evaluation import inference
+from segjax.evaluation import semantic as evaluate
 from segjax.data import datasets, pipeline
-from segjax.train import checkpoint, loop, steps
-from tests.conftest import REPO, random_checkpoint, tiny_config
+from segjax import checkpoint, experiment
+from segjax.train import loop, steps
+from tests.conftest import REPO, predict_logits, random_checkpoint, tiny_config
 
 SPLIT = "test[:10]"
 
@@ -38,7 +42,7 @@ def _run(shapes_data_dir, tmp_path_factory, seed, train: bool) -> Run:
     loop.train_and_evaluate(config, workdir, progress=False, devices=jax.devices()[:1])
   else:
     random_checkpoint(config, workdir, seed=seed)
-  exp, state, _ = checkpoint.restore_checkpoint(config, workdir)
+  exp, state, _ = experiment.restore(config, workdir)
   return Run(config, str(workdir), exp, state)
 
 
@@ -59,7 +63,7 @@ def _examples(run):
 
 
 def _probs(run, image):
-  logits = steps.predict(run.state, image[None], model=run.exp.model, mean=run.exp.mean, std=run.exp.std)
+  logits = predict_logits(run.state, image[None], model=run.exp.model, mean=run.exp.mean, std=run.exp.std)
   return np.asarray(jax.nn.softmax(logits, -1))[0]
 
 
@@ -113,7 +117,7 @@ def test_ensemble_scores_the_mean_of_the_members_softmaxes(run_a, run_b):
   k = run_a.exp.spec.num_classes
   examples = _examples(run_a)
   preds = [(_probs(run_a, ex.image) + _probs(run_b, ex.image)).argmax(-1) for ex in examples]
-  member_b = inference.member_from_state(run_b.exp, run_b.state)
+  member_b = experiment.member(run_b.exp, run_b.state)
   ev = evaluate.evaluate(run_a.exp, run_a.state, SPLIT, members=[member_b], progress=False)
   np.testing.assert_array_equal(ev.cm, _brute_force_cm(examples, preds, k).sum(0))
   alone = evaluate.evaluate(run_a.exp, run_a.state, SPLIT, progress=False)
@@ -123,7 +127,7 @@ def test_ensemble_scores_the_mean_of_the_members_softmaxes(run_a, run_b):
 def test_run_eval_writes_the_report_and_every_convention(run_a, run_b):
   config = run_a.config
   with contextlib.redirect_stdout(io.StringIO()) as out:
-    result = evaluate.run_eval(config, run_a.workdir, split=SPLIT, members=[(run_b.config, run_b.workdir, None)])
+    result = eval_app.run_eval(config, run_a.workdir, split=SPLIT, members=[(run_b.config, run_b.workdir, None)])
   out_dir = f"{run_a.workdir}/eval/{SPLIT}"
   saved = json.loads(open(f"{out_dir}/metrics.json").read())
   assert saved["mean_iou"] == pytest.approx(result["mean_iou"])

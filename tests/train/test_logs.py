@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segjax import curves, evaluate
-from segjax.train import logs, loop
+from segjax.apps import eval as eval_app
+from segjax.train import curves, logs, loop
 from tests.conftest import tiny_config
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -80,7 +80,7 @@ def test_training_writes_tensorboard_config_and_curves_and_a_resumed_run_appends
   assert loaded["dataset"]["crop_size"] == [32, 32]
 
   # eval.py's run adds its metrics and overlays at the checkpoint's step.
-  result = evaluate.run_eval(resumed, str(workdir), split="validation[:8]")
+  result = eval_app.run_eval(resumed, str(workdir), split="validation[:8]")
   acc = _read_events(workdir / logs.TENSORBOARD_DIR)
   events = acc.Scalars("eval/validation__8_/mean_iou")  # tensorboardX writes "[:]" in tags as "_"
   assert [e.step for e in events] == [6] and events[0].value == pytest.approx(result["mean_iou"], rel=1e-6)

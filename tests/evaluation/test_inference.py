@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from segjax import inference, models
+from segjax import forward, models
+from segjax.evaluation import inference, tiling
 from segjax.train import steps
+from tests.conftest import predict_logits
 
 K = 3
 MEAN, STD = (120.0, 110.0, 100.0), (60.0, 50.0, 70.0)
@@ -138,7 +140,7 @@ def test_slide_equals_brute_force_window_loop(weighting, size):
   member = _member(ConvNet(layers=2))
   image = _image(*size, seed=1)
   tile, stride, sigma = (16, 16), (10, 12), 0.2
-  weight = inference.gaussian_weights(tile, sigma) if weighting == "gaussian" else np.ones(tile)
+  weight = tiling.gaussian_weights(tile, sigma) if weighting == "gaussian" else np.ones(tile)
   expected, count = _brute_slide(member, image, tile, stride, weight)
   got = _segment([member], image, mode="slide", tile_size=tile, stride=stride, weighting=weighting,
                  gaussian_sigma=sigma, merge="logits", tile_batch=4)
@@ -153,7 +155,7 @@ def test_gaussian_weights_equal_2d_formula():
   yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
   sy, sx = sigma * h, sigma * w
   expected = np.exp(-((yy - (h - 1) / 2) ** 2 / (2 * sy**2) + (xx - (w - 1) / 2) ** 2 / (2 * sx**2)))
-  got = inference.gaussian_weights((h, w), sigma)
+  got = tiling.gaussian_weights((h, w), sigma)
   np.testing.assert_allclose(got, expected, rtol=1e-6)
   assert got.max() < 1.0 + 1e-6 and got.dtype == np.float32
 
@@ -162,7 +164,7 @@ def test_reflect_index_equals_numpy_pad():
   for n in (1, 2, 5):
     x = np.arange(n)
     idx = np.arange(-13, n + 13)
-    np.testing.assert_array_equal(x[inference.reflect_index(idx, n)], np.pad(x, 13, mode="reflect"))
+    np.testing.assert_array_equal(x[tiling.reflect_index(idx, n)], np.pad(x, 13, mode="reflect"))
 
 
 def test_overlap_tile_equals_whole_valid_inference():
@@ -170,12 +172,12 @@ def test_overlap_tile_equals_whole_valid_inference():
   # the border; offsets stay multiples of 8.
   depth, tile = 3, (20, 28)
   model = models.build_model("unet_valid", K, depth=depth, base_features=2, dropout_rate=0.0)
-  assert inference.pooling_grid(model) == 2**depth
+  assert tiling.pooling_grid(model) == 2**depth
   size = model.input_size_for(1)
   member = _member(model, shape=(1, size, size, 3))
   image = _image(53, 70, seed=2)
   state = type("State", (), {"params": member.variables["params"], "batch_stats": {}})
-  predict = jax.jit(lambda x: steps.predict(state, x, model=model, mean=MEAN, std=STD))
+  predict = jax.jit(lambda x: predict_logits(state, x, model=model, mean=MEAN, std=STD))
   expected = np.asarray(predict(image[None]))[0]
   got = _segment([member], image, mode="overlap_tile", tile_size=tile, merge="logits", tile_batch=3)
   np.testing.assert_allclose(got, expected, atol=1e-5)

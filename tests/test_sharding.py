@@ -1,16 +1,19 @@
 """The (data, spatial, model) mesh, rule-derived state shardings, restoring onto another mesh, gradient accumulation."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from segjax import evaluate, sharding
-from segjax.data import datasets, pipeline
-from segjax.train import checkpoint as checkpoint_lib
-from segjax.train import loop, setup, steps
-from tests.conftest import tiny_config
+from segjax import checkpoint as checkpoint_lib
+from segjax import experiment, sharding
+from segjax.data import augment, datasets, pipeline
+from segjax.evaluation import semantic as evaluate
+from segjax.train import loop, steps
+from tests.conftest import semantic_train_dataset, tiny_config
 
 
 def test_rules_give_specs_by_path_and_keep_indivisible_dims_whole():
@@ -83,7 +86,7 @@ def test_second_axes_and_restore_onto_a_mesh_of_another_size(shapes_data_dir, tm
   ckpt = checkpoint_lib.Checkpointer(workdir)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
-    exp = setup.build(_config(shapes_data_dir, 6, data=-1), devices)
+    exp = experiment.build(_config(shapes_data_dir, 6, data=-1), devices)
     restored = ckpt.restore(6, exp.abstract_state())
     results.append(evaluate.evaluate(exp, restored, "validation[:20]").cm)
   np.testing.assert_array_equal(results[0], results[1])
@@ -124,13 +127,29 @@ def test_conv_gradients_with_spatial_and_model_together():
 def _batch(config):
   spec = datasets.get_spec("shapes")
   source = datasets.data_source("shapes", "train", data_dir=config.dataset.data_dir)
-  return pipeline.train_dataset(source, spec=spec, batch_size=config.batch_size, crop_size=(32, 32), seed=0)[0]
+  return semantic_train_dataset(source, spec=spec, batch_size=config.batch_size, crop_size=(32, 32), seed=0)[0]
 
 
-def _step(config, batch, accum, **kwargs):
-  exp = setup.build(config)
-  fn = steps.jit_train_step(exp.mesh, exp.state_sharding, model=exp.model, seed=0, mean=exp.mean, std=exp.std,
-                            ce_weight=1.0, dice_weight=0.0, class_weights=None, grad_accum_steps=accum, **kwargs)
+def _with(config, **overrides):
+  """A copy of `config` with dotted-key overrides."""
+  config = copy.deepcopy(config)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+# The step these tests measure: plain cross-entropy, no augmentation unless a test turns it on.
+_STEP = {"seed": 0, "loss.ce_weight": 1.0, "loss.dice_weight": 0.0, "loss.class_weights": None,
+         "augment": augment.config_block()}
+
+
+def _step(config, batch, accum, **overrides):
+  exp = experiment.build(_with(config, **_STEP, grad_accum_steps=accum, **overrides))
+  fn = steps.jit_train_step(exp)
   state = exp.init_state()
   before = jax.device_get(state)  # the step donates `state`
   return before, *fn(state, pipeline.to_global(batch, exp.mesh))
@@ -157,10 +176,9 @@ def test_gradient_accumulation_carries_batchnorm_through_microbatches(shapes_dat
   config = tiny_config(shapes_data_dir, **{"model.batch_norm": True})
   batch = _batch(config)
   identity = dict(hflip_prob=0.0)  # no augmentation, so the microbatches are the host rows
-  from segjax.data import augment  # pylint: disable=import-outside-toplevel
-  state, new, _ = _step(config, batch, 2, augment=augment.AugmentConfig(**identity))
-  exp = setup.build(config)
-  x = steps.normalize(jnp.asarray(batch["image"]), exp.mean, exp.std)
+  state, new, _ = _step(config, batch, 2, augment=augment.config_block(**identity))
+  exp = experiment.build(config)
+  x = exp.forward.normalize(jnp.asarray(batch["image"]))
   stats = jax.device_get(state.batch_stats)
   params = jax.device_get(state.params)
   for j in range(2):
@@ -173,13 +191,12 @@ def test_gradient_accumulation_carries_batchnorm_through_microbatches(shapes_dat
 def test_gradient_accumulation_lowers_peak_memory(shapes_data_dir):
   """What accumulation is for: XLA's own buffer assignment needs less temporary memory with 4 microbatches."""
   config = tiny_config(shapes_data_dir, batch_size=16)
-  exp = setup.build(config, jax.devices()[:1])
+  exp = experiment.build(config, jax.devices()[:1])
   state = exp.init_state()
   batch = pipeline.to_global(_batch(config), exp.mesh)
   temp = {}
   for accum in (1, 4):
-    fn = steps.jit_train_step(exp.mesh, exp.state_sharding, model=exp.model, seed=0, mean=exp.mean, std=exp.std,
-                              ce_weight=1.0, dice_weight=0.0, class_weights=None, grad_accum_steps=accum)
+    fn = steps.jit_train_step(experiment.build(_with(config, **_STEP, grad_accum_steps=accum), jax.devices()[:1]))
     analysis = fn.lower(state, batch).compile().memory_analysis()
     if analysis is None:
       pytest.skip("this backend reports no memory analysis")

@@ -17,11 +17,13 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import evaluate, sharding
+from segjax import sharding
+from segjax.apps import eval as eval_app
 from segjax.data import datasets, pipeline
-from segjax.train import checkpoint as checkpoint_lib
-from segjax.train import loop, setup, steps
-from tests.conftest import REPO, tiny_config
+from segjax import checkpoint as checkpoint_lib
+from segjax import experiment
+from segjax.train import loop, preemption, steps
+from tests.conftest import REPO, semantic_train_dataset, tiny_config
 
 
 def _finite(tree) -> bool:
@@ -30,12 +32,11 @@ def _finite(tree) -> bool:
 
 def test_nonfinite_update_is_not_applied(shapes_data_dir):
   config = tiny_config(shapes_data_dir)
-  exp = setup.build(config)
+  exp = experiment.build(config)
   state = exp.init_state()
   source = datasets.data_source(config.dataset, "train")
-  batch = pipeline.train_dataset(source, spec=exp.spec, batch_size=8, crop_size=(32, 32), seed=0)[0]
-  fn = steps.jit_train_step(exp.mesh, model=exp.model, seed=0, mean=exp.mean, std=exp.std, ce_weight=1.0,
-                            dice_weight=1.0, class_weights=None)
+  batch = semantic_train_dataset(source, spec=exp.spec, batch_size=8, crop_size=(32, 32), seed=0)[0]
+  fn = steps.jit_train_step(exp)
   before = jax.device_get(state)
   poisoned = dict(batch, weight=np.where(np.arange(32)[None, None, :] == 3, np.nan, batch["weight"]).astype(
       np.float32))
@@ -71,7 +72,7 @@ def test_nonfinite_stop_names_the_step_and_keeps_checkpoints(shapes_data_dir, tm
   aside = sorted(int(p.name.split("-")[0]) for p in (tmp_path / "checkpoints_diverged").iterdir())
   assert aside and min(aside) >= bad - 1 and max(aside) < bad  # the refused step itself is never saved
   assert str(tmp_path / "checkpoints_diverged") in str(info.value)
-  exp = setup.build(_diverging(shapes_data_dir))
+  exp = experiment.build(_diverging(shapes_data_dir))
   for step in saved:  # every checkpoint restores and holds finite numbers: no bad update was ever applied
     assert _finite(ckpt.restore(step, exp.abstract_state()).params)
 
@@ -92,7 +93,7 @@ def test_incompatible_checkpoint_is_refused_saying_what_differs(shapes_data_dir,
     loop.train_and_evaluate(wider, tmp_path, progress=False)
   deeper = tiny_config(shapes_data_dir, **{"model.depth": 3})
   with pytest.raises(ValueError, match=r"Cannot evaluate .*model\.depth: 2 in the checkpoint, 3 now"):
-    evaluate.run_eval(deeper, str(tmp_path), split="test")
+    eval_app.run_eval(deeper, str(tmp_path), split="test")
   # More steps, another schedule: allowed.
   longer = tiny_config(shapes_data_dir, num_train_steps=3, **{"optimizer.learning_rate": 1e-4})
   assert int(loop.train_and_evaluate(longer, tmp_path, progress=False).step) == 3
@@ -131,12 +132,12 @@ def test_stop_at_an_evaluation_step_still_evaluates_it(shapes_data_dir, tmp_path
   loop.train_and_evaluate(tiny_config(shapes_data_dir, **overrides), tmp_path / "one", progress=False,
                           devices=devices)
 
-  class StopAt3(loop.Preemption):
+  class StopAt3(preemption.Preemption):
     def reached(self, step):
       return step == 3
 
   with monkeypatch.context() as m:
-    m.setattr(loop, "Preemption", StopAt3)
+    m.setattr(preemption, "Preemption", StopAt3)
     loop.train_and_evaluate(tiny_config(shapes_data_dir, **overrides), tmp_path / "two", progress=False,
                             devices=devices)
   assert checkpoint_lib.Checkpointer(tmp_path / "two").all_steps() == [3]
@@ -183,7 +184,7 @@ def test_divergence_stops_at_the_last_good_checkpoint_and_its_advice_works(shape
   assert good <= first_bad - 2 < stopped and losses[good + 1] < 10  # the loss on its weights was fine
   ckpt = checkpoint_lib.Checkpointer(tmp_path)
   assert ckpt.all_steps() == [good]  # nothing newer, and retention kept it though keep_checkpoints=1
-  assert _finite(ckpt.restore(good, setup.build(_exploding(shapes_data_dir), devices).abstract_state()).params)
+  assert _finite(ckpt.restore(good, experiment.build(_exploding(shapes_data_dir), devices).abstract_state()).params)
   ckpt.close()
   aside = sorted(int(p.name.split("-")[0]) for p in (tmp_path / "checkpoints_diverged").iterdir())
   assert aside and min(aside) > good and str(tmp_path / "checkpoints_diverged") in message
