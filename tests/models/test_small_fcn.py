@@ -8,6 +8,7 @@ import pytest
 
 from segjax.models import MODELS
 from segjax.models.small_fcn import FCNNearest, FCNSkipConcat, FCNTransposedSkip
+from tests.models.common import count_params
 
 VARIANTS = [
     (FCNNearest, {}),
@@ -17,10 +18,6 @@ VARIANTS = [
     (FCNTransposedSkip, {"upsample": "transpose"}),
 ]
 IDS = ["nearest", "concat-nearest", "concat-bilinear", "transposed-bilinear", "transposed"]
-
-
-def _count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 def _param_shapes(model, hw, channels=3):
@@ -74,7 +71,7 @@ def _stats(model, params):
 def test_parameter_count(cls, kw, bn):
   model = cls(21, base_features=32, batch_norm=bn, **kw)
   expected = small_fcn_param_count(cls, kw.get("upsample"), 3, 21, 32, bn)
-  counts = {_count(_param_shapes(model, hw)) for hw in ((8, 8), (16, 24), (48, 64))}
+  counts = {count_params(_param_shapes(model, hw)) for hw in ((8, 8), (16, 24), (48, 64))}
   assert counts == {expected}  # independent of the input size
   shapes = [jax.tree.map(lambda a: a.shape, _param_shapes(model, hw)) for hw in ((8, 8), (48, 64))]
   assert shapes[0] == shapes[1]
@@ -83,9 +80,9 @@ def test_parameter_count(cls, kw, bn):
 def test_default_parameter_counts():
   # 3 input channels, 21 classes (PASCAL VOC), base 32, BN; the same formula as above, evaluated by hand:
   # encoder 10,208 + 55,552 + 221,696 + 885,760 = 1,173,216.
-  assert _count(_param_shapes(FCNNearest(21), (8, 8))) == 1_173_216 + 256 * 21 + 21
+  assert count_params(_param_shapes(FCNNearest(21), (8, 8))) == 1_173_216 + 256 * 21 + 21
   # scores 256*21+21, then per level 16*21*21 (no bias) + (w*21 + 21) for w = 128, 64, 32.
-  assert _count(_param_shapes(FCNTransposedSkip(21), (8, 8))) == (
+  assert count_params(_param_shapes(FCNTransposedSkip(21), (8, 8))) == (
       1_173_216 + 5_397 + 3 * 16 * 21 * 21 + (128 + 64 + 32) * 21 + 3 * 21)
 
 
