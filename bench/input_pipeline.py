@@ -28,13 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax import config as config_lib
 from segjax import models, sharding
 from segjax.data import augment, datasets, pipeline
-from segjax.train import state as state_lib
 from segjax.train import steps
 
-import _timing  # bench/_timing.py (this folder is on sys.path when a script runs)
+import _experiment  # bench/_experiment.py (this folder is on sys.path when a script runs)
+import _timing  # bench/_timing.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FULL_CHAIN = augment.AugmentConfig(
@@ -56,8 +55,14 @@ PER_OP = {
 }
 
 
+def train_dataset(source, spec, batch: int, crop):
+  """The training batches train.py reads (the semantic task's host transform: decode, ignore -> weight, crop)."""
+  transform = pipeline.RandomCrop(crop, spec.ignore_label, spec.num_classes, spec.reduce_zero_label)
+  return pipeline.train_dataset(source, transform, batch_size=batch, seed=0, name=spec.name)
+
+
 def host_rate(source, spec, batch: int, crop, workers: int, num_batches: int) -> float:
-  dataset = pipeline.train_dataset(source, spec=spec, batch_size=batch, crop_size=crop, seed=0)
+  dataset = train_dataset(source, spec, batch, crop)
   it = pipeline.train_iterator(dataset, worker_count=workers)
   for _ in range(2):  # worker start-up and first reads
     next(it)
@@ -84,14 +89,13 @@ def transfer_rate(batch, mesh, repeats: int) -> float:
 
 def step_rate(name: str, batch, spec, mesh, repeats: int) -> float:
   model = models.build_model(name, spec.num_classes)
-  tx = state_lib.make_optimizer(_adam_config(), 1000)
-  init = functools.partial(state_lib.create_train_state, model, tx,
-                           input_shape=(1, models.init_size(model), models.init_size(model), spec.num_channels))
-  state = jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(0))
-  fn = steps.jit_train_step(mesh, model=model, seed=0, mean=(127.5,), std=(127.5,), ce_weight=1.0,
-                            dice_weight=0.0, class_weights=None,
-                            augment=augment.AugmentConfig(hflip_prob=0.5))
-  global_batch = pipeline.to_global(batch, sharding.batch_sharding(mesh))
+  # The CamVid recipes' step on these crops: flips only, Adam at a constant 1e-3, cross-entropy.
+  exp = _experiment.build(model, devices=list(mesh.devices.flat), batch=len(batch["image"]),
+                          size=batch["image"].shape[1:3], dataset=spec.name, mean=(127.5,), std=(127.5,),
+                          augment=dict(hflip_prob=0.5))
+  state = exp.init_state()
+  fn = steps.jit_train_step(exp)
+  global_batch = pipeline.to_global(batch, exp.mesh)
   # The step donates its state: feed each call the previous call's output.
   state, _ = fn(state, global_batch)
   jax.block_until_ready(state)
@@ -102,12 +106,6 @@ def step_rate(name: str, batch, spec, mesh, repeats: int) -> float:
     jax.block_until_ready(out)
     times.append(time.perf_counter() - t)
   return batch["image"].shape[0] / float(np.median(times))
-
-
-def _adam_config():
-  opt = config_lib.default_config().optimizer  # every key the schema has, so make_optimizer finds them all
-  opt.update(dict(name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0))
-  return opt
 
 
 def synthetic_camvid(root: pathlib.Path, count: int) -> pathlib.Path:
@@ -153,7 +151,7 @@ def main() -> None:
         f"{__import__('os').cpu_count()}; data: {'CamVid ' + str(manual_dir) if real else 'synthetic CamVid'} "
         f"({len(source)} train frames); crop {crop[0]}x{crop[1]}, batch {args.batch}")
   mesh = sharding.make_mesh(-1)
-  batch = pipeline.train_dataset(source, spec=spec, batch_size=args.batch, crop_size=crop, seed=0)[0]
+  batch = train_dataset(source, spec, args.batch, crop)[0]
   # Consumption first, so every input row can be printed with its ratio as soon as it is measured.
   consumers = []
   for name in args.models:
