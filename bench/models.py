@@ -34,7 +34,7 @@ def bench(name: str, batch: int, size: tuple[int, int], channels: int, classes: 
   h, w = summary.accepted_size(model, size)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((batch, h, w, channels)), jnp.float32)
-  with jax.threefry_partitionable(False):  # as segjax.train.state: much faster to compile on CPU
+  with jax.threefry_partitionable(False):  # as segjax.state: much faster to compile on CPU
     variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(jax.random.key(0))
   params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
   out_h, out_w = models.output_size(model, h), models.output_size(model, w)
