@@ -5,6 +5,8 @@ number generation far more slowly than the forward pass itself); full-width netw
 `jax.eval_shape`.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +27,14 @@ def count_params(tree) -> int:
 def conv_param_count(cin, cout, k=3):
   """A convolution with bias (Caffe's convolutions and deconvolutions all have one)."""
   return k * k * cin * cout + cout
+
+
+def conv_block_param_count(cin, cout, bn):
+  """Two 3x3 convolutions (U-Net's block); with BatchNorm the convolutions have no bias and BN adds scale and
+  offset."""
+  if bn:
+    return 9 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout
+  return conv_param_count(cin, cout) + conv_param_count(cout, cout)
 
 
 def bn_param_count(c):
@@ -106,6 +116,19 @@ def numpy_variables(model, x, seed=0, random_stats=False):
     return jnp.asarray(value, leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def assert_config_fields_and_float32(cls, shape=(1, 24, 16, 3)):
+  """`cls` takes `num_classes` first and plain config values (or dtypes) for the rest, and with bfloat16 compute
+  keeps float32 parameters and returns float32 logits."""
+  fields = [f for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+  assert fields[0].name == "num_classes"
+  for f in fields[1:]:
+    if f.name not in ("dtype", "param_dtype"):
+      assert isinstance(f.default, (int, float, bool, str, tuple)), f.name
+  variables, out = abstract_apply(cls(4, dtype=jnp.bfloat16), shape)
+  assert out.dtype == jnp.float32
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
 
 
 def numpy_params(model, shape, seed=0):

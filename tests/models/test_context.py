@@ -4,7 +4,6 @@ initialisation, and ContextNet's layers against numpy convolutions.
 Full-size networks are only traced abstractly (`jax.eval_shape`); numerics run on narrow variants.
 """
 
-import dataclasses
 import math
 
 import jax
@@ -13,8 +12,9 @@ import numpy as np
 import pytest
 
 from segjax.models import context
-from tests.models.common import (TINY_STAGES, VGG16_CONV_PARAMS, abstract_intermediates, conv_param_count,
-                                 count_params, np_conv, np_resize, random_like)
+from tests.models.common import (TINY_STAGES, VGG16_CONV_PARAMS, abstract_intermediates,
+                                 assert_config_fields_and_float32, conv_param_count, count_params, np_conv, np_resize,
+                                 random_like)
 
 
 def _table1_params(c, large):
@@ -125,14 +125,6 @@ def test_contextnet_layers_match_numpy_convolutions():
 
 
 def test_fields_are_config_values_and_logits_float32():
-  cls = context.ContextNet
-  fields = [f for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
-  assert fields[0].name == "num_classes"
-  for f in fields[1:]:
-    if f.name not in ("dtype", "param_dtype"):
-      assert isinstance(f.default, (int, float, bool, str, tuple)), f.name
-  variables, out, _ = abstract_intermediates(cls(4, dtype=jnp.bfloat16), (1, 24, 16, 3))
-  assert out.dtype == jnp.float32
-  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+  assert_config_fields_and_float32(context.ContextNet)
   with pytest.raises(ValueError, match="'basic', 'large' or 'none'"):
     abstract_intermediates(context.ContextNet(4, context="huge"), (1, 16, 16, 3))

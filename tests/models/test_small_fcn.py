@@ -8,7 +8,7 @@ import pytest
 
 from segjax.models import MODELS
 from segjax.models.small_fcn import FCNNearest, FCNSkipConcat, FCNTransposedSkip
-from tests.models.common import count_params
+from tests.models.common import conv_block_param_count, count_params
 
 VARIANTS = [
     (FCNNearest, {}),
@@ -30,10 +30,8 @@ def small_fcn_param_count(cls, upsample, in_ch, k, base, bn):
   def conv(cin, cout, size, bias=True):
     return size * size * cin * cout + (cout if bias else 0)
 
-  def block(cin, cout):  # two 3x3 convs; with BN the convs lose their bias and BN adds scale + offset
-    if bn:
-      return conv(cin, cout, 3, False) + 2 * cout + conv(cout, cout, 3, False) + 2 * cout
-    return conv(cin, cout, 3) + conv(cout, cout, 3)
+  def block(cin, cout):
+    return conv_block_param_count(cin, cout, bn)
 
   widths = [base, 2 * base, 4 * base, 8 * base]
   total = block(in_ch, widths[0]) + block(widths[0], widths[1]) + block(widths[1], widths[2])

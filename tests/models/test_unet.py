@@ -11,7 +11,7 @@ from jax import lax
 
 from segjax.models import build_model, unet
 from segjax.models.unet import UNetValid
-from tests.models.common import KEYS, abstract_init, count_params
+from tests.models.common import KEYS, abstract_init, conv_block_param_count, count_params
 
 
 def _params(model, shape):
@@ -23,10 +23,8 @@ def unet_param_count(in_ch, classes, depth, base, bn, transpose=True):
   def conv(cin, cout, k, bias=True):
     return k * k * cin * cout + (cout if bias else 0)
 
-  def block(cin, cout):  # two 3x3 convs; with BN the conv has no bias and BN adds scale + offset
-    if bn:
-      return conv(cin, cout, 3, False) + 2 * cout + conv(cout, cout, 3, False) + 2 * cout
-    return conv(cin, cout, 3) + conv(cout, cout, 3)
+  def block(cin, cout):
+    return conv_block_param_count(cin, cout, bn)
 
   total, cin = 0, in_ch
   for level in range(depth + 1):
@@ -146,7 +144,7 @@ def test_paper_tile_572_gives_388_with_fig1_feature_map_sizes():
 
 def test_paper_network_has_31_0m_parameters_like_the_padded_one():
   # 1 input channel, 2 classes, 64 base features, 4 poolings, no BN: 31,030,658 (the padded UNet's count,
-  # tests/test_unet.py; padding adds no parameters). The parameter trees are identical, so weights transfer.
+  # test_paper_unet_has_31_0m_parameters; padding adds no parameters). The parameter trees are identical, so weights transfer.
   model = UNetValid(num_classes=2)
   _, variables = abstract_init(model, (1, model.min_input_size, model.min_input_size, 1))
   assert count_params(variables["params"]) == 31_030_658
