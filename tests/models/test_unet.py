@@ -144,7 +144,8 @@ def test_paper_tile_572_gives_388_with_fig1_feature_map_sizes():
 
 def test_paper_network_has_31_0m_parameters_like_the_padded_one():
   # 1 input channel, 2 classes, 64 base features, 4 poolings, no BN: 31,030,658 (the padded UNet's count,
-  # test_paper_unet_has_31_0m_parameters; padding adds no parameters). The parameter trees are identical, so weights transfer.
+  # test_paper_unet_has_31_0m_parameters; padding adds no parameters). The parameter trees are identical, so
+  # weights transfer.
   model = UNetValid(num_classes=2)
   _, variables = abstract_init(model, (1, model.min_input_size, model.min_input_size, 1))
   assert count_params(variables["params"]) == 31_030_658
