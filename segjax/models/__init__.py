@@ -9,6 +9,10 @@ input's height and width. Optional hooks a module may expose:
   the input by the margin (overlap-tile);
 - auxiliary heads: in training a module may `self.sow("aux", "logits", aux_logits)` with input-sized logits;
   the training step adds `config.loss.aux_weight` times the same loss on each.
+
+One file per model family; the blocks several families share (convolution blocks, pooling, crops, aligned
+upsampling, input checks) are in `segjax.models.layers`, the encoders in `segjax.models.backbones`. A family file
+imports only from those and `segjax.ops`, never from another family.
 """
 
 from __future__ import annotations

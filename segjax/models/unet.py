@@ -18,15 +18,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import (Dtype, center_crop, check_divisible, check_images, classifier, conv_and_block,
-                                  max_pool_2x2)
+from segjax.models.layers import (ConvBlock, Dtype, center_crop, check_divisible, check_images, classifier,
+                                  conv_and_block, max_pool_2x2)
 from segjax.ops.upsample import Upsample
 
-# `center_crop` and `max_pool_2x2` are imported above for this module's own use; segjax/train/steps.py
-# (`unet.center_crop`) and bench/unet_ops.py (`unet.max_pool_2x2`) still reach them here until they import
+# ConvBlock, center_crop and max_pool_2x2 live in segjax.models.layers; they stay importable from here for code
+# that still reaches them as `unet.<name>` (bench/unet_ops.py, bench/torch_models.py's docs), until it imports
 # segjax.models.layers.
-__all__ = ["UNET_UPSAMPLING", "UNet", "UNetValid", "UpConv2x2", "add_bias", "center_crop", "max_pool_2x2",
-           "valid_unet_output_size"]
+__all__ = ["UNET_UPSAMPLING", "ConvBlock", "UNet", "UNetValid", "UpConv2x2", "add_bias", "center_crop",
+           "max_pool_2x2", "valid_unet_output_size"]
 
 
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
