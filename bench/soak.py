@@ -157,9 +157,9 @@ def main() -> None:
 
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from segjax.train import checkpoint, setup  # pylint: disable=import-outside-toplevel
+  from segjax import checkpoint, experiment  # pylint: disable=import-outside-toplevel
   config = _config(args.steps, args.interval, data_dir)
-  abstract = setup.build(config, jax.devices()[:1]).abstract_state()
+  abstract = experiment.build(config, jax.devices()[:1]).abstract_state()
   states = []
   for name in ("reference", "interrupted"):
     ckpt = checkpoint.Checkpointer(out / name)
