@@ -162,11 +162,6 @@ def process_rows(sharding: jax.sharding.Sharding, batch_size: int, shape: Sequen
   return np.asarray(sorted(rows), np.int64)
 
 
-def host_local(x: jax.Array) -> np.ndarray:
-  """A fully replicated array as numpy on this host (no cross-host transfer)."""
-  return np.asarray(x.addressable_data(0))
-
-
 def _cluster_detected() -> str | None:
   """The name of the Cloud TPU environment (a TPU VM slice on GCE or GKE) JAX can bootstrap from, or None.
 
