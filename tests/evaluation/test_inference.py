@@ -1,4 +1,4 @@
-"""segjax.inference against independent references: whole-image nets, brute-force window loops, torch resizes."""
+"""segjax.evaluation.inference against independent references: whole-image nets, brute-force window loops, torch resizes."""
 
 import tracemalloc
 
