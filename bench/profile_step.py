@@ -9,8 +9,9 @@ mode, cross-entropy, Adam) on one XLA CPU device, records `--steps` steps with `
 and sums the duration of every executed HLO operation, over all threads, into kinds read from the optimised HLO of
 the same compiled step: convolution forward, convolution input gradient, convolution kernel gradient (a
 convolution whose output is a kernel: the batch is contracted), dot (the matmul up-convolutions), copies and
-transposes, reductions (BatchNorm statistics, the loss), and other fusions (element-wise work). Printed per kind: milliseconds per step
-summed over threads, share, and the achieved GFLOP/s of the convolution kinds (XLA's FLOP count per op).
+transposes, reductions (BatchNorm statistics, the loss), and other fusions (element-wise work). Printed per kind:
+milliseconds per step summed over threads, share, and the achieved GFLOP/s of the convolution kinds (XLA's FLOP
+count per op).
 
 Thread time above wall time means the step's operations ran on several cores at once. Convolutions that XLA runs
 with its Eigen kernels (segjax's default on CPU, segjax/platform.py) are launched asynchronously on the intra-op
