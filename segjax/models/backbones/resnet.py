@@ -69,6 +69,12 @@ def stage_strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tu
   return table[output_stride]
 
 
+def _conv_and_norm(dtype: Dtype, param_dtype: Dtype, train: bool):
+  """The bias-free convolution and the BatchNorm constructors of every ResNet layer (torchvision's)."""
+  conv = functools.partial(Conv, use_bias=False, kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype)
+  return conv, batch_norm_partial(dtype, param_dtype, train=train)
+
+
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 (stride, dilation) -> 1x1 residual block: [B, H, W, Cin] -> [B, H/s, W/s, 4 * features].
 
@@ -95,9 +101,7 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv = functools.partial(Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
-    norm = batch_norm_partial(self.dtype, self.param_dtype, train=train)
+    conv, norm = _conv_and_norm(self.dtype, self.param_dtype, train)
     d = self.dilation
     s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
     y = conv(self.features, (1, 1), strides=s1, padding="VALID", name="conv1")(x)
@@ -160,9 +164,7 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet stem must be 'standard' or 'deep', got {self.stem!r}")
     check_images(x, "ResNet")
     strides, dilations = stage_strides_and_dilations(self.output_stride)
-    conv = functools.partial(Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
-    norm = batch_norm_partial(self.dtype, self.param_dtype, train=train)
+    conv, norm = _conv_and_norm(self.dtype, self.param_dtype, train)
 
     x = x.astype(self.dtype)
     if self.stem == "standard":
