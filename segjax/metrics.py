@@ -276,27 +276,3 @@ def image_scores(cms: np.ndarray) -> np.ndarray:
   defined = ~np.isnan(iou)
   count = defined.sum(axis=1)
   return ratio_or_nan(np.where(defined, iou, 0).sum(axis=1), count)
-
-
-def reduce_zero_label(label: np.ndarray, ignore_label: int = 255) -> np.ndarray:
-  """MMSegmentation's `reduce_zero_label` (LoadAnnotations): 0 -> ignored, c -> c - 1, ignored stays ignored.
-
-  Not used by the package (segjax.data.pipeline reduces labels itself): kept
-  only while tests/data/folder/test_masks.py takes it as its reference; to be
-  deleted once that test has its own.
-
-  For ADE20K-style masks whose id 0 means "other". With ignore_label 255 this is
-  mmseg's code line for line (`gt[gt == 0] = 255; gt = gt - 1; gt[gt == 254] = 255`).
-
-  Args:
-    label: integer mask of raw ids.
-    ignore_label: the ignore id of the raw and of the reduced mask.
-
-  Returns:
-    The reduced mask, same dtype.
-  """
-  label = np.array(label, copy=True)
-  label[label == 0] = ignore_label
-  label = label - np.asarray(1, label.dtype)
-  label[label == ignore_label - 1] = ignore_label
-  return label

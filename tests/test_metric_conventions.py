@@ -21,7 +21,7 @@ from segjax import conventions, metrics
 from segjax.data import datasets
 from segjax.data import folder
 from segjax.data import pipeline
-from tests.conftest import import_torchvision
+from tests.conftest import import_torchvision, semantic_eval_batches
 
 IGNORE = 255
 
@@ -356,7 +356,7 @@ def test_reduce_zero_label_matches_mmseg():
                              reduce_zero_label=True)
   crop = pipeline.RandomCrop((9, 11), spec.ignore_label, spec.num_classes, spec.reduce_zero_label)
   np.testing.assert_array_equal(crop.random_map(element, np.random.default_rng(0))["label"], ex.label)
-  batch = next(pipeline.eval_batches([element], spec=spec, batch_size=1, size=(9, 11), num_threads=1))
+  batch = next(semantic_eval_batches([element], spec=spec, batch_size=1, size=(9, 11), num_threads=1))
   np.testing.assert_array_equal(batch["label"][0], ex.label)
   np.testing.assert_array_equal(batch["weight"][0], ex.weight)
   # Raw ids run 1..K: K + 1 is out of range and the message says why.
