@@ -19,14 +19,40 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+import math
+
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from segjax import models
-from segjax.data import augment
 
 NORMALIZATIONS = ("mean_std", "per_image")
+
+
+def per_image_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-image mean and standard deviation of float [B, H, W, C], the deviation floored at 1/sqrt(number of values)
+  (tf.image.per_image_standardization's definition, so a constant image maps to zeros)."""
+  axes = tuple(range(1, x.ndim))
+  n = math.prod(x.shape[1:])
+  # A symbolic size (shape-polymorphic export) has no numpy square root; a concrete one keeps numpy's float.
+  floor = 1.0 / np.sqrt(n) if isinstance(n, int) else jax.lax.rsqrt(jnp.asarray(n, jnp.float32))
+  return x.mean(axes, keepdims=True), jnp.maximum(x.std(axes, keepdims=True), floor)
+
+
+def per_image_stats_host(image: np.ndarray) -> tuple[float, float]:
+  """`per_image_stats` of ONE [H, W, C] image on the host, in float64 by row chunks: the statistics of an image too
+  large for the devices, whose tiles are then normalised with them (segjax.evaluation.inference)."""
+  n = image.size
+  total, sq = 0.0, 0.0
+  for r in range(0, image.shape[0], 1024):
+    chunk = image[r:r + 1024].astype(np.float64)
+    total += chunk.sum()
+  mean = total / n
+  for r in range(0, image.shape[0], 1024):
+    sq += ((image[r:r + 1024].astype(np.float64) - mean) ** 2).sum()
+  return mean, max(math.sqrt(sq / n), 1.0 / math.sqrt(n))
 
 
 def variables(params: Any, batch_stats: Any = None) -> dict[str, Any]:
@@ -68,7 +94,7 @@ class Forward:
     whole image when the input is a tile or a resized view of it); default: each image's own."""
     x = images.astype(jnp.float32)
     if self.normalization == "per_image":
-      mean, std = augment.per_image_stats(x) if stats is None else stats
+      mean, std = per_image_stats(x) if stats is None else stats
       return (x - mean) / std
     return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
 

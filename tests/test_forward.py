@@ -35,6 +35,20 @@ def test_mean_std_and_per_image_normalisation_against_numpy():
     forward.Forward(model, normalization="zca")
 
 
+def test_per_image_statistics_match_the_tf_definition_on_device_and_on_the_host():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (3, 5, 7, 3)).astype(np.float64)
+  x[2] = 42.0  # constant image: std floored at 1/sqrt(N) -> zeros, not NaN
+  model = models.build_model("unet", 3, depth=1, base_features=2)
+  got = np.asarray(forward.Forward(model, normalization="per_image").normalize(x.astype(np.float32)))
+  n = 5 * 7 * 3
+  for i in range(3):
+    ref = (x[i] - x[i].mean()) / max(x[i].std(), 1 / np.sqrt(n))
+    np.testing.assert_allclose(got[i], ref, rtol=1e-4, atol=1e-5)
+    mean, std = forward.per_image_stats_host(x[i].astype(np.uint8))  # the host twin, for images too large
+    np.testing.assert_allclose((mean, std), (x[i].mean(), max(x[i].std(), 1 / np.sqrt(n))), rtol=1e-12)
+
+
 def test_padded_net_sees_the_image_zero_padded_to_its_divisor_and_is_cropped_back():
   model = models.build_model("unet", 3, depth=2, base_features=4)  # size divisor 4
   variables = _init(model, 8)

@@ -22,7 +22,6 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 # Op ids for fold_in: fixed forever, so a recipe's augmentation stream survives adding new ops.
 _ZOOM, _HFLIP, _VFLIP, _ROTATE, _AFFINE, _ELASTIC = 0, 1, 2, 3, 4, 5
@@ -362,20 +361,3 @@ def augment_batch(cfg: AugmentConfig, key: jax.Array, image: jax.Array, label: j
     return image.astype(jnp.float32), label.astype(jnp.int32), weight.astype(jnp.float32)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(image.shape[0]))
   return jax.vmap(lambda k, x, y, m: augment_example(cfg, k, x, y, m))(keys, image, label, weight)
-
-
-def per_image_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-image mean and standard deviation of float [B, H, W, C], the deviation floored at 1/sqrt(number of values)
-  (tf.image.per_image_standardization's definition, so a constant image maps to zeros)."""
-  axes = tuple(range(1, x.ndim))
-  n = math.prod(x.shape[1:])
-  # A symbolic size (shape-polymorphic export) has no numpy square root; a concrete one keeps numpy's float.
-  floor = 1.0 / np.sqrt(n) if isinstance(n, int) else jax.lax.rsqrt(jnp.asarray(n, jnp.float32))
-  return x.mean(axes, keepdims=True), jnp.maximum(x.std(axes, keepdims=True), floor)
-
-
-def standardize_per_image(image: jax.Array) -> jax.Array:
-  """[B, H, W, C] -> zero mean, unit variance per image (`per_image_stats`)."""
-  x = image.astype(jnp.float32)
-  mean, std = per_image_stats(x)
-  return (x - mean) / std

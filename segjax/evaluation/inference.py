@@ -39,7 +39,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from segjax import forward as forward_lib
 from segjax import sharding
-from segjax.data import augment
 from segjax.evaluation import tiling
 from segjax.evaluation.inference_config import InferenceParams, MERGES, MODES, WEIGHTINGS  # noqa: F401  (API)
 from segjax.ops import conv as conv_lib
@@ -175,7 +174,7 @@ class Segmenter:
     p = self.params
     b, h, w, _ = images.shape
     x = images.astype(jnp.float32)
-    stats = augment.per_image_stats(x) if any(m.normalization == "per_image" for m in self.members) else None
+    stats = forward_lib.per_image_stats(x) if any(m.normalization == "per_image" for m in self.members) else None
     total = jnp.zeros((b, h, w, self.num_classes), jnp.float32)
     for scale in p.scales:
       hs, ws = (h, w) if scale == 1 else (int(h * scale + 0.5), int(w * scale + 0.5))
@@ -289,7 +288,7 @@ class Segmenter:
     h, w = image.shape[:2]
     stats = None
     if any(m.normalization == "per_image" for m in self.members):
-      stats = tiling.host_stats(image)
+      stats = forward_lib.per_image_stats_host(image)
     if p.scales == (1.0,):
       self._stream(image, stats, lambda r0, r1, terms: sink(r0, r1, self._merge_terms(terms, len(p.scales))))
       return

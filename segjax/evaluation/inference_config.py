@@ -11,7 +11,6 @@ import ml_collections
 
 from segjax import models
 from segjax.data import datasets
-from segjax.evaluation import tiling
 
 MODES = ("whole", "slide", "overlap_tile")
 WEIGHTINGS = ("mean", "gaussian")

@@ -4,7 +4,6 @@ reading of one window out of an image (segjax.evaluation.inference documents the
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Sequence
 
 import flax
@@ -63,19 +62,6 @@ class Window:
   row: int  # window's top-left in the view's (flipped) image coordinates: its output covers rows row..row+oh
   col: int
   top: int  # first image row (unflipped coordinates) its output covers: the streaming order
-
-
-def host_stats(image: np.ndarray) -> tuple[float, float]:
-  """Per-image mean and floored std (per_image normalisation) of a whole image, in float64 by row chunks."""
-  n = image.size
-  total, sq = 0.0, 0.0
-  for r in range(0, image.shape[0], 1024):
-    chunk = image[r:r + 1024].astype(np.float64)
-    total += chunk.sum()
-  mean = total / n
-  for r in range(0, image.shape[0], 1024):
-    sq += ((image[r:r + 1024].astype(np.float64) - mean) ** 2).sum()
-  return mean, max(math.sqrt(sq / n), 1.0 / math.sqrt(n))
 
 
 def read_window(image: np.ndarray, win: Window, flip: tuple[bool, bool], margin: int, size: tuple[int, int],

@@ -7,6 +7,7 @@ import logging
 from typing import Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 from segjax import checkpoint as checkpoint_lib
