@@ -14,12 +14,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from segjax import losses, models, sharding
-from segjax.train import state as state_lib
+from segjax import experiment, losses, models, sharding
+from segjax.data import augment, pipeline
 from segjax.train import steps
+from tests.conftest import predict_logits, tiny_config
 
 # Constructor options that make one step cheap on CPU. Every registry entry must be listed.
 NARROW_VGG = ((4, 2), (8, 2), (8, 3), (16, 3), (16, 3))  # VGG16's 13 convs at 1/16 .. 1/32 of the width
@@ -63,6 +63,19 @@ def _build(name):
   return models.build_model(name, NUM_CLASSES, **SMALL[name])
 
 
+def _experiment(model, crop, devices=None, optimizer="adam", learning_rate=1e-3, seed=0):
+  """The Experiment that trains `model` on `crop`-sized batches: images normalised by (x - 127.5) / 127.5, plain
+  cross-entropy, no augmentation, a constant learning rate from the first step. No data is read."""
+  config = tiny_config("unused", **{"dataset.crop_size": crop, "optimizer.name": optimizer,
+                                    "optimizer.learning_rate": learning_rate, "optimizer.schedule": "constant",
+                                    "optimizer.warmup_steps": 0, "optimizer.weight_decay": 0.0,
+                                    "optimizer.momentum": 0.0, "loss.ce_weight": 1.0, "loss.dice_weight": 0.0,
+                                    "seed": seed, "augment": augment.config_block()})
+  exp = experiment.build(config, devices, model=model)
+  assert exp.mean == (127.5,) and exp.std == (127.5,) and exp.normalization == "mean_std"
+  return exp
+
+
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_config_block_round_trips(name):
   block = models.model_config(name, **SMALL[name])
@@ -91,18 +104,16 @@ def test_one_train_step_on_8_devices(name):
   assert jax.device_count() == 8
   model = _build(name)
   h, w = _input_size(model, 32, 48)
-  mesh = sharding.make_mesh(8)
-  tx = optax.adam(1e-3)
-  state = jax.jit(functools.partial(state_lib.create_train_state, model, tx, input_shape=(1, h, w, 3)),
-                  out_shardings=sharding.replicated(mesh))(jax.random.key(0))
+  exp = _experiment(model, (h, w))
+  assert exp.mesh.size == 8
+  state = exp.init_state()
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (8, h, w, 3), dtype=np.uint8),
            "label": rng.integers(0, NUM_CLASSES, (8, h, w)).astype(np.int32),
            "weight": np.ones((8, h, w), np.float32)}
-  batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+  batch = pipeline.to_global(batch, sharding.batch_sharding(exp.mesh))
   before = jax.tree.map(np.asarray, state.params)
-  step = steps.jit_train_step(mesh, model=model, seed=0, mean=(127.5,), std=(127.5,), ce_weight=1.0,
-                              dice_weight=0.0, class_weights=None)
+  step = steps.jit_train_step(exp)
   new_state, out = step(state, batch)
   assert np.isfinite(float(out["loss"])) and float(out["grad_norm"]) > 0
   assert int(new_state.step) == 1
@@ -111,27 +122,22 @@ def test_one_train_step_on_8_devices(name):
   chex.assert_trees_all_equal_shapes(before, new_state.params)
 
 
-def _init(model, h, w):
-  init = functools.partial(state_lib.create_train_state, model, optax.sgd(0.1), input_shape=(1, h, w, 3))
-  return jax.jit(init)(jax.random.key(0))
-
-
 def test_aux_head_loss_is_added_with_its_weight():
   model = _build("pspnet")
-  state = _init(model, 24, 24)
+  exp = _experiment(model, (24, 24), jax.devices()[:1], optimizer="sgd", learning_rate=0.1, seed=3)
+  assert exp.settings.loss.aux_weight == 0.4
+  state = exp.init_state()
   rng = np.random.default_rng(1)
   batch = {"image": rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8),
            "label": rng.integers(0, NUM_CLASSES, (2, 24, 24)).astype(np.int32),
            "weight": (rng.random((2, 24, 24)) > 0.2).astype(np.float32)}
-  kwargs = dict(model=model, seed=3, mean=(127.5,), std=(127.5,), ce_weight=1.0, dice_weight=0.0,
-                class_weights=None)
   # Jitted: op-by-op execution of a 50-layer net is what made this test slow, not the arithmetic.
-  _, out = jax.jit(functools.partial(steps.train_step, aux_weight=0.4, **kwargs))(state, batch)
+  _, out = jax.jit(functools.partial(steps.train_step, exp=exp))(state, batch)
   # Independent recomputation: the same forward pass (same dropout key) with the aux collection exposed.
   key = jax.random.split(jax.random.fold_in(jax.random.key(3), 0))[1]
   apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats", "aux"]))
-  logits, updates = apply({"params": state.params, "batch_stats": state.batch_stats},
-                          steps.normalize(batch["image"], (127.5,), (127.5,)), rngs={"dropout": key})
+  x = (batch["image"].astype(np.float32) - 127.5) / 127.5
+  logits, updates = apply({"params": state.params, "batch_stats": state.batch_stats}, x, rngs={"dropout": key})
   (aux_logits,) = updates["aux"]["logits"]
   main = losses.cross_entropy(logits, batch["label"], batch["weight"])
   aux = losses.cross_entropy(aux_logits, batch["label"], batch["weight"])
@@ -144,10 +150,12 @@ def test_valid_conv_training_crops_labels_and_inference_mirror_pads():
   model = _build("unet_valid")  # depth 2: 20 pixels lost at each border
   margin = model.input_margin
   h, w = 20, 28
-  state = _init(model, model.input_size_for(1), model.input_size_for(1))
+  side = model.input_size_for(8)
+  exp = _experiment(model, (side, side), jax.devices()[:1], optimizer="sgd", learning_rate=0.1)
+  state = exp.init_state()
   rng = np.random.default_rng(2)
   images = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
-  logits = jax.jit(functools.partial(steps.predict, model=model, mean=(127.5,), std=(127.5,)))(state, images)
+  logits = jax.jit(functools.partial(predict_logits, model=model, mean=(127.5,), std=(127.5,)))(state, images)
   assert logits.shape == (2, h, w, NUM_CLASSES)
   # Reference: numpy mirror padding (reflect about the border pixel, as the U-Net paper's Fig. 2) to the
   # next valid input size, the model applied once, the top-left h x w of its output.
@@ -162,13 +170,11 @@ def test_valid_conv_training_crops_labels_and_inference_mirror_pads():
   np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=2e-4)  # XLA conv summation order
 
   # Training on a valid crop: the loss covers exactly the centre output region of the labels.
-  side = model.input_size_for(8)
   out_side = model.output_size(side)
   labels = rng.integers(0, NUM_CLASSES, (2, side, side)).astype(np.int32)
   weight = np.zeros((2, side, side), np.float32)
   batch = {"image": rng.integers(0, 256, (2, side, side, 3), dtype=np.uint8), "label": labels, "weight": weight}
-  train_step = jax.jit(functools.partial(steps.train_step, model=model, seed=0, mean=(127.5,), std=(127.5,),
-                                         ce_weight=1.0, dice_weight=0.0, class_weights=None))
+  train_step = jax.jit(functools.partial(steps.train_step, exp=exp))
   _, out = train_step(state, batch)
   assert float(out["loss"]) == 0.0  # nothing weighted
   m = (side - out_side) // 2
