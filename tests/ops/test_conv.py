@@ -12,13 +12,14 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from segjax import config as config_lib
-from segjax import models, sharding
+from segjax import experiment, models
+from segjax.data import augment
 from segjax.ops import conv
-from segjax.train import setup, state as state_lib, steps
+from segjax.train import steps
+from tests.conftest import tiny_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -154,16 +155,16 @@ def test_resolve_backend():
 def test_experiment_resolves_the_config(tmp_path):
   c = config_lib.default_config()
   c.dataset.data_dir = str(tmp_path)
-  assert setup.build(c).conv_backend == "xla"  # 8 test devices: XLA
-  assert setup.build(c, devices=jax.devices()[:1]).conv_backend == "onednn"
+  assert experiment.build(c).conv_backend == "xla"  # 8 test devices: XLA
+  assert experiment.build(c, devices=jax.devices()[:1]).conv_backend == "onednn"
   c.conv_backend = "xla"
-  assert setup.build(c, devices=jax.devices()[:1]).conv_backend == "xla"
+  assert experiment.build(c, devices=jax.devices()[:1]).conv_backend == "xla"
   c.conv_backend = "onednn"
   with pytest.raises(ValueError, match="8 devices"):
-    _ = setup.build(c).conv_backend
+    _ = experiment.build(c).conv_backend
   c.conv_backend = "mkldnn"
   with pytest.raises(ValueError, match="config.conv_backend='mkldnn'"):
-    setup.build(c)
+    experiment.build(c)
 
 
 def test_ffi_rejects_inconsistent_attributes():
@@ -181,15 +182,21 @@ def test_unet_train_steps_agree_across_backends():
   # in the convolutions. SGD keeps parameter differences proportional to gradient differences (Adam's per-weight
   # normalisation would magnify the rounding of near-zero gradients).
   model = models.build_model("unet", 5, depth=2, base_features=8)
-  mesh = sharding.make_mesh(devices=jax.devices()[:1])
   rng = np.random.default_rng(3)
   batch = {"image": rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32),
            "label": rng.integers(0, 5, (4, 32, 32)).astype(np.int32), "weight": np.ones((4, 32, 32), np.float32)}
   results = {}
   for backend in ("xla", "onednn"):
-    state = state_lib.create_train_state(model, optax.sgd(0.05), jax.random.key(0), (4, 32, 32, 3))
-    fn = steps.jit_train_step(mesh, model=model, seed=0, mean=(127.5,), std=(127.5,), ce_weight=1.0,
-                              dice_weight=0.0, class_weights=None, conv_backend=backend)
+    # Plain SGD at 0.05, cross-entropy, inputs (x - 127.5) / 127.5, no augmentation, on one device.
+    config = tiny_config("unused", **{"dataset.crop_size": (32, 32), "optimizer.name": "sgd",
+                                      "optimizer.learning_rate": 0.05, "optimizer.schedule": "constant",
+                                      "optimizer.warmup_steps": 0, "optimizer.weight_decay": 0.0,
+                                      "optimizer.momentum": 0.0, "loss.ce_weight": 1.0, "loss.dice_weight": 0.0,
+                                      "augment": augment.config_block(), "conv_backend": backend})
+    exp = experiment.build(config, jax.devices()[:1], model=model)
+    assert exp.conv_backend == backend and exp.mean == (127.5,) and exp.std == (127.5,)
+    state = exp.init_state()
+    fn = steps.jit_train_step(exp)
     losses = []
     for _ in range(3):
       state, out = fn(state, batch)
@@ -204,7 +211,7 @@ def test_unet_train_steps_agree_across_backends():
 
 
 def test_exported_models_never_call_the_library():
-  from segjax import export  # pylint: disable=import-outside-toplevel
+  from segjax.serving import export  # pylint: disable=import-outside-toplevel
   model = models.build_model("unet", 3, depth=2, base_features=4)
   variables = model.init(jax.random.key(0), jnp.ones((1, 16, 16, 3)), train=False)
   fn = export.inference_function(model, variables, mean=(127.5,), std=(127.5,))
