@@ -11,7 +11,7 @@
 2. `segjax.ops.max_unpool` at SegNet shapes (CamVid 360x480, levels 1 and 3) against the three formulations of
    bench/unpool.py (scatter `.at[].set`, one-hot + depth-to-space, gather), forward and forward+backward (one `vjp`:
    the unpooled map and the gradient w.r.t. the pooled values). All must agree exactly before anything is timed.
-3. The confusion matrix (`segjax.metrics.confusion_matrix`; evaluation's per-image `confusion_matrices`, what its
+3. The confusion matrix (`segjax.evaluation.metrics.confusion_matrix`; evaluation's per-image `confusion_matrices`, what its
    jitted step computes) against `jnp.bincount`, a one-hot matmul in float32 and int32, and numpy's bincount
    on the host, on [B, 360, 480] int32 labels and predictions with a float32 weight, for 11, 21 and 150 classes.
    All must give the same matrix.
@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
-from segjax import metrics
+from segjax.evaluation import metrics
 from segjax.data import augment
 from segjax.ops import max_pool_with_argmax, max_unpool
 

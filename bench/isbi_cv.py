@@ -19,7 +19,7 @@ shuffled draws the blocks from a permutation seeded by --fold_seed instead.
 Classes (the dataset's NOTES.txt): 0 = membrane (the foreground, about 22% of pixels), 1 = cell interior
 (background). Printed per fold, then as mean ± sample std (ddof 1) over folds, then pooled over every held-out
 pixel: pixel error = 1 - pixel accuracy, IoU and Dice of each class, and their mean IoU, all from the summed
-confusion matrix of the fold's images (`segjax.metrics.compute_metrics`).
+confusion matrix of the fold's images (`segjax.evaluation.metrics.compute_metrics`).
 
 Reference: the U-Net paper's pixel error of 0.0611 on the ISBI challenge is a different measurement (withheld
 test labels, the challenge's own thresholded definition), so no ratio is printed against it.
@@ -58,7 +58,7 @@ segjax_platform.configure_xla_cpu()  # train.py's XLA:CPU flags, before any JAX 
 from segjax import checkpoint as checkpoint_lib  # noqa: E402  pylint: disable=wrong-import-position
 from segjax import config as config_lib  # noqa: E402  pylint: disable=wrong-import-position
 from segjax import experiment  # noqa: E402  pylint: disable=wrong-import-position
-from segjax import metrics  # noqa: E402  pylint: disable=wrong-import-position
+from segjax.evaluation import metrics  # noqa: E402  pylint: disable=wrong-import-position
 from segjax.data import datasets, pipeline  # noqa: E402  pylint: disable=wrong-import-position
 from segjax.evaluation import semantic  # noqa: E402  pylint: disable=wrong-import-position
 from segjax.train import loop  # noqa: E402  pylint: disable=wrong-import-position

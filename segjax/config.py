@@ -13,7 +13,7 @@ import ml_collections
 from segjax.data import augment
 from segjax.data import datasets
 from segjax.data import folder
-from segjax import conventions
+from segjax.evaluation import conventions
 from segjax import models
 from segjax import sharding
 from segjax import weights

@@ -32,6 +32,18 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(eq=False)  # compared by identity: jitted steps close over it
 class Experiment:
+  """A recipe made concrete on a mesh; `build` makes one.
+
+  Attributes:
+    config: the validated recipe.
+    settings: its typed sections (loop, optimizer, loss, augment), read by the loop, the step and the task.
+    task: what is learnt (segjax.tasks): batch fields, host and device transforms, loss, evaluation.
+    spec: the dataset's classes, channels, ignore label and splits.
+    model: the Flax module.
+    mesh: the device mesh.
+    schedule: the learning-rate schedule, built once (the optimiser steps with it, the loop logs it).
+    tx: the optax transformation (the TrainState holds no callables: `state.apply_gradients(exp.tx, grads)`).
+  """
   config: ml_collections.ConfigDict
   settings: config_lib.Settings
   task: tasks.Task

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from segjax import metrics
+from segjax.evaluation import metrics
 from segjax.evaluation import semantic as evaluate
 from segjax import experiment
 from segjax.train import loop

@@ -15,12 +15,9 @@ import jax
 import ml_collections
 
 from segjax import experiment, viz
-from segjax.train import curves
 from segjax.data import datasets
-from segjax import conventions, metrics
-from segjax.evaluation import inference, report, semantic
-from segjax.train import logs
-
+from segjax.evaluation import conventions, inference, metrics, report, semantic
+from segjax.train import curves, logs
 
 def _check_split_not_empty(config: ml_collections.ConfigDict, split: str, spec: datasets.DatasetSpec) -> None:
   """Refuses a split (or tfds slice) without examples, which would give metrics of nothing. (datasets.data_source
@@ -29,7 +26,6 @@ def _check_split_not_empty(config: ml_collections.ConfigDict, split: str, spec: 
     raise ValueError(f"Split {split!r} of dataset {spec.name!r} holds no examples: there is nothing to evaluate. "
                      f"Pass --split with a split that has examples ({', '.join(spec.splits)}), or a slice that "
                      "selects some (tfds slicing: 'test[:50]', 'test[10%:]').")
-
 
 def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = None,
              checkpoint_step: int | None = None,
@@ -85,7 +81,6 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
           + (f" and {len(images)} images under {out_dir / 'images'}" if images else ""))
     _log_to_workdir(workdir, split, step, result, result_eval.samples, exp.spec.palette)
   return result
-
 
 def _log_to_workdir(workdir, split, step, result, samples, palette) -> None:
   """eval.py's metrics and overlays in the workdir's TensorBoard logs (`eval/<split>/...` at the checkpoint's

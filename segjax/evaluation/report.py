@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from PIL import Image
 
-from segjax import metrics, viz
+from segjax import viz
+from segjax.evaluation import metrics
 
 if TYPE_CHECKING:  # segjax.data imports tensorflow_datasets: seconds, for a type hint
   from segjax.data import datasets

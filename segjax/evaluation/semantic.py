@@ -20,9 +20,9 @@ import numpy as np
 import tqdm
 
 from segjax import forward as forward_lib
-from segjax import metrics, models, sharding, viz
+from segjax import models, sharding, viz
 from segjax.data import datasets, pipeline
-from segjax.evaluation import inference, report
+from segjax.evaluation import inference, metrics, report
 from segjax.evaluation import loop as loop_lib
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from segjax import metrics, viz
+from segjax import viz
+from segjax.evaluation import metrics
 from segjax.evaluation import report
 
 PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]

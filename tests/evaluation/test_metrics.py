@@ -1,4 +1,4 @@
-"""Tests of segjax.metrics against brute-force pixel-level references."""
+"""Tests of segjax.evaluation.metrics against brute-force pixel-level references."""
 
 import json
 import math
@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from segjax import metrics
+from segjax.evaluation import metrics
 
 
 def reference_confusion(labels, preds, weights, num_classes):

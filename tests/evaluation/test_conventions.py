@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from segjax import conventions, metrics
+from segjax.evaluation import conventions, metrics
 from segjax.data import datasets
 from segjax.data import folder
 from segjax.data import pipeline

@@ -3,7 +3,7 @@ reference script, torchmetrics, and segmentation_models_pytorch's five reduction
 
 Formulas, absent-class rules and when each equals segjax's own numbers: docs/metrics.md. Every function here is
 checked against a transcription of the other toolkit's code (or the toolkit itself) in
-tests/test_metric_conventions.py.
+tests/evaluation/test_conventions.py.
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from segjax.metrics import compute_metrics, format_percent, image_stats, nanmean
+from segjax.evaluation.metrics import compute_metrics, format_percent, image_stats, nanmean
 
 CONVENTIONS = ("segjax", "mmseg", "torchvision", "torchmetrics", "smp_micro", "smp_macro", "smp_weighted",
                "smp_micro_imagewise", "smp_macro_imagewise")

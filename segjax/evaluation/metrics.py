@@ -4,7 +4,7 @@ The confusion matrix is built on device (`confusion_matrix`, jittable, summed
 across devices inside jit; `confusion_matrices` for one per image), summed on
 host in int64 (segjax.evaluate) and turned into the FCN-paper metrics plus
 precision, recall and F1 (= Dice) in float64 on host (`compute_metrics`).
-`segjax.conventions` gives the same matrix's numbers as MMSegmentation,
+`segjax.evaluation.conventions` gives the same matrix's numbers as MMSegmentation,
 torchvision, torchmetrics and segmentation_models_pytorch compute them.
 Definitions, the absent-class rules and how the conventions differ:
 docs/metrics.md.
