@@ -10,7 +10,7 @@ softmax cross-entropy over every pixel, backward, Adam update. segjax's side is 
 (`segjax.train.steps.jit_train_step` of an Experiment whose recipe is set to this network and batch,
 bench/_experiment.py: the jitted, sharded, donated step `train.py` runs, with its normalisation and no
 augmentation); PyTorch's is the twin network of `bench/torch_models.py` (identical layers,
-tests/test_torch_reference.py) stepped by `torch.optim.Adam`, in the modes asked for:
+tests/models/test_torch_reference.py) stepped by `torch.optim.Adam`, in the modes asked for:
 - eager: the default NCHW memory format;
 - channels_last: the same, with the model and the input in NHWC memory format (oneDNN's preferred layout);
 - compile: `torch.compile` of the whole step function (Inductor), after its compilation.

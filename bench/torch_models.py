@@ -8,7 +8,7 @@
 Every network here is the same function as its segjax counterpart, layer for layer: same layer table, padding,
 pooling rounding, skip order, BatchNorm settings and bias placement, so a timing comparison compares frameworks,
 not architectures. Torch submodules carry the flax module names (`down0.Conv_0`, `encoder.conv1_1`, `fc6`, ...),
-which is what lets `copy_flax_params` load a segjax model's variables by name; tests/test_torch_reference.py checks
+which is what lets `copy_flax_params` load a segjax model's variables by name; tests/models/test_torch_reference.py checks
 parameter counts and outputs against the flax models.
 
 Conventions that differ between the frameworks and are converted here:
@@ -71,7 +71,7 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 
 
 class UNetConvBlock(nn.Module):
-  """segjax.models.unet.ConvBlock: two (3x3 conv -> [BatchNorm] -> ReLU), [B, Cin, H, W] -> [B, features, H, W].
+  """segjax.models.layers.ConvBlock: two (3x3 conv -> [BatchNorm] -> ReLU), [B, Cin, H, W] -> [B, features, H, W].
 
   Submodule names are flax's auto-names (`Conv_0`, `BatchNorm_0`, ...) so weights copy by name.
   """
@@ -156,7 +156,7 @@ class UNet(nn.Module):
 
 
 def scaled_stages(base: int) -> tuple[tuple[int, int], ...]:
-  """VGG16's stages with stage 1 `base` channels wide (segjax.models.segnet.scaled_stages)."""
+  """VGG16's stages with stage 1 `base` channels wide (segjax.models.backbones.vgg.scaled_stages)."""
   if base < 1:
     raise ValueError(f"base must be positive, got {base}")
   return tuple((max(1, c * base // 64), n) for c, n in VGG16_STAGES)

@@ -3,7 +3,7 @@
     python bench/unet_ops.py
 
 segjax writes 2x2 max pooling as reshape + max and the 2x2/stride-2 transposed convolution as a matmul plus a
-depth-to-space reshape (the same maps, tested in tests/test_unet.py), because XLA:CPU lowers the gradients of
+depth-to-space reshape (the same maps, tested in tests/models/test_unet.py), because XLA:CPU lowers the gradients of
 `nn.max_pool` (select-and-scatter) and `nn.ConvTranspose` (lhs-dilated convolution) slowly.
 Also times one full train step of the quickstart U-Net both ways.
 """

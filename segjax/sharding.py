@@ -56,7 +56,7 @@ def make_mesh(data: int = -1, spatial: int = 1, model: int = 1, devices: Sequenc
   if spatial < 1 or model < 1:
     raise ValueError(f"config.mesh.spatial={spatial}, config.mesh.model={model}: both must be >= 1.")
   if spatial > 1 and model > 1 and not allow_spatial_and_model:
-    # Measured with jax/jaxlib 0.10.2 on CPU (tests/test_mesh.py, an xfail that will notice a fix): with both axes
+    # Measured with jax/jaxlib 0.10.2 on CPU (tests/test_sharding.py, an xfail that will notice a fix): with both axes
     # > 1 a single convolution's kernel gradient comes out wrong (relative error 1.0 on a 2x2x2 mesh), while either
     # axis alone matches the unsharded gradient to 1e-7. Shardy and the older GSPMD partitioner both do it.
     raise ValueError(f"config.mesh.spatial={spatial} and config.mesh.model={model}: use one second axis, not both. "

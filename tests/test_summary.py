@@ -43,7 +43,7 @@ def test_parameter_counts_match_brute_force_and_submodules():
 
 
 def test_parameter_count_is_the_published_fcn8s_figure():
-  # voc-fcn8s with fixed upsampling: 134,362,751 parameters (tests/test_vgg_fcn.py builds it from the layer table).
+  # voc-fcn8s with fixed upsampling: 134,362,751 parameters (tests/models/test_fcn.py builds it from the layer table).
   s = summary.summarize(models.build_model("fcn8s", 21), 32, 32)
   assert s["trainable"] == 134_362_751 and s["state"] == 0
 

@@ -22,11 +22,7 @@ from segjax.models.layers import (ConvBlock, Dtype, center_crop, check_divisible
                                   conv_and_block, max_pool_2x2)
 from segjax.ops.upsample import Upsample
 
-# ConvBlock, center_crop and max_pool_2x2 live in segjax.models.layers; they stay importable from here for code
-# that still reaches them as `unet.<name>` (bench/unet_ops.py, bench/torch_models.py's docs), until it imports
-# segjax.models.layers.
-__all__ = ["UNET_UPSAMPLING", "ConvBlock", "UNet", "UNetValid", "UpConv2x2", "add_bias", "center_crop",
-           "max_pool_2x2", "valid_unet_output_size"]
+__all__ = ["UNET_UPSAMPLING", "UNet", "UNetValid", "UpConv2x2", "add_bias", "valid_unet_output_size"]
 
 
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:

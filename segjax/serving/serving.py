@@ -11,7 +11,7 @@ The artifact is a serialized `jax.export.Exported` (StableHLO with the parameter
 normalisation and the model's padding included) and a JSON description. This module imports only numpy, jax and
 the standard library: no flax, optax, orbax, tfds or grain, and nothing of segjax's models or trainer, so a
 serving process needs nothing but `pip install jax` (plus `flatbuffers`, which jax's deserializer imports).
-Keep it that way: tests/test_export.py runs it in a fresh process and checks those modules stay unloaded.
+Keep it that way: tests/serving/test_export.py runs it in a fresh process and checks those modules stay unloaded.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def test_predict_refuses_bad_inputs(trained, tmp_path):
   config, workdir = trained
   with pytest.raises(FileNotFoundError, match="--input=.*missing does not exist"):
     predict.run(config, workdir, str(tmp_path / "missing"), str(tmp_path / "out"), progress=False)
-  # Grey and RGBA are converted as training converts them (tests/test_folder.py compares with the stored arrays).
+  # Grey and RGBA are converted as training converts them (tests/data/folder/ compares with the stored arrays).
   gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
   Image.fromarray(gray).save(tmp_path / "gray.png")
   np.testing.assert_array_equal(predict.read_image(tmp_path / "gray.png", 3), np.repeat(gray[..., None], 3, -1))

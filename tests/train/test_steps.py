@@ -1,6 +1,6 @@
 """Training: one step on 8 devices equals one on 1 device; eval refuses a missing workdir.
 
-Kill/restart through the real train.py (SIGKILL, SIGTERM) and the eval.py CLI: tests/test_preemption.py.
+Kill/restart through the real train.py (SIGKILL, SIGTERM) and the eval.py CLI: tests/train/test_preemption.py.
 """
 
 import jax
