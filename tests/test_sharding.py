@@ -148,7 +148,7 @@ _STEP = {"seed": 0, "loss.ce_weight": 1.0, "loss.dice_weight": 0.0, "loss.class_
 
 
 def _step(config, batch, accum, **overrides):
-  exp = experiment.build(_with(config, **_STEP, grad_accum_steps=accum, **overrides))
+  exp = experiment.build(_with(config, **{**_STEP, "grad_accum_steps": accum, **overrides}))
   fn = steps.jit_train_step(exp)
   state = exp.init_state()
   before = jax.device_get(state)  # the step donates `state`

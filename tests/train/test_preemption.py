@@ -107,21 +107,20 @@ class Run:
   workdir: pathlib.Path
   log: pathlib.Path
   resumed_from: int | None  # the latest checkpoint at launch
-  metrics_offset: int  # where this run's records start in metrics.jsonl
   tmp_before: set  # unfinished saves left by earlier runs
   proc: subprocess.Popen
   started: float  # time.monotonic() at launch
   launched_at: float  # time.time() at launch, to compare with the records' "time"
 
   def records(self) -> list[dict]:
-    """What this run wrote to metrics.jsonl (complete lines only; a line is written in one call)."""
+    """What this run wrote to metrics.jsonl (complete lines only; a line is written in one call). A resumed run
+    first rewrites the file without the records past its checkpoint (MetricsWriter.drop_after), so this run's
+    records are those stamped after its launch, not those past a byte offset."""
     path = self.workdir / "metrics.jsonl"
     if not path.exists():
       return []
-    with path.open() as f:
-      f.seek(self.metrics_offset)
-      text = f.read()
-    return [json.loads(line) for line in text.split("\n")[:-1] if line]
+    records = [json.loads(line) for line in path.read_text().split("\n")[:-1] if line]
+    return [r for r in records if r["time"] >= self.launched_at]
 
   def logged_steps(self) -> list[int]:
     return [r["step"] for r in self.records()]
@@ -171,9 +170,8 @@ class Run:
 
 
 def _start(workdir: pathlib.Path, data_dir: str, env: dict[str, str], log: pathlib.Path, **overrides) -> Run:
-  metrics = workdir / "metrics.jsonl"
-  resumed_from, offset, tmp = _latest(workdir), metrics.stat().st_size if metrics.exists() else 0, _tmp_dirs(workdir)
-  return Run(workdir, log, resumed_from, offset, tmp, _train_cli(workdir, data_dir, env, log, **overrides),
+  resumed_from, tmp = _latest(workdir), _tmp_dirs(workdir)
+  return Run(workdir, log, resumed_from, tmp, _train_cli(workdir, data_dir, env, log, **overrides),
              time.monotonic(), time.time())
 
 
