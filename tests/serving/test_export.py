@@ -163,3 +163,21 @@ def test_saved_model_matches_segjax(trained, tmp_path):
     labels, probs = _reference(exp, state, x)
     np.testing.assert_array_equal(got["labels"].numpy(), labels)
     np.testing.assert_allclose(got["probs"].numpy(), probs, rtol=1e-5, atol=1e-6)
+
+
+def test_export_cli_beside_the_other_clis(trained, tmp_path):
+  """export.py (at the repository root, as train.py, eval.py and predict.py) writes what export_checkpoint does."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  config, workdir, _, _ = trained
+  flags = [f"--config.dataset.data_dir={config.dataset.data_dir}", "--config.model.depth=2",
+           "--config.model.base_features=4"]
+  out = subprocess.run([sys.executable, str(REPO / "export.py"), f"--config={REPO / 'configs/quickstart.py'}",
+                        f"--workdir={workdir}", f"--out={tmp_path / 'cli'}", "--batch=2", *flags],
+                       cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Wrote" in out.stdout and "checkpoint step 3" in out.stdout, out.stdout
+  meta = serving.read_meta(tmp_path / "cli")
+  assert meta["recipe"]["checkpoint_step"] == 3 and meta["input"]["shape"][0] == "2"  # dims as text: symbolic ones are names
