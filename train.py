@@ -4,7 +4,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from segjax import cli, platform, sharding
-from segjax.train import loop
+from segjax.training import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Recipe file in configs/.", lock_config=True)

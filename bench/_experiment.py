@@ -1,7 +1,7 @@
 """The Experiment a benchmark times: segjax's recipe schema set to the benchmark's network, sizes, normalisation,
 loss and optimiser, built by `segjax.experiment.build(config, model=...)`.
 
-The train step is task-generic since issue 21 (`segjax.train.steps.train_step(state, batch, exp=...)`): what it
+The train step is task-generic since issue 21 (`segjax.training.steps.train_step(state, batch, exp=...)`): what it
 computes comes from the Experiment, so a benchmark sets those values on a recipe instead of passing them to the
 step. The defaults are what every step benchmark measured before: Adam at a constant 1e-3 (the recipe's "adam" on a
 "constant" schedule: optax.adam on a constant schedule, which also counts steps, as torch.optim.Adam does), no

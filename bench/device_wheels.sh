@@ -3,7 +3,7 @@
 # image has (Python 3.12, jax 0.11 CUDA, flax, optax, orbax, chex, torch, numpy, pillow, absl-py, pyyaml, pyarrow,
 # requests, tqdm, wrapt, six, etils, psutil ...; ../shared/ENVIRONMENT.md). About 12 MB, under the 64 MiB
 # a device run may carry:
-#   ml-collections            segjax.models and segjax.train import it
+#   ml-collections            segjax.models and segjax.training import it
 #   grain, tensorflow-datasets, array-record and their missing dependencies
 #                             the input-pipeline part runs segjax.data.pipeline (grain) itself; tfds is imported
 #                             by segjax.data.datasets for the CamVid spec. No TensorFlow.

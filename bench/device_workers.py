@@ -13,7 +13,7 @@ imports). A case is a dict (registry name, model keywords, batch, size, classes)
 Timing (both frameworks alike): the input is on the device before the clock starts; after `warmup` steps,
 `rounds` times `inner` steps run back to back and are waited for once, and the median over rounds of the time
 per step is reported. Each step is a full optimiser step: forward with BatchNorm in training mode, softmax
-cross-entropy over every pixel, backward, Adam. segjax's step is `segjax.train.steps.train_step` of an Experiment
+cross-entropy over every pixel, backward, Adam. segjax's step is `segjax.training.steps.train_step` of an Experiment
 (bench/_experiment.py) jitted with its state donated (what `train.py` runs, without augmentation); PyTorch's is
 the twin of bench/torch_models.py with `torch.optim.Adam` (fused on CUDA).
 """
@@ -170,7 +170,7 @@ def _jax_case(case, dtypes, timing, matmul, mesh, device, profile_steps) -> None
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import _experiment  # pylint: disable=import-outside-toplevel  (bench/, on sys.path above)
   from segjax import models  # pylint: disable=import-outside-toplevel
-  from segjax.train import steps  # pylint: disable=import-outside-toplevel
+  from segjax.training import steps  # pylint: disable=import-outside-toplevel
 
   b, (h, w), k = case["batch"], case["size"], case["classes"]
   image, label = synthetic_batch(b, h, w, k)

@@ -30,7 +30,7 @@ import numpy as np
 
 from segjax import models, sharding
 from segjax.data import augment, datasets, pipeline
-from segjax.train import steps
+from segjax.training import steps
 
 import _experiment  # bench/_experiment.py (this folder is on sys.path when a script runs)
 import _timing  # bench/_timing.py

@@ -6,7 +6,7 @@
     python bench/isbi_cv.py --preset full                 # 5 folds of configs/unet_isbi2012.py (an accelerator)
     python bench/isbi_cv.py --preset cpu --folds 0 3 --steps 100 --out runs/isbi_cv/cpu.json
 
-Each fold trains a fresh network on 24 images with segjax's own loop (`segjax.train.loop.train_and_evaluate`,
+Each fold trains a fresh network on 24 images with segjax's own loop (`segjax.training.loop.train_and_evaluate`,
 checkpoints in --workdir/fold<k>, so an interrupted run resumes fold by fold) and scores the 6 held-out
 images whole, at 512x512, with `segjax.evaluation.semantic.evaluate` (the "whole" inference of eval.py). Folds are tfds
 split strings over the records (record i is train/image/i.png), e.g. fold 1 trains on "train[0:6]+train[12:30]"
@@ -61,7 +61,7 @@ from segjax import experiment  # noqa: E402  pylint: disable=wrong-import-positi
 from segjax.evaluation import metrics  # noqa: E402  pylint: disable=wrong-import-position
 from segjax.data import datasets, pipeline  # noqa: E402  pylint: disable=wrong-import-position
 from segjax.evaluation import semantic  # noqa: E402  pylint: disable=wrong-import-position
-from segjax.train import loop  # noqa: E402  pylint: disable=wrong-import-position
+from segjax.training import loop  # noqa: E402  pylint: disable=wrong-import-position
 
 NUM_IMAGES = 30  # labelled images of ISBI 2012 (train/image/0.png .. 29.png)
 FOREGROUND = "membrane"

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import _experiment  # noqa: E402
 import _timing  # noqa: E402
 from segjax import models, summary  # noqa: E402
-from segjax.train import steps  # noqa: E402
+from segjax.training import steps  # noqa: E402
 
 # Dense peak TFLOP/s from the vendors' data sheets (SXM parts), by jax's device_kind.
 PEAK_TFLOPS = {

@@ -6,7 +6,7 @@
     python bench/precision.py --mode steps                  # only the interleaved train-step timing
 
 Each run trains from scratch with the recipe's seed, so both see the same initial parameters (float32 in both) and
-the same batches (`segjax.train.loop.train_and_evaluate`), then evaluates `--split` from the last checkpoint as
+the same batches (`segjax.training.loop.train_and_evaluate`), then evaluates `--split` from the last checkpoint as
 eval.py does (`segjax.apps.eval.run_eval`). Printed per dtype: mIoU and pixel accuracy, the training wall time
 (compilation and checkpoints included), the median training throughput in images/s from metrics.jsonl (the first
 logged interval, which includes compilation, left out), and the bf16 / f32 ratios. bf16 speed on a CPU says nothing
@@ -35,7 +35,7 @@ import numpy as np
 from segjax import experiment
 from segjax.apps import eval as eval_lib
 from segjax.data import pipeline
-from segjax.train import loop, steps
+from segjax.training import loop, steps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

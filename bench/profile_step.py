@@ -4,7 +4,7 @@
     python bench/profile_step.py --stock-xla     # with XLA:CPU's default flags (the "before")
     python bench/profile_step.py --top 25        # + the 25 most expensive HLO operations
 
-Runs the jitted train step (segjax.train.steps.train_step of bench/_experiment.py's Experiment: BN in training
+Runs the jitted train step (segjax.training.steps.train_step of bench/_experiment.py's Experiment: BN in training
 mode, cross-entropy, Adam) on one XLA CPU device, records `--steps` steps with `jax.profiler` (a Perfetto trace),
 and sums the duration of every executed HLO operation, over all threads, into kinds read from the optimised HLO of
 the same compiled step: convolution forward, convolution input gradient, convolution kernel gradient (a
@@ -68,7 +68,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _experiment  # noqa: E402
 from segjax import models  # noqa: E402
-from segjax.train import steps  # noqa: E402
+from segjax.training import steps  # noqa: E402
 
 # segjax's oneDNN convolutions (segjax.ops.conv) appear as custom calls.
 _ONEDNN_KINDS = {"SegjaxOnednnConvForward": "conv forward", "SegjaxOnednnConvBackwardData": "conv input grad",

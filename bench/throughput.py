@@ -7,7 +7,7 @@
 
 Both sides run one full optimiser step per call on the same batch: forward with BatchNorm in training mode,
 softmax cross-entropy over every pixel, backward, Adam update. segjax's side is the real train step
-(`segjax.train.steps.jit_train_step` of an Experiment whose recipe is set to this network and batch,
+(`segjax.training.steps.jit_train_step` of an Experiment whose recipe is set to this network and batch,
 bench/_experiment.py: the jitted, sharded, donated step `train.py` runs, with its normalisation and no
 augmentation); PyTorch's is the twin network of `bench/torch_models.py` (identical layers,
 tests/models/test_torch_reference.py) stepped by `torch.optim.Adam`, in the modes asked for:
@@ -70,7 +70,7 @@ import numpy as np  # noqa: E402
 
 from segjax import models  # noqa: E402
 from segjax.ops import conv as conv_lib  # noqa: E402
-from segjax.train import steps  # noqa: E402
+from segjax.training import steps  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _experiment  # noqa: E402  pylint: disable=wrong-import-position

@@ -13,7 +13,7 @@ from segjax import config as config_lib
 
 
 def get_config():
-  # quickstart.py's values plus model.dtype; tests/train/test_mixed_precision.py checks that nothing else differs.
+  # quickstart.py's values plus model.dtype; tests/training/test_mixed_precision.py checks that nothing else differs.
   c = config_lib.use_dataset(config_lib.default_config(), "shapes")
   c.model.depth = 3
   c.model.base_features = 16

@@ -9,7 +9,7 @@ import pytest
 
 from segjax import checkpoint as checkpoint_lib
 from segjax import experiment
-from segjax.train import loop
+from segjax.training import loop
 from tests.conftest import tiny_config
 
 # Wide enough that orbax's array files dwarf every other file a run writes (metrics.jsonl, JSON metadata); one

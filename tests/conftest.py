@@ -155,7 +155,7 @@ def cli_env(tmp_path_factory) -> dict[str, str]:
 
   Every process start re-traces and re-compiles; the cache skips the XLA compilation (the largest part) after the
   first process compiled a program: a tiny train.py restart costs 8-12 s of CPU instead of 30-40 s. A cached
-  executable is the same binary, so results stay bitwise equal (tests/train/test_preemption.py checks that against an
+  executable is the same binary, so results stay bitwise equal (tests/training/test_preemption.py checks that against an
   in-process run, which does not use the cache).
   """
   return dict(os.environ, PYTHONPATH=str(REPO),

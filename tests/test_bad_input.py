@@ -20,7 +20,7 @@ import pytest
 from segjax.apps import eval as eval_app
 from segjax.data import pipeline
 from segjax.data import shapes
-from segjax.train import loop
+from segjax.training import loop
 from tests.bad_input_run import STEP, Run, _assert_intact, _config, run  # noqa: F401  (run: the module fixture)
 
 # ----------------------------------------------------------------- bad folders

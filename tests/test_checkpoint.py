@@ -15,7 +15,7 @@ import pytest
 
 from segjax import checkpoint as checkpoint_lib
 from segjax import experiment
-from segjax.train import loop
+from segjax.training import loop
 from tests.checkpoint_damage import DAMAGES, damage
 from tests.conftest import random_checkpoint, tiny_config
 

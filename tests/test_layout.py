@@ -110,7 +110,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def _folder(module: str) -> str:
-  """A module's node in the folder graph: its subpackage (segjax.data, segjax.train, ...), or the module itself
+  """A module's node in the folder graph: its subpackage (segjax.data, segjax.training, ...), or the module itself
   for the top-level modules of segjax/."""
   parts = module.split(".")
   return ".".join(parts[:2])
@@ -157,7 +157,7 @@ def test_no_test_file_over_the_limit():
   assert not long, f"test files over ~{MAX_TEST_LINES} lines: {long}"
 
 
-@pytest.mark.parametrize("folder", ["models", "ops", "data", "train", "evaluation", "serving", "weights", "tasks"])
+@pytest.mark.parametrize("folder", ["models", "ops", "data", "training", "evaluation", "serving", "weights", "tasks"])
 def test_tests_mirror_the_package(folder):
   assert (PACKAGE / folder).is_dir()
   assert list((REPO / "tests" / folder).glob("test_*.py")), f"tests/{folder}/ has no tests of segjax/{folder}/"

@@ -20,7 +20,7 @@ import pytest
 
 from segjax import checkpoint as checkpoint_lib
 from segjax import experiment
-from segjax.train import loop
+from segjax.training import loop
 from tests.conftest import REPO, tiny_config
 
 STEPS = 12

@@ -7,7 +7,7 @@ import pytest
 from segjax.evaluation import metrics
 from segjax.evaluation import semantic as evaluate
 from segjax import experiment
-from segjax.train import loop
+from segjax.training import loop
 from tests.conftest import REPO
 
 

@@ -12,7 +12,7 @@ from segjax import checkpoint as checkpoint_lib
 from segjax import experiment, sharding
 from segjax.data import augment, datasets, pipeline
 from segjax.evaluation import semantic as evaluate
-from segjax.train import loop, steps
+from segjax.training import loop, steps
 from tests.conftest import semantic_train_dataset, tiny_config
 
 

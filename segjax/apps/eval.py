@@ -17,7 +17,7 @@ import ml_collections
 from segjax import experiment, viz
 from segjax.data import datasets
 from segjax.evaluation import conventions, inference, metrics, report, semantic
-from segjax.train import curves, logs
+from segjax.training import curves, logs
 
 def _check_split_not_empty(config: ml_collections.ConfigDict, split: str, spec: datasets.DatasetSpec) -> None:
   """Refuses a split (or tfds slice) without examples, which would give metrics of nothing. (datasets.data_source

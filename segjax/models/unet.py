@@ -30,7 +30,7 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
 
   The bias gradient is the output gradient summed over every pixel of the batch. Added in bfloat16, autodiff
   makes that sum a bfloat16 reduce_sum, which XLA:CPU accumulates in bfloat16: once the running sum is a few
-  hundred times the terms, they round away (tests/train/test_mixed_precision.py saw a 96% error on a U-Net's output
+  hundred times the terms, they round away (tests/training/test_mixed_precision.py saw a 96% error on a U-Net's output
   bias gradient for 8 x 32 x 32 pixels). In float32 the sum is float32 on every backend.
   """
   dtype = jnp.promote_types(y.dtype, jnp.float32)

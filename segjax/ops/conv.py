@@ -12,7 +12,7 @@ the same model, with the same parameters, runs either way:
   kernels pack an im2col matrix for every convolution and transpose both operands of every kernel gradient.
 
 The backend is chosen while a function is traced, with `with backend("onednn"): ...` around `model.apply`
-(segjax.train.steps does this from `config.conv_backend`, see `resolve_backend`). The oneDNN path is a custom
+(segjax.training.steps does this from `config.conv_backend`, see `resolve_backend`). The oneDNN path is a custom
 call that XLA's partitioner cannot split, so it is only used when a computation runs on one device.
 
 The shared library is built by `pip install` when a C++ compiler and the oneDNN headers are there (setup.py); it

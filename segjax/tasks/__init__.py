@@ -1,6 +1,6 @@
 """What differs between segmentation tasks, behind one interface the shared core calls.
 
-The loop (segjax.train), checkpointing and exact resume, the non-finite guard, gradient accumulation, mixed
+The loop (segjax.training), checkpointing and exact resume, the non-finite guard, gradient accumulation, mixed
 precision, the mesh and shardings, global batching and metrics.jsonl know nothing about the task: they call the
 `Task` of the recipe (`config.task`), which says
 

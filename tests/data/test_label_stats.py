@@ -9,7 +9,7 @@ from PIL import Image
 import pytest
 
 from segjax.data import datasets, label_stats, shapes
-from segjax.train import loop
+from segjax.training import loop
 from tests.conftest import tiny_config
 
 

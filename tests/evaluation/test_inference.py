@@ -11,7 +11,7 @@ import torch
 
 from segjax import forward, models
 from segjax.evaluation import inference, tiling
-from segjax.train import steps
+from segjax.training import steps
 from tests.conftest import predict_logits
 
 K = 3

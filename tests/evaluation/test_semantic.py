@@ -18,7 +18,7 @@ from segjax.evaluation import inference
 from segjax.evaluation import semantic as evaluate
 from segjax.data import datasets, pipeline
 from segjax import checkpoint, experiment
-from segjax.train import loop, steps
+from segjax.training import loop, steps
 from tests.conftest import REPO, predict_logits, random_checkpoint, tiny_config
 
 SPLIT = "test[:10]"

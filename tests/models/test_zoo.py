@@ -18,7 +18,7 @@ import pytest
 
 from segjax import experiment, losses, models, sharding
 from segjax.data import augment, pipeline
-from segjax.train import steps
+from segjax.training import steps
 from tests.conftest import predict_logits, tiny_config
 
 # Constructor options that make one step cheap on CPU. Every registry entry must be listed.

@@ -18,7 +18,7 @@ from segjax import config as config_lib
 from segjax import experiment, models
 from segjax.data import augment
 from segjax.ops import conv
-from segjax.train import steps
+from segjax.training import steps
 from tests.conftest import tiny_config
 
 

@@ -1,7 +1,7 @@
 """Export (jax.export, serialized StableHLO) and the serving loader that needs none of segjax's training code.
 
 A checkpoint of a tiny U-Net is exported for cpu and cuda; a fresh Python process loads it with segjax.serving
-only (flax, optax, orbax and segjax.train stay unimported there) and its labels equal the in-process segjax path's
+only (flax, optax, orbax and segjax.training stay unimported there) and its labels equal the in-process segjax path's
 (steps.predict + argmax) exactly, its probabilities to float rounding, at two batch sizes and two image sizes.
 """
 
@@ -21,7 +21,7 @@ pytest.importorskip("flatbuffers", reason="jax.export serialization needs the fl
 from segjax import forward, models, serving  # noqa: E402
 from segjax.serving import export  # noqa: E402
 from segjax.data import datasets  # noqa: E402
-from segjax.train import steps  # noqa: E402
+from segjax.training import steps  # noqa: E402
 from tests.conftest import REPO, predict_logits, random_checkpoint, random_state, tiny_config  # noqa: E402
 
 # (batch, height, width): the tiny U-Net (depth 2) takes multiples of 4; one artifact serves all of them.
@@ -79,7 +79,7 @@ def test_exported_model_runs_without_segjax_training_code(trained, exported, tmp
         np.save({str(tmp_path)!r} + f"/probs{{i}}.npy", result["probs"])
       loaded = [m for m in sys.modules if m.split(".")[0] in ("flax", "optax", "orbax", "tensorflow", "grain",
                                                                "tensorflow_datasets")
-                or m.startswith(("segjax.train", "segjax.models", "segjax.data"))]
+                or m.startswith(("segjax.training", "segjax.models", "segjax.data"))]
       assert not loaded, f"serving imported {{loaded}}"
       """)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))

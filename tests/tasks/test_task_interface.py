@@ -18,7 +18,7 @@ from segjax import checkpoint as checkpoint_lib
 from segjax import config as config_lib
 from segjax import experiment, forward, tasks
 from segjax.data import datasets, pipeline
-from segjax.train import loop
+from segjax.training import loop
 from tests.conftest import REPO
 from tests.tasks import box_task
 

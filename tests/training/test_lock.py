@@ -12,13 +12,13 @@ import time
 import jax
 import pytest
 
-from segjax.train import lock as lock_lib
-from segjax.train import loop
+from segjax.training import lock as lock_lib
+from segjax.training import loop
 from tests.conftest import REPO, tiny_config
 
 HOLD = """
 import sys, time
-from segjax.train import lock
+from segjax.training import lock
 with lock.WorkdirLock(sys.argv[1]):
   print("locked", flush=True)
   time.sleep(120)

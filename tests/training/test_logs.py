@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from segjax.apps import eval as eval_app
-from segjax.train import curves, logs, loop
+from segjax.training import curves, logs, loop
 from tests.conftest import tiny_config
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -118,8 +118,8 @@ def test_cli_logging_shows_segjax_info_by_default_and_follows_verbosity(monkeypa
   try:
     monkeypatch.setattr(flags.FLAGS["verbosity"], "present", 0)
     cli.configure_logging()
-    logging.getLogger("segjax.train.loop").info("Resumed from step %d (somewhere)", 7)
-    logging.getLogger("segjax.train.loop").debug("not shown")
+    logging.getLogger("segjax.training.loop").info("Resumed from step %d (somewhere)", 7)
+    logging.getLogger("segjax.training.loop").debug("not shown")
     err = capsys.readouterr().err
     assert "Resumed from step 7 (somewhere)\n" in err and "not shown" not in err
     monkeypatch.setattr(flags.FLAGS["verbosity"], "present", 1)  # --verbosity given: segjax follows the root level

@@ -2,7 +2,7 @@
 (like MMSegmentation's analyze_logs). Evaluations written by eval.py (DIR/eval/<split>/metrics.json) are marked at
 their checkpoint's step in the matching panels.
 
-Training draws it at each evaluation and when it ends or stops; `python -m segjax.train.curves DIR` draws it again.
+Training draws it at each evaluation and when it ends or stops; `python -m segjax.training.curves DIR` draws it again.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from segjax.train import logs
+from segjax.training import logs
 
 CURVES_FILE = "curves.png"
 EVAL_KEYS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "mean_dice")
@@ -106,11 +106,11 @@ def plot_curves(workdir: str | pathlib.Path) -> pathlib.Path | None:
 
 def main(argv: list[str]) -> int:
   if len(argv) != 2:
-    sys.stderr.write("usage: python -m segjax.train.curves DIR (a training directory holding metrics.jsonl)\n")
+    sys.stderr.write("usage: python -m segjax.training.curves DIR (a training directory holding metrics.jsonl)\n")
     return 2
   path = plot_curves(argv[1])
   if path is None:
-    sys.stderr.write(f"segjax.train.curves: error: {argv[1]} holds no metrics.jsonl records (nor eval.py results) to "
+    sys.stderr.write(f"segjax.training.curves: error: {argv[1]} holds no metrics.jsonl records (nor eval.py results) to "
                      "draw: pass the --workdir of a training run.\n")
     return 2
   print(f"Wrote {path}")

@@ -6,7 +6,7 @@ import logging
 
 import jax
 
-from segjax.train import logs, loop
+from segjax.training import logs, loop
 from tests.conftest import tiny_config
 
 

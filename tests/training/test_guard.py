@@ -22,7 +22,7 @@ from segjax.apps import eval as eval_app
 from segjax.data import datasets, pipeline
 from segjax import checkpoint as checkpoint_lib
 from segjax import experiment
-from segjax.train import loop, preemption, steps
+from segjax.training import loop, preemption, steps
 from tests.conftest import REPO, semantic_train_dataset, tiny_config
 
 

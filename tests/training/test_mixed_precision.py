@@ -23,7 +23,7 @@ from segjax.apps import eval as eval_app
 from segjax.data import datasets, pipeline
 from segjax.models import unet
 from segjax import experiment
-from segjax.train import loop, steps
+from segjax.training import loop, steps
 from tests.conftest import REPO, semantic_train_dataset, tiny_config
 from tests.test_configs import load
 

@@ -50,7 +50,7 @@ import pytest
 from segjax.data import datasets
 from segjax import checkpoint as checkpoint_lib
 from segjax import experiment
-from segjax.train import loop
+from segjax.training import loop
 from tests.conftest import REPO, tiny_config
 
 # Room to spare, so that no run reaches the end before its kill: a run killed at startup does not advance the

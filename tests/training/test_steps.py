@@ -1,6 +1,6 @@
 """Training: one step on 8 devices equals one on 1 device; eval refuses a missing workdir.
 
-Kill/restart through the real train.py (SIGKILL, SIGTERM) and the eval.py CLI: tests/train/test_preemption.py.
+Kill/restart through the real train.py (SIGKILL, SIGTERM) and the eval.py CLI: tests/training/test_preemption.py.
 """
 
 import jax
@@ -10,7 +10,7 @@ import pytest
 from segjax import sharding
 from segjax.data import augment, datasets, pipeline
 from segjax import experiment
-from segjax.train import steps
+from segjax.training import steps
 from tests.conftest import semantic_train_dataset, tiny_config
 
 

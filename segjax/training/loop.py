@@ -16,16 +16,16 @@ import ml_collections
 import tqdm
 
 from segjax import checkpoint as checkpoint_lib
-from segjax.train import curves
+from segjax.training import curves
 from segjax import experiment as experiment_lib
 from segjax import sharding
 from segjax import state as state_lib
 from segjax.data import datasets, label_stats, pipeline
-from segjax.train import guard as guard_lib
-from segjax.train import lock as lock_lib
-from segjax.train import logs
-from segjax.train import preemption as preemption_lib
-from segjax.train import steps
+from segjax.training import guard as guard_lib
+from segjax.training import lock as lock_lib
+from segjax.training import logs
+from segjax.training import preemption as preemption_lib
+from segjax.training import steps
 
 log = logging.getLogger(__name__)
 
