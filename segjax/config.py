@@ -57,9 +57,11 @@ def default_config() -> ml_collections.ConfigDict:
   # (min, max) factor each training example is resized by before cropping, drawn uniformly; (0.5, 0.5) trains
   # at half resolution (evaluate it with inference.scales=(0.5,) to score full-resolution labels).
   c.dataset.train_scale = (1.0, 1.0)
-  # Evaluation pads every image to this size (None: the first example's size rounded up to the model's
-  # divisor). Padding carries weight 0, so it never enters a metric.
-  c.dataset.eval_size = ml_collections.FieldReference(None, field_type=tuple)
+  # How inference mode "whole" sizes evaluation images. (h, w): every image padded to it, batched (an image larger
+  # is an error); None: the first example's size rounded up to the model's divisor (a split of one size);
+  # "per_image": each image at its own size, as predict.py runs it (splits of mixed sizes; compiles once per
+  # distinct size). Padding carries weight 0, so it never enters a metric. Tiled modes are always per image.
+  c.dataset.eval_size = ml_collections.FieldReference(None, field_type=object)
   # Per-channel normalisation in 0..255 units, applied on device; a single value is broadcast over channels.
   c.dataset.mean = (127.5,)
   c.dataset.std = (127.5,)
@@ -235,6 +237,12 @@ def validate(config: ml_collections.ConfigDict) -> "Settings":
   scale = tuple(config.dataset.train_scale)
   if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
     fail("dataset.train_scale", scale, "give (min, max) with 0 < min <= max, e.g. (0.5, 0.5) or (0.5, 2.0)")
+  eval_size = config.dataset.eval_size
+  if eval_size is not None and eval_size != "per_image" and (
+      not isinstance(eval_size, (tuple, list)) or len(eval_size) != 2
+      or not all(isinstance(v, int) and v > 0 for v in eval_size)):
+    fail("dataset.eval_size", eval_size, "give (height, width), both positive, 'per_image' (each image at its own "
+         "size) or None (the first example's size)")
   if len(config.dataset.crop_size) != 2 or min(config.dataset.crop_size) <= 0:
     fail("dataset.crop_size", config.dataset.crop_size, "give (height, width), both positive")
   if config.conv_backend not in conv_lib.BACKENDS:
