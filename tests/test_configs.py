@@ -31,8 +31,10 @@ def test_every_registry_model_has_a_recipe():
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_recipe_builds(path):
+def test_recipe_builds(path, tmp_path):
   config = load(path)
+  if config.dataset.name == "folder":  # configs/folder.py takes the folders and classes from flags
+    _fill_folder_keys(config, tmp_path)
   config_lib.validate(config)
   config.num_train_steps, config.batch_size, config.seed = 7, 8, 123
   config.dataset.manual_dir = "/some/dir"
@@ -43,6 +45,16 @@ def test_recipe_builds(path):
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   assert n_params > 0
   assert state.step.shape == ()
+
+
+def _fill_folder_keys(config, root):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  for sub in ("images", "masks"):
+    (root / sub).mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "a.png")
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "a.png")
+  folder = config.dataset.folder
+  folder.images_dir, folder.masks_dir, folder.class_names = str(root / "images"), str(root / "masks"), ("a", "b")
 
 
 def test_validate_names_key_value_and_fix():

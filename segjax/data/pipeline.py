@@ -218,8 +218,15 @@ def round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
 
-def eval_size(source, requested: Sequence[int] | None, divisor: int) -> tuple[int, int]:
-  """The (height, width) every eval image is padded to: `requested`, or example 0's size, rounded up."""
+def eval_size(source, requested: Sequence[int] | str | None, divisor: int) -> tuple[int, int]:
+  """The (height, width) every eval image is padded to: `requested`, or example 0's size, rounded up.
+
+  Raises:
+    ValueError: `requested` is "per_image", which has no one size (evaluators that pad to one size call this).
+  """
+  if isinstance(requested, str):
+    raise ValueError(f"config.dataset.eval_size={requested!r} evaluates each image at its own size, which this "
+                     "task's evaluator does not do (it pads every image to one size): give (height, width).")
   if requested is None:
     requested = np.asarray(source[0]["label"]).shape[:2]
   return round_up(int(requested[0]), divisor), round_up(int(requested[1]), divisor)
@@ -274,7 +281,9 @@ def semantic_eval_example(spec: datasets.DatasetSpec, size: Sequence[int]
     h, w = ex.label.shape
     if h > height or w > width:
       raise ValueError(f"Example {_name(raw)} of {spec.name} is {h}x{w}, larger than the eval size "
-                       f"{height}x{width}; set --config.dataset.eval_size=({round_up(h, 32)}, {round_up(w, 32)}).")
+                       f"{height}x{width} (the first example's size unless config.dataset.eval_size is set): set "
+                       "--config.dataset.eval_size=per_image to evaluate each image at its own size (splits of "
+                       f"mixed sizes), or --config.dataset.eval_size=({round_up(h, 32)}, {round_up(w, 32)}).")
     ex = pad_to(ex, height, width)
     return {"image": ex.image, "label": ex.label, "weight": ex.weight}
   return example

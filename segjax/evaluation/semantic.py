@@ -1,11 +1,14 @@
 """Semantic evaluation: a split through the recipe's inference mode (and optional ensemble), confusion matrices
 per image, metrics under every convention (the reports are written by segjax.apps.eval).
 
-Two paths, chosen by `config.inference.mode`:
-- "whole": global batches padded to one size (`pipeline.eval_batches`), sharded over the mesh, scored by a
-  jitted step that returns one confusion matrix per image (summed across devices inside jit) and the labels.
-- "slide" / "overlap_tile": one image at a time at its own size, streamed tile by tile (`inference.Segmenter`);
-  processes take every P-th image and their per-image matrices are gathered at the end.
+Two paths, chosen by `config.inference.mode` and `config.dataset.eval_size`:
+- "whole" with eval_size (h, w) or None: global batches padded to one size (`pipeline.eval_batches`), sharded over
+  the mesh, scored by a jitted step that returns one confusion matrix per image (summed across devices inside jit)
+  and the labels.
+- "slide" / "overlap_tile", and "whole" with eval_size "per_image": one image at a time at its own size
+  (`inference.Segmenter.predict_image`, the prediction predict.py writes for that image; tiled modes stream tile by
+  tile); processes take every P-th image and their per-image matrices are gathered at the end. Splits of mixed
+  sizes need no size named, and an image's prediction does not depend on the other images of the split.
 Both end in the same place: per-image [K, K] counts, their sum, and the metrics of docs/metrics.md.
 """
 
@@ -95,6 +98,7 @@ class _Collector:
                       samples=self.samples, ranking=self.ranking)
 
 
+PER_IMAGE = "per_image"  # config.dataset.eval_size: evaluate each image at its own size
 SCALARS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "mean_dice")  # logged as eval/<name>
 
 
@@ -151,7 +155,7 @@ class Evaluator:
     segmenter = self._prepare(state)
     source = datasets.data_source(config.dataset, split)
     collector = _Collector(self.exp.spec.num_classes, len(source), num_visualizations, config.metrics.num_ranked)
-    if self.params.mode == "whole":
+    if self.params.mode == "whole" and config.dataset.eval_size != PER_IMAGE:
       self._run_whole(segmenter, source, split, collector, progress)
     else:
       self._run_per_image(segmenter, source, split, collector, progress)
@@ -194,7 +198,8 @@ class Evaluator:
                          specs=exp.task.batch_specs(exp), desc=f"eval {split}", progress=progress)
 
   def _run_per_image(self, segmenter, source, split, collector, progress) -> None:
-    """Tiled modes: this process's images (every P-th), each at its own size; matrices gathered across processes."""
+    """Tiled modes and eval_size "per_image": this process's images (every P-th), each at its own size; matrices
+    gathered across processes."""
     k, spec = self.exp.spec.num_classes, self.exp.spec
     mine = range(jax.process_index(), len(source), jax.process_count())
     for index in tqdm.tqdm(mine, desc=f"eval {split} ({self.params.mode})",
