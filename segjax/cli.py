@@ -11,7 +11,8 @@ exception and is reported once.
 
 Flag parsing gets the same treatment: a misspelt recipe key (`--config.batchsize=8`) prints ml_collections'
 suggestion as text instead of an escaped repr inside three chained tracebacks, and a recipe that does not load
-says why.
+says why. `--config` takes a recipe file or the name of a recipe shipped with segjax (`--config=quickstart`,
+segjax.config.resolve_recipe), so the installed commands (segjax-train, ...) work outside a clone.
 """
 
 from __future__ import annotations
@@ -74,7 +75,36 @@ def _recipe_message(error: BaseException, argv: list[str]) -> str | None:
   given = next((a for a in sys.argv[1:] if a.startswith("--config=")), "--config")
   reason = text.strip().splitlines()[-1].strip()
   return (f"{given} could not be loaded ({reason}; from {os.getcwd()}): give the path of a recipe file, e.g. "
-          "--config=configs/quickstart.py.")
+          f"--config=configs/quickstart.py, or the name of a recipe shipped with segjax ({_recipe_names()}).")
+
+
+def _recipe_names() -> str:
+  from segjax import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  found = config_lib.resolve_recipe("quickstart")
+  if not os.path.isfile(found):
+    return "none found: reinstall segjax"
+  return ", ".join(sorted(name[:-3] for name in os.listdir(os.path.dirname(found))
+                          if name.endswith(".py") and not name.startswith("_")))
+
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+  """`argv` with the value of --config resolved to a recipe file (absl's config flag takes a path): a bare name,
+  `--config=quickstart` or `--config=quickstart:ARGS`, becomes the shipped recipe's path; paths stay as given."""
+  from segjax import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  def resolve(value: str) -> str:
+    name, colon, args = value.partition(":")
+    resolved = config_lib.resolve_recipe(name) if name else name
+    return resolved + colon + args if resolved != name else value
+
+  out = list(argv)
+  for i in range(1, len(out)):
+    if out[i].startswith("--config="):
+      out[i] = "--config=" + resolve(out[i][len("--config="):])
+    elif out[i] == "--config" and i + 1 < len(out):
+      out[i + 1] = resolve(out[i + 1])
+  return out
 
 
 class _BackgroundNoise(logging.Filter):
@@ -158,7 +188,7 @@ def configure_logging() -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
   program = os.path.basename(argv[0]) if argv else "segjax"
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(resolve_config_args(argv))
   except flags.Error as e:
     _fail(program, f"{e}. Pass --helpshort to see the flags.", hint=False)
   except (KeyError, AttributeError) as e:

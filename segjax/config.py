@@ -354,19 +354,52 @@ def settings(config: ml_collections.ConfigDict) -> Settings:
                   loss=loss, augment=augment.from_config(config.augment))
 
 
+def resolve_recipe(spec: str) -> str:
+  """The recipe file that `--config=spec` (or a --member's recipe) names: `spec` itself when it is a file, else,
+  for a bare name (`quickstart` or `quickstart.py`, no folder), the recipe of that name shipped with segjax;
+  anything else unchanged (loading it then fails, naming it).
+
+  The recipes are configs/*.py at the top of a clone, and the package segjax.configs in an installed wheel
+  (setup.py maps one to the other), so `segjax-train --config=quickstart` works outside a clone.
+  """
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+
+  if not spec or pathlib.Path(spec).is_file() or "/" in spec or "\\" in spec:
+    return spec
+  name = spec[:-len(".py")] if spec.endswith(".py") else spec
+  folders = []
+  try:
+    found = importlib.util.find_spec("segjax.configs")  # a wheel's segjax/configs, or an editable install's map
+  except ImportError:
+    found = None
+  if found is not None and found.submodule_search_locations:
+    folders += [pathlib.Path(p) for p in found.submodule_search_locations]
+  clone = pathlib.Path(__file__).resolve().parents[1]
+  if (clone / "pyproject.toml").is_file():  # segjax imported from a source tree (PYTHONPATH=clone)
+    folders.append(clone / "configs")
+  for folder in folders:
+    if (folder / f"{name}.py").is_file():
+      return str(folder / f"{name}.py")
+  return spec
+
+
 def load_recipe(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of the recipe file `path` (what --config=path gives train.py and eval.py).
+  """`get_config()` of the recipe file `path`, or of the shipped recipe named `path` (`quickstart`;
+  resolve_recipe): what --config gives train.py and eval.py.
 
   Raises:
-    FileNotFoundError: no such file, naming it.
+    FileNotFoundError: no such file or recipe, naming it.
     ValueError: the file has no get_config().
   """
   import importlib.util  # pylint: disable=import-outside-toplevel
   import pathlib  # pylint: disable=import-outside-toplevel
 
-  file = pathlib.Path(path)
+  file = pathlib.Path(resolve_recipe(path))
   if not file.is_file():
-    raise FileNotFoundError(f"Recipe {path} does not exist (from {pathlib.Path.cwd()}); recipes live in configs/.")
+    raise FileNotFoundError(f"Recipe {path} does not exist (from {pathlib.Path.cwd()}); give the path of a recipe "
+                            "file (recipes live in configs/) or the name of a recipe shipped with segjax "
+                            "(e.g. quickstart).")
   spec = importlib.util.spec_from_file_location(file.stem, file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
