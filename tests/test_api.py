@@ -86,11 +86,12 @@ def test_import_segjax_is_light_and_the_api_is_lazy():
 
 def test_a_late_call_warns_that_xla_flags_cannot_apply(monkeypatch, caplog):
   jax.devices()  # this process's backend has started
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  devices = "--xla_force_host_platform_device_count=8"
+  monkeypatch.setenv("XLA_FLAGS", devices)
   with caplog.at_level(logging.WARNING, logger="segjax.api"):
     api._configure_xla()  # pylint: disable=protected-access
   assert "JAX started before segjax was called" in caplog.text
-  assert os.environ["XLA_FLAGS"] == platform.configure_xla_cpu({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert os.environ["XLA_FLAGS"] == platform.configure_xla_cpu({"XLA_FLAGS": devices})
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("*.py")))
@@ -103,11 +104,12 @@ def test_every_recipe_survives_the_checkpoints_json(recipe):
 
 def test_overrides_change_a_copy_and_refuse_unknown_keys():
   config = config_lib.load_recipe(str(REPO / "configs" / "quickstart.py"))
-  changed = api._recipe(config, dict(num_train_steps=7, optimizer=dict(learning_rate=0.5)))  # pylint: disable=protected-access
+  recipe = api._recipe  # pylint: disable=protected-access
+  changed = recipe(config, dict(num_train_steps=7, optimizer=dict(learning_rate=0.5)))
   assert (changed.num_train_steps, changed.optimizer.learning_rate, changed.optimizer.name) == (7, 0.5, "adamw")
   assert (config.num_train_steps, config.optimizer.learning_rate) == (1800, 3e-3)
   with pytest.raises(ValueError, match="no key 'num_steps'"):
-    api._recipe(config, dict(num_steps=7))  # pylint: disable=protected-access
+    recipe(config, dict(num_steps=7))
 
 
 # ---------------------------------------------------------------------------------------------------- predictor
