@@ -1,10 +1,13 @@
-"""segjax.ops.pooling: max pooling with argmax and index unpooling against numpy loops, under jit, vmap and grad."""
+"""segjax.ops.pooling: max pooling with argmax and index unpooling against numpy loops, with and without jit,
+under vmap and grad."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from jax.test_util import check_grads
 
 from segjax.ops import max_pool_with_argmax, max_unpool
@@ -17,24 +20,46 @@ POOL_CASES = [(2, 2, False), (2, 2, True), (3, 2, False), (3, 2, True)]  # (wind
 SHAPES = [(2, 7, 9, 3), (3, 8, 6, 1)]
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("k,s,ceil_mode", POOL_CASES)
-def test_pool_and_unpool_match_numpy(k, s, ceil_mode, dtype):
-  for seed, shape in enumerate(SHAPES):
-    # Few distinct values: many ties, which must follow the first-in-row-major-window rule.
-    x = jnp.asarray(np.random.default_rng(seed).integers(-3, 4, shape), dtype)
-    values, indices = pool_jit(x, k, s, ceil_mode=ceil_mode)
-    ref_v, ref_i = np_max_pool_with_argmax(np.asarray(x, np.float32), k, s, ceil_mode)
-    assert values.dtype == dtype and indices.dtype == jnp.int32
-    np.testing.assert_array_equal(np.asarray(values, np.float64), ref_v)
-    np.testing.assert_array_equal(np.asarray(indices), ref_i)
-    # Unpool arbitrary values (not the pooled ones) so that, with overlapping windows, which duplicate wins
-    # is visible.
-    v = jnp.asarray(np.random.default_rng(seed + 10).standard_normal(values.shape), dtype)
-    out = unpool_jit(v, indices, shape[1:3])
-    assert out.shape == shape and out.dtype == dtype
-    np.testing.assert_array_equal(np.asarray(out, np.float64), np_max_unpool(np.asarray(v, np.float32),
-                                                                                ref_i, shape[1:3]))
+class PoolUnpoolVariantsTest(chex.TestCase):
+  """The ops traced under jit and run eagerly op by op (chex variants): both must give the numpy loops' results."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(case=POOL_CASES, dtype=("float32", "bfloat16"))
+  def test_pool_and_unpool_match_numpy(self, case, dtype):
+    (k, s, ceil_mode), dtype = case, jnp.dtype(dtype)
+    pool = self.variant(lambda x: max_pool_with_argmax(x, k, s, ceil_mode=ceil_mode))
+    for seed, shape in enumerate(SHAPES):
+      # Few distinct values: many ties, which must follow the first-in-row-major-window rule.
+      x = jnp.asarray(np.random.default_rng(seed).integers(-3, 4, shape), dtype)
+      values, indices = pool(x)
+      ref_v, ref_i = np_max_pool_with_argmax(np.asarray(x, np.float32), k, s, ceil_mode)
+      chex.assert_type([values, indices], [dtype, jnp.int32])
+      np.testing.assert_array_equal(np.asarray(values, np.float64), ref_v)
+      np.testing.assert_array_equal(np.asarray(indices), ref_i)
+      # Unpool arbitrary values (not the pooled ones) so that, with overlapping windows, which duplicate wins
+      # is visible.
+      v = jnp.asarray(np.random.default_rng(seed + 10).standard_normal(values.shape), dtype)
+      out = self.variant(lambda v, i, hw=shape[1:3]: max_unpool(v, i, hw))(v, indices)
+      chex.assert_shape(out, shape)
+      chex.assert_type(out, dtype)
+      np.testing.assert_array_equal(np.asarray(out, np.float64), np_max_unpool(np.asarray(v, np.float32),
+                                                                                  ref_i, shape[1:3]))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters((2, 2), (3, 2))
+  def test_pool_unpool_under_vmap(self, k, s):
+    x = jnp.asarray(distinct((2, 2, 7, 9, 2)))  # an extra leading axis for vmap
+
+    def round_trip(x):
+      v, i = max_pool_with_argmax(x, k, s, ceil_mode=True)
+      return v, i, max_unpool(v, i, x.shape[1:3])
+
+    values, indices, unpooled = self.variant(jax.vmap(round_trip))(x)
+    for n in range(x.shape[0]):
+      ref_v, ref_i = np_max_pool_with_argmax(x[n], k, s, True)
+      np.testing.assert_array_equal(np.asarray(values[n]), ref_v)
+      np.testing.assert_array_equal(np.asarray(indices[n]), ref_i)
+      np.testing.assert_array_equal(np.asarray(unpooled[n]), np_max_unpool(ref_v, ref_i, (7, 9)))
 
 
 def test_segnet_odd_sizes_round_up_in_ceil_mode():
@@ -102,21 +127,6 @@ def test_unpool_arbitrary_indices_match_numpy():
   bad[0, 0, 0, 0], bad[1, 2, 3, 1] = -1, 6 * 8
   out = np.asarray(unpool_jit(v, jnp.asarray(bad), (6, 8)))
   np.testing.assert_array_equal(out, np_max_unpool(v, bad, (6, 8)).astype(np.float32))
-
-
-def test_pool_unpool_under_jit_and_vmap():
-  x = jnp.asarray(distinct((2, 2, 7, 9, 2)))  # an extra leading axis for vmap
-  for k, s in ((2, 2), (3, 2)):
-    def round_trip(x, k=k, s=s):
-      v, i = max_pool_with_argmax(x, k, s, ceil_mode=True)
-      return v, i, max_unpool(v, i, x.shape[1:3])
-
-    values, indices, unpooled = jax.jit(jax.vmap(round_trip))(x)
-    for n in range(x.shape[0]):
-      ref_v, ref_i = np_max_pool_with_argmax(x[n], k, s, True)
-      np.testing.assert_array_equal(np.asarray(values[n]), ref_v)
-      np.testing.assert_array_equal(np.asarray(indices[n]), ref_i)
-      np.testing.assert_array_equal(np.asarray(unpooled[n]), np_max_unpool(ref_v, ref_i, (7, 9)))
 
 
 @pytest.mark.parametrize("k,s,ceil_mode", [(2, 2, True), (3, 2, False)])  # block path, scatter path
