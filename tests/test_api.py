@@ -207,3 +207,31 @@ def test_evaluate_with_the_checkpoints_own_recipe(trained):
   again = segjax.evaluate(config, workdir, split="test[:8]")
   assert result["split"] == "test[:8]" and result["checkpoint_step"] == 3 and result["num_images"] == 8
   assert result["inference"]["hflip"] and result["mean_iou"] == again["mean_iou"]
+
+
+def test_train_takes_a_recipe_file_and_overrides(shapes_data_dir, tmp_path):
+  recipe = tmp_path / "tiny.py"
+  recipe.write_text(f"from tests.conftest import tiny_config\n\n\ndef get_config():\n"
+                    f"  return tiny_config({shapes_data_dir!r}, **{{'mesh.data': 1}})\n")
+  state = segjax.train(str(recipe), tmp_path / "run", progress=False, num_train_steps=2, checkpoint_every_steps=1)
+  assert int(state.step) == 2
+  assert checkpoint.Checkpointer(tmp_path / "run").all_steps() == [1, 2]
+  assert segjax.load(tmp_path / "run", 1).step == 1
+
+
+def test_a_checkpoint_without_its_recipe_falls_back_to_config_json(shapes_data_dir, tmp_path, caplog):
+  from segjax.training import logs  # pylint: disable=import-outside-toplevel
+
+  config = tiny_config(shapes_data_dir, **{"mesh.data": 1, "dataset.mean": MEAN})
+  _, state = random_checkpoint(config, tmp_path / "a")
+  ckpt = checkpoint.Checkpointer(tmp_path / "b")
+  ckpt.save(3, state)  # no recipe item
+  ckpt.close()
+  with pytest.raises(ValueError, match="holds no readable recipe"):
+    segjax.load(tmp_path / "b")
+  logs.write_config(tmp_path / "b", config)
+  with caplog.at_level(logging.WARNING, logger="segjax.api"):
+    predictor = segjax.load(tmp_path / "b")
+  assert "config.json" in caplog.text and predictor.normalization.mean == MEAN
+  image = np.random.default_rng(3).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(predictor(image), segjax.load(tmp_path / "a")(image))
