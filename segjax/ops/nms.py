@@ -59,6 +59,8 @@ def nms(boxes: jax.Array, scores: jax.Array, iou_threshold: float, max_output: i
   scores = jnp.asarray(scores, jnp.float32)
   n = boxes.shape[0]
   max_output = int(max_output)
+  if n == 0:  # nothing to keep; the loop below would index empty arrays while tracing
+    return jnp.full((max_output,), -1, jnp.int32), jnp.zeros((max_output,), bool)
   valid = jnp.ones((n,), bool) if valid is None else jnp.asarray(valid, bool)
   iota = jnp.arange(n, dtype=jnp.int32)
   # Invalid boxes last, then scores descending; is_stable keeps input order among equal scores (the tie rule).
