@@ -1,11 +1,13 @@
 """segjax.ops.upsample: every upsampling method against numpy references (nearest, bed of nails, bilinear resize,
 transposed convolution, index unpooling), their initialisations, gradients and errors."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from jax.test_util import check_grads
 
 from segjax.ops import UPSAMPLE_METHODS, Upsample, bed_of_nails, bilinear_kernel, resize_bilinear, transposed_conv
@@ -81,14 +83,51 @@ def _apply(method, factor, x, **kw):
 def test_upsample_output_shapes(method, factor):
   x = jnp.asarray(distinct((2, 6, 12, 3)))
   _, _, xin, _, y = _apply(method, factor, x)
-  assert y.shape == (2, factor * xin.shape[1], factor * xin.shape[2], 3) and y.dtype == jnp.float32
+  chex.assert_shape(y, (2, factor * xin.shape[1], factor * xin.shape[2], 3))
+  chex.assert_type(y, jnp.float32)
+
+
+class UpsampleOpsVariantsTest(chex.TestCase):
+  """The functional ops traced under jit and run eagerly (chex variants) against the numpy references."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(2, 3)
+  def test_fixed_upsamplings_match_numpy(self, factor):
+    x = jnp.asarray(distinct((2, 4, 5, 3)))
+    np.testing.assert_array_equal(np.asarray(self.variant(lambda x: upsample_nearest(x, factor))(x)),
+                                  np_nearest(x, factor))
+    np.testing.assert_array_equal(np.asarray(self.variant(lambda x: bed_of_nails(x, factor))(x)),
+                                  np_bed_of_nails(x, factor))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(size=((8, 10), (7, 3), (3, 12), (1, 1)), align_corners=(False, True))
+  def test_resize_bilinear_matches_numpy(self, size, align_corners):
+    x = jnp.asarray(distinct((2, 4, 6, 3)))
+    y = self.variant(lambda x: resize_bilinear(x, size, align_corners=align_corners))(x)
+    np.testing.assert_allclose(np.asarray(y), np_resize_bilinear(x, *size, align_corners), atol=1e-6)
+    if align_corners and size[0] > 1:
+      np.testing.assert_array_equal(np.asarray(y)[:, [0, -1]][:, :, [0, -1]],
+                                    np.asarray(x)[:, [0, -1]][:, :, [0, -1]])
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(2, 3)
+  def test_transposed_conv_matches_numpy_and_flax(self, factor):
+    rng = np.random.default_rng(5)
+    k = 2 * factor - factor % 2
+    x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    kernel = rng.standard_normal((k, k, 3, 4)).astype(np.float32)
+    y = np.asarray(self.variant(lambda x, kernel: transposed_conv(x, kernel, factor))(x, kernel))
+    np.testing.assert_allclose(y, np_transposed_conv(x, kernel, factor), atol=1e-5)
+    # Flax's ConvTranspose ('VALID', transpose_kernel=False) correlates with the kernel, i.e. applies it flipped.
+    ct = nn.ConvTranspose(4, (k, k), strides=(factor, factor), padding="VALID", use_bias=False)
+    full = np.asarray(ct.apply({"params": {"kernel": kernel[::-1, ::-1]}}, x))
+    p = factor // 2
+    np.testing.assert_allclose(y, full[:, p:p + 4 * factor, p:p + 5 * factor], atol=1e-5)
 
 
 @pytest.mark.parametrize("factor", [2, 3])
-def test_fixed_upsamplings_match_numpy(factor):
+def test_upsample_module_fixed_methods_match_numpy(factor):
   x = jnp.asarray(distinct((2, 4, 5, 3)))
-  np.testing.assert_array_equal(np.asarray(upsample_nearest(x, factor)), np_nearest(x, factor))
-  np.testing.assert_array_equal(np.asarray(bed_of_nails(x, factor)), np_bed_of_nails(x, factor))
   for method, ref in (("nearest", np_nearest), ("bed_of_nails", np_bed_of_nails)):
     np.testing.assert_array_equal(np.asarray(_apply(method, factor, x)[-1]), ref(x, factor))
   big = jnp.asarray(distinct((2, 3 * factor, 4 * factor, 3)))
@@ -96,16 +135,6 @@ def test_fixed_upsamplings_match_numpy(factor):
   np.testing.assert_array_equal(np.asarray(y), np_max_unpool(pooled, extra["indices"], big.shape[1:3]))
   np.testing.assert_allclose(np.asarray(_apply("bilinear", factor, x)[-1]),
                              np_resize_bilinear(x, 4 * factor, 5 * factor, False), atol=1e-6)
-
-
-@pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("size", [(8, 10), (7, 3), (3, 12), (1, 1)])
-def test_resize_bilinear_matches_numpy(size, align_corners):
-  x = jnp.asarray(distinct((2, 4, 6, 3)))
-  y = jax.jit(lambda x: resize_bilinear(x, size, align_corners=align_corners))(x)
-  np.testing.assert_allclose(np.asarray(y), np_resize_bilinear(x, *size, align_corners), atol=1e-6)
-  if align_corners and size[0] > 1:
-    np.testing.assert_array_equal(np.asarray(y)[:, [0, -1]][:, :, [0, -1]], np.asarray(x)[:, [0, -1]][:, :, [0, -1]])
 
 
 def test_bilinear_kernel_is_fcn_upsample_filt():
@@ -118,21 +147,6 @@ def test_bilinear_kernel_is_fcn_upsample_filt():
   np.testing.assert_allclose(k5[:, :, 0, 0], np.outer(third, third), rtol=1e-6)
   off_diagonal = ~np.eye(3, dtype=bool)
   assert k4.shape == (4, 4, 3, 3) and not k4[:, :, off_diagonal].any()
-
-
-@pytest.mark.parametrize("factor", [2, 3])
-def test_transposed_conv_matches_numpy_and_flax(factor):
-  rng = np.random.default_rng(5)
-  k = 2 * factor - factor % 2
-  x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
-  kernel = rng.standard_normal((k, k, 3, 4)).astype(np.float32)
-  y = np.asarray(jax.jit(transposed_conv, static_argnums=2)(x, kernel, factor))
-  np.testing.assert_allclose(y, np_transposed_conv(x, kernel, factor), atol=1e-5)
-  # Flax's ConvTranspose ('VALID', transpose_kernel=False) correlates with the kernel, i.e. applies it flipped.
-  ct = nn.ConvTranspose(4, (k, k), strides=(factor, factor), padding="VALID", use_bias=False)
-  full = np.asarray(ct.apply({"params": {"kernel": kernel[::-1, ::-1]}}, x))
-  p = factor // 2
-  np.testing.assert_allclose(y, full[:, p:p + 4 * factor, p:p + 5 * factor], atol=1e-5)
 
 
 @pytest.mark.parametrize("factor", [2, 3])
@@ -152,7 +166,7 @@ def test_transpose_changes_channels_and_matches_numpy():
   x = jnp.asarray(np.random.default_rng(7).standard_normal((2, 3, 4, 3)), jnp.float32)
   _, variables, _, _, y = _apply("transpose", 2, x, features=5)
   kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
-  assert kernel.shape == (4, 4, 3, 5) and bias.shape == (5,)
+  chex.assert_shape([kernel, bias], [(4, 4, 3, 5), (5,)])
   np.testing.assert_allclose(np.asarray(y), np_transposed_conv(x, kernel, 2) + np.asarray(bias), atol=1e-5)
 
 
@@ -195,8 +209,8 @@ def test_upsample_bfloat16_and_errors():
   x = jnp.asarray(distinct((1, 4, 4, 2)))
   for method in ("nearest", "bilinear", "transpose", "learned"):
     _, variables, _, _, y = _apply(method, 2, x, dtype=jnp.bfloat16)
-    assert y.dtype == jnp.bfloat16
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+    chex.assert_type(y, jnp.bfloat16)
+    chex.assert_type(jax.tree.leaves(variables), jnp.float32)
   key = jax.random.key(0)
   with pytest.raises(ValueError, match="indices"):
     jax.eval_shape(lambda: Upsample("unpool").init(key, x))
