@@ -74,3 +74,34 @@ def test_user_error_in_process(monkeypatch, capsys):
     cli.run(main)
   assert info.value.code == cli.EXIT_USER_ERROR
   assert capsys.readouterr().err.startswith("prog: error: --workdir=x does not exist: train first")
+
+
+def test_config_takes_a_shipped_recipe_name(tmp_path):
+  """--config=quickstart is configs/quickstart.py (what a wheel installed outside a clone is given); the recipe
+  loads, so the misspelt key is what fails. Paths stay as given; a name that is no recipe fails naming the
+  shipped ones."""
+  from segjax import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  quickstart = str(REPO / "configs" / "quickstart.py")
+  assert cli.resolve_config_args(["p", "--config=quickstart", "--config", "quickstart.py:arg", "--config=x/y.py"]) \
+      == ["p", f"--config={quickstart}", "--config", f"{quickstart}:arg", "--config=x/y.py"]
+  assert config_lib.load_recipe("quickstart").to_dict() == config_lib.load_recipe(quickstart).to_dict()
+  assert config_lib.parse_member(f"quickstart:{tmp_path}")[1:] == (str(tmp_path), None)
+  _one_message(_run("--config=quickstart", f"--workdir={tmp_path}", "--config.batchsize=8"),
+               "train.py: error: the recipe has no key 'batchsize'")
+  _one_message(_run("--config=quickstrat", f"--workdir={tmp_path}", script="eval.py"),
+               "eval.py: error: --config=quickstrat could not be loaded", "shipped with segjax (", "quickstart,")
+
+
+def test_console_scripts_name_the_cli_modules():
+  """pyproject's console scripts point at the package's CLI modules, which the root scripts wrap."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  import tomllib  # pylint: disable=import-outside-toplevel
+
+  scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+  assert sorted(scripts) == ["segjax-eval", "segjax-export", "segjax-predict", "segjax-train"]
+  for name, target in scripts.items():
+    module, function = target.split(":")
+    assert callable(getattr(importlib.import_module(module), function)), target
+    command = name.removeprefix("segjax-")
+    assert f"from segjax.apps import {command}_cli" in (REPO / f"{command}.py").read_text()

@@ -183,3 +183,20 @@ def test_wheel_installed_outside_the_clone_trains_and_evaluates(tmp_path):
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   assert list((workdir / "eval").glob("*/metrics.json")), list(workdir.rglob("*"))
   shutil.rmtree(venv)  # a venv's files are many; pytest keeps tmp folders of recent runs
+
+
+def test_auto_backend_says_once_that_it_uses_xla(monkeypatch, caplog):
+  """Without the oneDNN library (no compiler at install time, another platform), "auto" on one CPU device uses
+  XLA's kernels and warns once per process, with the reason; not on several devices, nor for "xla"."""
+  from segjax.ops import conv  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(conv, "available", lambda: (False, "the library was not built (no C++ compiler)"))
+  monkeypatch.setattr(conv, "_fallback_warned", False)
+  with caplog.at_level("WARNING", logger="segjax.ops.conv"):
+    assert conv.resolve_backend("auto", num_devices=8, platform="cpu") == "xla"
+    assert conv.resolve_backend("xla", num_devices=1, platform="cpu") == "xla"
+    assert not caplog.records
+    for _ in range(3):
+      assert conv.resolve_backend("auto", num_devices=1, platform="cpu") == "xla"
+  assert len(caplog.records) == 1, caplog.records
+  assert "XLA's kernels" in caplog.text and "no C++ compiler" in caplog.text
