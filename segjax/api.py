@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
