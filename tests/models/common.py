@@ -7,6 +7,7 @@ number generation far more slowly than the forward pass itself); full-width netw
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -241,7 +242,8 @@ def check_batch_stats_updated(run):
   """The training pass of `forward_train` gives finite float32 logits of the input size and updates every
   BatchNorm's running mean (Flax momentum 0.9 from 0)."""
   variables, (logits, state) = run
-  assert logits.dtype == np.float32 and np.all(np.isfinite(logits))
+  chex.assert_type(logits, np.float32)
+  chex.assert_tree_all_finite(logits)
   pre_pool1 = state["intermediates"].get("encoder", state["intermediates"])["pre_pool1"][0]
   assert logits.shape == pre_pool1.shape[:3] + (5,)
   old, new = variables["batch_stats"], state["batch_stats"]

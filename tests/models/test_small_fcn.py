@@ -1,5 +1,6 @@
 """The small teaching FCNs: shapes, parameter counts against a layer-by-layer formula, and one SGD step."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,7 +127,7 @@ def test_one_sgd_step_reduces_the_loss(cls, kw):
 
   loss0, new_params, grads = step(params)
   loss1, _, _ = step(new_params)
-  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+  chex.assert_tree_all_finite(grads)
   assert float(loss1) < float(loss0)
 
 

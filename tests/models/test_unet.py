@@ -2,6 +2,7 @@
 up-convolution) and the paper's unpadded original (Ronneberger et al. 2015, Fig. 1: valid sizes, centre-cropped
 skips against a numpy reference forward pass)."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -89,11 +90,11 @@ def test_upconv_equals_flax_conv_transpose():
   params = ours.init(jax.random.key(1), x)
   y = ours.apply(params, x)
   y_ref = ref.apply(params, x)  # same parameter names and shapes: kernel [2, 2, Cin, Cout], bias
-  assert y.shape == (2, 10, 14, 4)
+  chex.assert_shape(y, (2, 10, 14, 4))
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
   g = jax.grad(lambda p: (ours.apply(p, x) ** 2).sum())(params)
   g_ref = jax.grad(lambda p: (ref.apply(p, x) ** 2).sum())(params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g, g_ref)
+  chex.assert_trees_all_close(g, g_ref, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -24,10 +25,6 @@ from segjax import checkpoint as checkpoint_lib
 from segjax import experiment
 from segjax.training import loop, preemption, steps
 from tests.conftest import REPO, semantic_train_dataset, tiny_config
-
-
-def _finite(tree) -> bool:
-  return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(jax.device_get(tree)))
 
 
 def test_nonfinite_update_is_not_applied(shapes_data_dir):
@@ -45,8 +42,7 @@ def test_nonfinite_update_is_not_applied(shapes_data_dir):
   assert not bool(out["finite"]) and not np.isfinite(float(out["loss"]))
   assert int(after.step) == 1  # the data moves on
   for name in ("params", "opt_state", "batch_stats"):
-    for a, b in zip(jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(after, name))):
-      np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(getattr(before, name), getattr(after, name))
   # A clean batch afterwards trains normally.
   state, out = fn(state, pipeline.to_global(batch, sharding.batch_sharding(exp.mesh)))
   assert bool(out["finite"]) and int(state.step) == 2
@@ -74,12 +70,13 @@ def test_nonfinite_stop_names_the_step_and_keeps_checkpoints(shapes_data_dir, tm
   assert str(tmp_path / "checkpoints_diverged") in str(info.value)
   exp = experiment.build(_diverging(shapes_data_dir))
   for step in saved:  # every checkpoint restores and holds finite numbers: no bad update was ever applied
-    assert _finite(ckpt.restore(step, exp.abstract_state()).params)
+    chex.assert_tree_all_finite(ckpt.restore(step, exp.abstract_state()).params)
 
 
 def test_nonfinite_skip_goes_on_and_counts(shapes_data_dir, tmp_path):
   state = loop.train_and_evaluate(_diverging(shapes_data_dir, on_nonfinite="skip"), tmp_path, progress=False)
-  assert int(state.step) == 12 and _finite(state.params)
+  assert int(state.step) == 12
+  chex.assert_tree_all_finite(state.params)
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert records[-1]["skipped_nonfinite_steps"] > 0
 
@@ -184,14 +181,16 @@ def test_divergence_stops_at_the_last_good_checkpoint_and_its_advice_works(shape
   assert good <= first_bad - 2 < stopped and losses[good + 1] < 10  # the loss on its weights was fine
   ckpt = checkpoint_lib.Checkpointer(tmp_path)
   assert ckpt.all_steps() == [good]  # nothing newer, and retention kept it though keep_checkpoints=1
-  assert _finite(ckpt.restore(good, experiment.build(_exploding(shapes_data_dir), devices).abstract_state()).params)
+  chex.assert_tree_all_finite(
+      ckpt.restore(good, experiment.build(_exploding(shapes_data_dir), devices).abstract_state()).params)
   ckpt.close()
   aside = sorted(int(p.name.split("-")[0]) for p in (tmp_path / "checkpoints_diverged").iterdir())
   assert aside and min(aside) > good and str(tmp_path / "checkpoints_diverged") in message
 
   advised = _exploding(shapes_data_dir, resume_from_step=good, **{"optimizer.learning_rate": lr})
   state = loop.train_and_evaluate(advised, tmp_path, progress=False, devices=devices)
-  assert int(state.step) == 12 and _finite(state.params)
+  assert int(state.step) == 12
+  chex.assert_tree_all_finite(state.params)
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records][-(12 - good):] == list(range(good + 1, 13))
 

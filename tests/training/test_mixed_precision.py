@@ -12,6 +12,7 @@ import io
 import re
 from typing import Any
 
+import chex
 import flax
 import jax
 import jax.numpy as jnp
@@ -158,7 +159,7 @@ def test_state_is_float32_before_and_after_a_bf16_step(runs):
   assert run.exp.model.dtype == jnp.bfloat16
   _assert_state_float32(run.init)
   # The compute dtype does not enter initialisation: the same float32 parameters as the float32 recipe.
-  jax.tree.map(np.testing.assert_array_equal, run.init.params, runs["float32"].init.params)
+  chex.assert_trees_all_equal(run.init.params, runs["float32"].init.params)
   assert bool(run.out["finite"])
   _assert_state_float32(run.stepped)
   for part in ("params", "batch_stats"):  # the step was applied, in float32

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -298,7 +299,7 @@ def test_sigkill_many_times_then_sigterm_equals_uninterrupted(reference, shapes_
       assert logged[-1] - latest <= 2 * INTERVAL, f"more work lost than the async save allows; {where}"
     restored = _restore(workdir, latest, config)  # a kill never leaves a broken latest checkpoint
     assert int(restored.step) == latest, where
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params)), where
+    chex.assert_tree_all_finite(restored.params, custom_message=where)
 
   # Where the kills landed, kept beside the run logs (and shown with pytest -s).
   (tmp_path / "kills.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

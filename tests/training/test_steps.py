@@ -3,6 +3,7 @@
 Kill/restart through the real train.py (SIGKILL, SIGTERM) and the eval.py CLI: tests/training/test_preemption.py.
 """
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -48,9 +49,9 @@ def test_one_step_on_8_devices_equals_1_device(shapes_data_dir):
   p1, s1, m1 = _one_step(config, jax.devices()[:1], batch)
   p8, s8, m8 = _one_step(config, jax.devices(), batch)
   np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5, atol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), p1, p8)
+  chex.assert_trees_all_close(p1, p8, rtol=1e-5, atol=1e-5)
   # BatchNorm statistics are over the global batch, not per device.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), s1, s8)
+  chex.assert_trees_all_close(s1, s8, rtol=1e-5, atol=1e-5)
   init = jax.device_get(experiment.build(config).init_state().params)
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(p1)))
 
