@@ -10,7 +10,8 @@ padded mask is computed from that same integer box, with PyTorch's resize rule
 (columns) outside the box get weight 0. Bilinear interpolation is separable, so one mask is pasted as
 rows [H, M+2] @ mask [M+2, M+2] @ columns [M+2, W]. The integer box, the footprint and the interpolation
 weights are torchvision's, so the result agrees up to float32 rounding of the interpolation sums: there is no
-difference at box borders.
+difference at box borders. (A box entirely right of or below the image pastes nothing here; torchvision raises on
+it, its source slice getting a negative end. Detections are clipped to the image first, so it meets none.)
 """
 
 from __future__ import annotations
