@@ -3,6 +3,7 @@ scipy, determinism and independence of the device layout."""
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,8 +73,8 @@ def test_geometric_chain_keeps_image_and_mask_aligned(interpolation):
   valid_fractions = []
   for seed in range(4):
     img, lab, wt = run(cfg, jax.random.key(seed), image, label, weight)
-    assert img.shape == image.shape and lab.shape == label.shape and wt.shape == weight.shape
-    assert lab.dtype == np.int32 and wt.dtype == np.float32
+    chex.assert_trees_all_equal_shapes((img, lab, wt), (image, label, weight))
+    chex.assert_type([lab, wt], [np.int32, np.float32])
     valid = wt > 0
     valid_fractions.append(valid.mean())
     # Masks hold only real ids where valid and 0 (with weight 0) elsewhere; weights stay binary.

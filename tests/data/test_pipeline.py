@@ -1,5 +1,6 @@
 """Input pipeline: joint crop/flip, exact eval coverage across processes, determinism and resumable state."""
 
+import chex
 import numpy as np
 import pytest
 
@@ -46,7 +47,7 @@ def test_random_crop_keeps_image_and_mask_aligned():
   for trial in range(30):
     raw = source[trial % 3]
     out = op.random_map(raw, np.random.default_rng(trial))
-    assert out["image"].shape == (24, 32, 3) and out["label"].shape == (24, 32)
+    chex.assert_shape([out["image"], out["label"]], [(24, 32, 3), (24, 32)])
     valid = out["weight"] > 0
     np.testing.assert_array_equal(out["image"][..., 0][valid], out["label"][valid] * 60 + 10)
     # Padding and ignore pixels carry weight 0 and label 0, never a real class by accident.
@@ -69,7 +70,8 @@ def test_rescale_matches_device_resize_and_nearest_labels(scale):
   ex = pipeline.to_example(src, 255, 3)
   out = pipeline.rescale(ex, scale)
   oh, ow = int(36 * scale + 0.5), int(50 * scale + 0.5)
-  assert out.image.shape == (oh, ow, 3) and out.image.dtype == np.uint8 and out.label.shape == (oh, ow)
+  chex.assert_shape([out.image, out.label], [(oh, ow, 3), (oh, ow)])
+  chex.assert_type(out.image, np.uint8)
   ref = np.asarray(jax.image.resize(ex.image.astype(np.float32)[None], (1, oh, ow, 3), "bilinear",
                                     antialias=False))[0]
   assert np.abs(out.image.astype(np.float32) - ref).max() <= 0.5 + 1e-3  # only the rounding to uint8
@@ -109,7 +111,7 @@ def test_eval_batches_cover_every_pixel_exactly_once(layout):
     batches = list(semantic_eval_batches(source, spec=SPEC, batch_size=6, size=(16, 16), rows=rows, num_threads=1))
     batch_counts.add(len(batches))
     for number, b in enumerate(batches):
-      assert b["image"].shape == (len(rows), 16, 16, 3) and b["weight"].shape == (len(rows), 16, 16)
+      chex.assert_shape([b["image"], b["weight"]], [(len(rows), 16, 16, 3), (len(rows), 16, 16)])
       for i, index in enumerate(b["index"]):
         if index < 0:
           assert b["weight"][i].sum() == 0 and number * 6 + rows[i] >= len(sizes)

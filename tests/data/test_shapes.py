@@ -2,6 +2,7 @@
 
 import hashlib
 
+import chex
 import numpy as np
 
 from segjax.data import datasets
@@ -57,8 +58,8 @@ def _load(source):
 def test_shapes_examples_are_well_formed(shapes_data_dir):
   images, labels = _load(
       datasets.data_source("shapes", "validation", data_dir=shapes_data_dir))
-  assert images.shape == (200, 64, 64, 3) and images.dtype == np.uint8
-  assert labels.shape == (200, 64, 64, 1) and labels.dtype == np.uint8
+  chex.assert_shape([images, labels], [(200, 64, 64, 3), (200, 64, 64, 1)])
+  chex.assert_type([images, labels], np.uint8)
   assert labels.max() <= 5
   np.testing.assert_array_equal(np.unique(labels), np.arange(6))
   # Every image shows at least one shape; most show several classes.

@@ -9,6 +9,7 @@ import dataclasses
 import math
 import warnings
 
+import chex
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -296,7 +297,8 @@ def test_confusion_matrices_sharded_sum_to_confusion_matrix():
   labels[3, 0, 0] = 255  # out of range with weight 1: not counted anywhere
   args = [jax.device_put(x, sharding) for x in (labels, preds, weights)]
   cms = jax.jit(metrics.confusion_matrices, static_argnums=3)(*args, k)
-  assert cms.shape == (16, k, k) and cms.dtype == np.int32
+  chex.assert_shape(cms, (16, k, k))
+  chex.assert_type(cms, np.int32)
   want = np.zeros((16, k, k), np.int64)
   for i in range(16):
     keep = (weights[i] > 0) & (labels[i] < k)

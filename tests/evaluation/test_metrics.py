@@ -4,6 +4,7 @@ import json
 import math
 import warnings
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
@@ -78,7 +79,8 @@ def assert_metrics_equal(got, want):
 def check_against_reference(labels, preds, weights, num_classes):
   cm = jax.jit(metrics.confusion_matrix, static_argnums=3)(
       labels, preds, weights, num_classes)
-  assert cm.dtype == jnp.int32 and cm.shape == (num_classes, num_classes)
+  chex.assert_shape(cm, (num_classes, num_classes))
+  chex.assert_type(cm, jnp.int32)
   np.testing.assert_array_equal(
       cm, reference_confusion(labels, preds, weights, num_classes))
   with warnings.catch_warnings():

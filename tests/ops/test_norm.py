@@ -1,6 +1,7 @@
 """segjax.ops.norm.BatchNorm against Flax's nn.BatchNorm (+ ReLU): outputs, statistics, running averages and every
 gradient, in training and inference mode, for both channel-sum implementations and on a sharded batch."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.test_util
@@ -110,8 +111,7 @@ def test_bfloat16_compute_keeps_float32_statistics():
   ours = norm.BatchNorm(momentum=0.9, dtype=jnp.bfloat16, activation="relu")
   ref = nn.BatchNorm(momentum=0.9, dtype=jnp.bfloat16)
   y, new_stats, dp, dx = result = _run(ours, False, jnp.asarray(x, jnp.bfloat16), cotangent, params, stats, True)
-  assert y.dtype == jnp.bfloat16 and dx.dtype == jnp.bfloat16
-  assert new_stats["mean"].dtype == jnp.float32 and dp["scale"].dtype == jnp.float32
+  chex.assert_type([y, dx, new_stats["mean"], dp["scale"]], [jnp.bfloat16, jnp.bfloat16, jnp.float32, jnp.float32])
   _same_as_flax(result, _run(ref, True, jnp.asarray(x, jnp.bfloat16), cotangent, params, stats, True),
                 y_tol=1e-2, stats_tol=1e-5, grad_tol=2e-2)
 
@@ -134,7 +134,7 @@ def test_flax_names_and_shapes():
   x = jnp.ones((2, 4, 4, 8))
   ours = norm.BatchNorm(use_running_average=False).init(jax.random.key(0), x)
   ref = nn.BatchNorm(use_running_average=False).init(jax.random.key(0), x)
-  assert jax.tree.map(lambda a: (a.shape, a.dtype), ours) == jax.tree.map(lambda a: (a.shape, a.dtype), ref)
+  chex.assert_trees_all_equal_shapes_and_dtypes(ours, ref)
 
 
 def test_rejects_unknown_activation():
