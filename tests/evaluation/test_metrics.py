@@ -11,6 +11,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from segjax.evaluation import metrics
 
@@ -89,6 +90,30 @@ def check_against_reference(labels, preds, weights, num_classes):
   assert_metrics_equal(got, reference_metrics(labels, preds, weights,
                                               num_classes))
   return got
+
+
+class ConfusionMatrixVariantsTest(chex.TestCase):
+  """The counting ops traced under jit and run eagerly (chex variants) against the pixel loop."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters("int32", "uint8")
+  def test_confusion_matrices_match_the_pixel_loop(self, dtype):
+    rng = np.random.default_rng(5)
+    k = 20  # with uint8 ids, label * K overflows unless cast first
+    labels = rng.integers(0, k, (3, 5, 6)).astype(dtype)
+    preds = np.where(rng.random(labels.shape) < 0.5, labels, rng.integers(0, k, labels.shape)).astype(dtype)
+    weights = (rng.random(labels.shape) > 0.2).astype(np.float32)
+    cm = self.variant(lambda y, p, w: metrics.confusion_matrix(y, p, w, k))(labels, preds, weights)
+    cms = self.variant(lambda y, p, w: metrics.confusion_matrices(y, p, w, k))(labels, preds, weights)
+    chex.assert_shape([cm, cms], [(k, k), (3, k, k)])
+    chex.assert_type([cm, cms], jnp.int32)
+    np.testing.assert_array_equal(cm, reference_confusion(labels, preds, weights, k))
+    for i in range(3):
+      np.testing.assert_array_equal(cms[i], reference_confusion(labels[i], preds[i], weights[i], k))
+    # A stray id >= K with weight 1 lands in no cell.
+    labels[0, 0, 0], weights[0, 0, 0] = 255, 1.0
+    cm = self.variant(lambda y, p, w: metrics.confusion_matrix(y, p, w, k))(labels, preds, weights)
+    assert int(cm.sum()) == int(weights.sum()) - 1
 
 
 def test_random_maps_with_ignore():
