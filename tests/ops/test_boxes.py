@@ -162,6 +162,6 @@ def test_clip_and_small_boxes_match_torchvision(tv):
 
   for min_size in (0.0, 1e-3, 5.0):
     keep = np.asarray(jax.jit(B.small_boxes_mask, static_argnums=1)(got, min_size))
-    want_idx = tv.ops.remove_small_boxes(torch.from_numpy(np.asarray(got)), min_size).numpy()
+    want_idx = tv.ops.remove_small_boxes(torch.from_numpy(np.array(got)), min_size).numpy()
     np.testing.assert_array_equal(np.flatnonzero(keep), want_idx)
   chex.assert_shape(B.small_boxes_mask(np.zeros((0, 4), np.float32), 1.0), (0,))
