@@ -149,9 +149,13 @@ def test_wheel_installed_outside_the_clone_trains_and_evaluates(tmp_path):
   cwd.mkdir()
   # One CPU device, as a user's machine has (conftest simulates 8 for the rest of the suite); nothing of the clone.
   env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "XLA_FLAGS"}
+  # Built from a copy: an in-tree build leaves build/lib behind, whose stale modules later wheels would carry.
+  source = tmp_path / "source"
+  shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "runs", "tmp", "workdir*", "*.egg-info",
+                                                              "__pycache__", "*.so"))
   # The library is a CPU speed-up, not what this test is about: skipping it saves a minute of compiling.
   proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                         str(wheels), str(REPO)], env={**env, "SEGJAX_BUILD_ONEDNN": "0"}, capture_output=True,
+                         str(wheels), str(source)], env={**env, "SEGJAX_BUILD_ONEDNN": "0"}, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   wheel, = wheels.glob("segjax-*.whl")
@@ -182,7 +186,8 @@ def test_wheel_installed_outside_the_clone_trains_and_evaluates(tmp_path):
                             capture_output=True, text=True, timeout=600)
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   assert list((workdir / "eval").glob("*/metrics.json")), list(workdir.rglob("*"))
-  shutil.rmtree(venv)  # a venv's files are many; pytest keeps tmp folders of recent runs
+  for folder in (venv, source):  # many files; pytest keeps the tmp folders of recent runs
+    shutil.rmtree(folder)
 
 
 def test_auto_backend_says_once_that_it_uses_xla(monkeypatch, caplog):
