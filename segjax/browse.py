@@ -90,6 +90,8 @@ def legend(class_names: Sequence[str], palette: Sequence[Sequence[int]], width: 
   draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
   for x, y, swatch, text in placed:
     canvas.paste(Image.fromarray(swatch), (x, y))
+    # An outline, so that a white or very light class colour still shows on the white page.
+    draw.rectangle((x - 1, y - 1, x + SWATCH, y + SWATCH), outline=(96, 96, 96))
     draw.text((x + SWATCH + 3, y), text, fill=(0, 0, 0), font=font)
   return np.asarray(canvas)
 
