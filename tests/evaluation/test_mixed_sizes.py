@@ -124,3 +124,14 @@ def test_per_image_equals_padded_batches_on_a_split_of_one_size(tmp_path):
   config.eval_batch_size = 8
   batched = eval_app.run_eval(config, str(tmp_path / "run"), split="validation")
   assert per_image["per_class"] == batched["per_class"]
+
+
+def test_eval_size_values_are_checked():
+  config = config_lib.load_recipe(str(REPO / "configs" / "quickstart.py"))
+  for good in (None, "per_image", (64, 96)):
+    config.dataset.eval_size = good
+    config_lib.validate(config)
+  for bad in ("whole", (64,), (0, 64), (64.5, 64)):
+    config.dataset.eval_size = bad
+    with pytest.raises(ValueError, match=r"config.dataset.eval_size=.*'per_image'"):
+      config_lib.validate(config)
