@@ -179,8 +179,13 @@ def main(argv, flags_) -> None:
         "pixels striped grey.")
 
 
+def run() -> None:
+  """The entry point of `python -m segjax.browse` (and of a `segjax-browse` console script)."""
+  from segjax import cli, platform  # pylint: disable=import-outside-toplevel
+  flags_ = _define_flags()
+  platform.configure_xla_cpu()  # before any JAX computation, as the other CLIs
+  cli.run(lambda argv: main(argv, flags_))
+
+
 if __name__ == "__main__":
-  _FLAGS = _define_flags()
-  from segjax import cli as _cli, platform  # pylint: disable=import-outside-toplevel
-  platform.configure_xla_cpu()
-  _cli.run(lambda argv: main(argv, _FLAGS))
+  run()
