@@ -21,7 +21,6 @@ import sysconfig
 import tomllib
 import urllib.request
 
-from packaging.markers import Marker
 from packaging.requirements import Requirement
 import pytest
 
@@ -50,9 +49,8 @@ SDIST_ONLY = ["promise"]
 
 
 def _environment(target: str, python: str) -> dict[str, str]:
-  env = dict(TARGETS[target][0], python_version=python, python_full_version=f"{python}.0",
-             implementation_name="cpython", platform_python_implementation="CPython", extra="")
-  return env
+  return dict(TARGETS[target][0], python_version=python, python_full_version=f"{python}.0",
+              implementation_name="cpython", platform_python_implementation="CPython", extra="")
 
 
 def _for_target(requirements: list[str], target: str, python: str, extra: str = "") -> list[str]:
