@@ -201,7 +201,7 @@ def load(workdir: str | pathlib.Path, step: int | None = None, *, config: Recipe
   if inference_overrides:
     config.inference.update(inference_overrides)
   params = inference.InferenceParams.from_config(config)  # a bad inference block fails before the restore
-  exp, state, restored = experiment.restore(config, workdir, step, "predict with", jax.devices()[:1])
+  exp, state, restored = experiment.restore(config, workdir, step, "predict with", jax.local_devices()[:1])
   return Predictor(config, exp, experiment.member(exp, state), params, restored)
 
 

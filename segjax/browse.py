@@ -143,7 +143,7 @@ def browse(config: ml_collections.ConfigDict, out: str | pathlib.Path, *, num: i
   config = config.copy_and_resolve_references()
   # One device: the augmentation keys depend on an example's position in the global batch only, not on the mesh.
   config.mesh.data, config.mesh.spatial, config.mesh.model = -1, 1, 1
-  exp = experiment.build(config, devices=jax.devices()[:1])
+  exp = experiment.build(config, devices=jax.local_devices()[:1])
   examples = augmented_examples(exp, num, start_step)
   image, _ = grid(examples, exp.spec.class_names, exp.spec.palette, columns=columns, max_side=max_side)
   out = pathlib.Path(out)

@@ -187,7 +187,8 @@ def load_member(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
     FileNotFoundError: `workdir` holds no complete checkpoint.
     ValueError: unknown step, or a checkpoint of another model or class list (naming each differing key).
   """
-  devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+  # One device of this process: on a multi-host run, device 0 of the whole job may belong to another host.
+  devices = list(mesh.devices.flat) if mesh is not None else jax.local_devices()[:1]
   config = ml_collections.ConfigDict(config.to_dict())  # a copy: the caller's recipe keeps its mesh
   # The recipe's mesh shape may not fit `devices` (e.g. mesh.model=2 on one device): inference uses data only.
   config.mesh.data, config.mesh.spatial, config.mesh.model = -1, 1, 1

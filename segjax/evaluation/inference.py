@@ -136,7 +136,7 @@ class Segmenter:
       n = mesh.shape[sharding.DATA_AXIS]
       self._tile_batch = -(-params.tile_batch // n) * n
     else:
-      target = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      target = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       self._tile_sharding = target
       self._tile_batch = params.tile_batch
     self._target = target
