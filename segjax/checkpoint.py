@@ -35,6 +35,7 @@ import ml_collections
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from segjax import cli
 from segjax.data import datasets
@@ -277,13 +278,8 @@ _COMPUTE_DTYPE = "model.dtype"
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
+  """{"<prefix>a.b": value} of a nested dict (empty sub-dicts dropped)."""
+  return {f"{prefix}{key}": value for key, value in traverse_util.flatten_dict(tree, sep=".").items()}
 
 
 def _classes(recipe: dict[str, Any]) -> tuple[list[str] | None, int | None]:

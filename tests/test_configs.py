@@ -7,6 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from segjax import config as config_lib
 from segjax import experiment, models
@@ -74,15 +75,9 @@ def test_validate_names_key_value_and_fix():
 # once copied the ISBI preset without the paper's augmentation.
 
 
-def flat_items(tree, prefix=""):
+def flat_items(tree):
   """{"dataset.crop_size": (256, 256), ...} of a ConfigDict's to_dict()."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(flat_items(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
+  return traverse_util.flatten_dict(tree, sep=".")
 
 
 def preset(name):

@@ -297,18 +297,22 @@ def semantic_padding(spec: datasets.DatasetSpec, size: Sequence[int]) -> Callabl
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh | jax.sharding.Sharding,
-              batch_size: int | None = None) -> dict[str, jax.Array]:
+              batch_size: int | None = None, specs: dict[str, PartitionSpec] | None = None) -> dict[str, jax.Array]:
   """Assembles each process's rows of a batch into global arrays laid out on `mesh` (`sharding.batch_spec`).
 
   Args:
     batch: this process's rows of the global batch, in the order of `sharding.process_rows`.
-    mesh: the mesh (each array sharded by its rank), or one sharding for every array.
+    mesh: the mesh (each array sharded by `specs`, else by its rank), or one sharding for every array.
     batch_size: the global batch size; default: the local one (a single process holds every row).
+    specs: the PartitionSpec of fields that are not laid out by their rank (e.g. a task's [B, N, 4] boxes).
   """
   out = {}
   for key, value in batch.items():
     value = np.asarray(value)
-    target = mesh if isinstance(mesh, jax.sharding.Sharding) else sharding_lib.batch_sharding(mesh, value.ndim)
+    if isinstance(mesh, jax.sharding.Sharding):
+      target = mesh
+    else:
+      target = jax.sharding.NamedSharding(mesh, (specs or {}).get(key, sharding_lib.batch_spec(value.ndim)))
     size = len(value) if batch_size is None else batch_size
     rows = sharding_lib.process_rows(target, size, value.shape[1:])
     if len(rows) != len(value):
@@ -351,14 +355,6 @@ class GlobalBatches:
     self.specs, self.with_local = specs or {}, with_local
     self._iter = None
 
-  def _global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    out = {}
-    for key, value in batch.items():
-      value = np.asarray(value)
-      spec = self.specs.get(key, sharding_lib.batch_spec(value.ndim))
-      out.update(to_global({key: value}, jax.sharding.NamedSharding(self.mesh, spec), self.batch_size))
-    return out
-
   def __iter__(self):
     self._iter = iter(self.local)
     return self
@@ -367,7 +363,7 @@ class GlobalBatches:
     if self._iter is None:
       self._iter = iter(self.local)
     batch = next(self._iter)
-    glob = self._global(batch)
+    glob = to_global(batch, self.mesh, self.batch_size, self.specs)
     return (batch, glob) if self.with_local else glob
 
   @staticmethod

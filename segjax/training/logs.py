@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 TENSORBOARD_DIR = "tensorboard"
 CONFIG_FILE = "config.json"
+DROPPED_FILE = "metrics_dropped.jsonl"  # records a resumed run took out of metrics.jsonl
 _NOT_SCALARS = ("step", "time")
 
 
@@ -142,24 +143,24 @@ class MetricsWriter:
       self.tensorboard.scalars(record)
 
   def drop_after(self, step: int) -> int:
-    """Removes the records of steps after `step` (a resumed run's restored step), which a killed run logged past
-    its last checkpoint and the resumed run logs again; returns how many. Rewritten atomically (process 0)."""
+    """Moves the records of steps after `step` (a resumed run's restored step), which a killed run logged past
+    its last checkpoint and the resumed run logs again, out of metrics.jsonl and appends them to
+    DIR/metrics_dropped.jsonl (nothing is deleted); returns how many. Rewritten atomically (process 0)."""
     if not self.enabled or not self.path.exists():
       return 0
-    kept, dropped = [], 0
+    kept, dropped = [], []
     with self.path.open() as f:
       for line in f:
+        line = line if line.endswith("\n") else line + "\n"
         try:
-          record = json.loads(line)
+          past = json.loads(line).get("step", 0) > step
         except ValueError:  # a line cut short by a kill
-          dropped += 1
-          continue
-        if record.get("step", 0) > step:
-          dropped += 1
-        else:
-          kept.append(line if line.endswith("\n") else line + "\n")
+          past = True
+        (dropped if past else kept).append(line)
     if dropped:
+      with (self.path.parent / DROPPED_FILE).open("a") as f:
+        f.write("".join(dropped))
       tmp = self.path.with_suffix(".jsonl.tmp")
       tmp.write_text("".join(kept))
       os.replace(tmp, self.path)
-    return dropped
+    return len(dropped)

@@ -1,8 +1,4 @@
-"""An in-memory source of examples whose pixels say where they came from, for pipeline and augmentation tests.
-
-The same SPEC and make_source as tests/data/test_pipeline.py defines (which may import them from here instead): a
-copy here keeps tests/data/test_augment.py independent of where the pipeline tests live.
-"""
+"""An in-memory source of examples whose pixels say where they came from, for the pipeline and augmentation tests."""
 
 import numpy as np
 

@@ -4,28 +4,9 @@ import chex
 import numpy as np
 import pytest
 
-from segjax.data import datasets, pipeline
+from segjax.data import pipeline
 from tests.conftest import semantic_eval_batches, semantic_train_dataset
-
-SPEC = datasets.DatasetSpec(name="fake", tfds_name="fake", class_names=("a", "b", "c"),
-                            palette=((0, 0, 0), (1, 1, 1), (2, 2, 2)), ignore_label=255, num_channels=3,
-                            splits=("train",), needs_manual_dir=False)
-
-
-def make_source(sizes, seed=0):
-  """Examples whose red channel encodes the label (label * 60 + 10), so alignment is checkable per pixel."""
-  rng = np.random.default_rng(seed)
-  source = []
-  for i, (h, w) in enumerate(sizes):
-    label = rng.integers(0, 3, (h, w)).astype(np.uint8)
-    label[rng.random((h, w)) < 0.2] = 255
-    image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
-    image[..., 0] = np.where(label == 255, 250, label.astype(np.int32) * 60 + 10)
-    # Column index in the green channel reveals flips.
-    image[..., 1] = np.arange(w)[None, :] % 256
-    source.append({"image": image, "label": label[..., None], "filename": f"ex{i}".encode()})
-  return source
-
+from tests.data.fake_source import SPEC, make_source
 
 def test_to_example_masks_ignore_and_rejects_bad_ids():
   src = make_source([(5, 6)])

@@ -32,6 +32,8 @@ def test_metrics_writer_drops_the_records_a_killed_run_logged_past_its_checkpoin
   path.write_text("\n".join(lines) + '\n{"step": 8, "lo')  # the last line cut short by the kill
   writer = logs.MetricsWriter(tmp_path)
   assert writer.drop_after(5) == 3  # steps 6 and 7, and the cut line
+  # Moved aside, not deleted.
+  assert (tmp_path / logs.DROPPED_FILE).read_text().splitlines() == [lines[6], lines[7], '{"step": 8, "lo']
   assert [(r["step"], "loss" in r) for r in logs.read_metrics(tmp_path)] == [
       (1, True), (2, True), (3, True), (4, True), (5, True), (5, False)]
   writer.write({"step": 6, "loss": 6.0})
