@@ -11,13 +11,13 @@ import dataclasses
 import ml_collections
 
 from segjax.data import augment
-from segjax.data import datasets
 from segjax.data import folder
 from segjax.evaluation import conventions
 from segjax import models
 from segjax import sharding
+from segjax import tasks
+from segjax.tasks import instance_config
 from segjax import weights
-from segjax.models import MODELS
 from segjax.ops import conv as conv_lib
 
 
@@ -119,6 +119,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.metrics = ml_collections.ConfigDict()
   c.metrics.convention = "segjax"  # segjax | mmseg | torchvision | smp_micro | smp_macro | smp_micro_imagewise ...
   c.metrics.num_ranked = 4  # eval.py draws this many worst and best images (by image mIoU) in worst.png/best.png
+
+  # config.task="instance" (Mask R-CNN): max_instances, augmentation, loss weights, dataset options
+  # (segjax.tasks.instance_config documents each key); semantic recipes leave it alone.
+  c.instance = instance_config.config_block()
 
   c.loss = ml_collections.ConfigDict()
   c.loss.ce_weight = 1.0
@@ -226,10 +230,11 @@ def validate(config: ml_collections.ConfigDict) -> "Settings":
   def fail(key, value, fix):
     raise ValueError(f"config.{key}={value!r}: {fix}")
 
-  if config.dataset.name not in datasets.known_names():
-    fail("dataset.name", config.dataset.name, f"choose one of {datasets.known_names()}")
-  if config.model.name not in MODELS:
-    fail("model.name", config.model.name, f"choose one of {sorted(MODELS)}")
+  try:
+    task = tasks.resolve(config.task)
+  except ValueError as e:
+    raise ValueError(str(e)) from None
+  spec = task.dataset_spec(config)  # raises naming config.dataset.name and the known datasets
   for key in ("num_train_steps", "batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
               "keep_checkpoints"):
     if config[key] <= 0:
@@ -257,10 +262,7 @@ def validate(config: ml_collections.ConfigDict) -> "Settings":
       config.loss.ce_weight == 0 and config.loss.dice_weight == 0):
     fail("loss", (config.loss.ce_weight, config.loss.dice_weight), "ce_weight and dice_weight must be >= 0, "
          "not both 0")
-  spec = datasets.get_spec(config.dataset)
-  if config.loss.class_weights is not None and len(config.loss.class_weights) != spec.num_classes:
-    fail("loss.class_weights", config.loss.class_weights,
-         f"give one weight per class ({spec.num_classes} for {spec.name})")
+  task.check_config(config, spec, fail)
   if config.on_nonfinite not in ("stop", "skip"):
     fail("on_nonfinite", config.on_nonfinite, "choose 'stop' or 'skip'")
   if config.divergence_factor < 0 or 0 < config.divergence_factor <= 1:

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from segjax import checkpoint as checkpoint_lib
 from segjax import config as config_lib
 from segjax import forward as forward_lib
-from segjax import models, sharding, tasks, weights
+from segjax import sharding, tasks, weights
 from segjax import state as state_lib
 from segjax.data import datasets
 from segjax.evaluation import inference
@@ -90,9 +90,8 @@ class Experiment:
     return forward_lib.Forward(self.model, self.mean, self.std, self.normalization)
 
   def init_shape(self) -> tuple[int, int, int, int]:
-    # Parameter shapes of a fully convolutional net do not depend on the input size; any valid size works.
-    d = models.init_size(self.model)
-    return (1, d, d, self.spec.num_channels)
+    # Parameter shapes do not depend on the input size; the task picks a valid one.
+    return self.task.init_shape(self)
 
   @functools.cached_property
   def _state_shapes(self) -> state_lib.TrainState:
@@ -143,13 +142,13 @@ def build(config: ml_collections.ConfigDict, devices=None, *, model: flax.linen.
   """
   settings = config_lib.validate(config)
   task = tasks.build(config)
-  spec = datasets.get_spec(config.dataset)
+  spec = task.dataset_spec(config)
   model = task.build_model(spec) if model is None else model
   mesh = sharding.mesh_from_config(config.mesh, devices)
   schedule = state_lib.make_schedule(settings.optimizer, settings.loop.num_train_steps)
-  tx = state_lib.make_optimizer(settings.optimizer, schedule)
   exp = Experiment(config=config, settings=settings, task=task, spec=spec, model=model, mesh=mesh,
-                   schedule=schedule, tx=tx)
+                   schedule=schedule, tx=None)
+  exp.tx = state_lib.make_optimizer(settings.optimizer, schedule, trainable=task.trainable(exp))
   task.check(exp)
   return exp
 

@@ -60,9 +60,22 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(opt, schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(opt, schedule: optax.Schedule, trainable=None) -> optax.GradientTransformation:
   """The optax transformation of `opt` (config.optimizer or config.OptimizerSettings) on learning-rate `schedule`
-  (`make_schedule`, built once by the Experiment, which the loop also logs from)."""
+  (`make_schedule`, built once by the Experiment, which the loop also logs from).
+
+  `trainable`: None, or a function params -> pytree of bools (the task's `trainable`); parameters marked False
+  are frozen: their updates are zero whatever the gradient and weight decay say, as torchvision's
+  requires_grad=False parameters sit outside the optimiser (Mask R-CNN's stem, layer1 and frozen BatchNorm).
+  """
+  tx = _optimizer(opt, schedule)
+  if trainable is None:
+    return tx
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: jax.tree.map(lambda t: "train" if t else "frozen", trainable(params)))
+
+
+def _optimizer(opt, schedule: optax.Schedule) -> optax.GradientTransformation:
   if opt.name == "adamw":
     tx = optax.adamw(schedule, weight_decay=opt.weight_decay, mask=_decay_mask)
   elif opt.name == "adam":

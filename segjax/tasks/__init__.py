@@ -16,13 +16,15 @@ suite trains such a second task, with a padded, variable number of boxes per ima
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
+from segjax import models
+from segjax.data import datasets, label_stats
 from segjax.evaluation.loop import EvalResult  # noqa: F401  (part of the interface)
 
-TASKS = {"semantic": "segjax.tasks.semantic:SemanticTask"}
+TASKS = {"semantic": "segjax.tasks.semantic:SemanticTask", "instance": "segjax.tasks.instance:InstanceTask"}
 
 
 class Task:
@@ -36,6 +38,29 @@ class Task:
 
   def __init__(self, config):
     self.config = config
+
+  # ------------------------------------------------------------------------------------------- the recipe
+
+  @classmethod
+  def dataset_spec(cls, config) -> datasets.DatasetSpec:
+    """The dataset's classes, channels and splits (default: segjax's semantic registry, segjax.data.datasets).
+
+    Raises:
+      ValueError: an unknown `config.dataset.name`, listing the known ones.
+    """
+    if config.dataset.name not in datasets.known_names():
+      raise ValueError(f"config.dataset.name={config.dataset.name!r}: choose one of {datasets.known_names()}")
+    return datasets.get_spec(config.dataset)
+
+  @classmethod
+  def check_config(cls, config, spec, fail: Callable[[str, Any, str], None]) -> None:
+    """The recipe's task-specific keys; `fail(key, value, fix)` raises. Default: a segjax semantic model and the
+    keys its loss and input convention read (tasks that build their model otherwise override this)."""
+    if config.model.name not in models.MODELS:
+      fail("model.name", config.model.name, f"choose one of {sorted(models.MODELS)}")
+    if config.loss.class_weights is not None and len(config.loss.class_weights) != spec.num_classes:
+      fail("loss.class_weights", config.loss.class_weights,
+           f"give one weight per class ({spec.num_classes} for {spec.name})")
 
   # ------------------------------------------------------------------------------------------- model and data
 
@@ -54,11 +79,38 @@ class Task:
     """A grain RandomMap from a stored example to this task's fixed-shape training arrays."""
     raise NotImplementedError
 
+  def data_source(self, split: str):
+    """The random-access source of `split` (or a tfds slice of it) of the recipe's dataset."""
+    return datasets.data_source(self.config.dataset, split)
+
+  def check_training_data(self, exp, source, workdir, say: Callable[[str], None]) -> None:
+    """Runs before anything compiles: refuses training data that cannot train (default: the semantic label count
+    of segjax.data.label_stats when `config.dataset.check_labels`)."""
+    config = self.config
+    if config.dataset.check_labels:
+      label_stats.check_training_labels(source, exp.spec, config.dataset, config.dataset.train_split, workdir,
+                                        say=say)
+
+  def init_shape(self, exp) -> tuple[int, int, int, int]:
+    """The input shape the parameters are initialised with (their shapes must not depend on it)."""
+    d = models.init_size(exp.model)
+    return (1, d, d, exp.spec.num_channels)
+
+  def trainable(self, exp):
+    """None (every parameter trains) or a function params -> pytree of bools, False for frozen parameters, which
+    then get neither updates nor weight decay (torchvision's requires_grad=False)."""
+    return None
+
   # ------------------------------------------------------------------------------------------- training, on device
 
   def augment(self, exp, key: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """The batch augmented on device with `key` (one key per example: `fold_in(key, i)`); "image" stays 0..255."""
     raise NotImplementedError
+
+  def train_apply(self, exp, variables: dict[str, Any], batch: dict[str, jax.Array], key: jax.Array, mutable):
+    """The model's training forward pass on the augmented batch (its "image" already normalised): returns
+    (outputs, updated collections). Default: the image alone, with `key` as the dropout stream."""
+    return exp.forward.apply(variables, batch["image"], train=True, rngs={"dropout": key}, mutable=mutable)
 
   def loss(self, exp, outputs: Any, aux: dict[str, Any], batch: dict[str, jax.Array]
            ) -> tuple[jax.Array, dict[str, jax.Array]]:

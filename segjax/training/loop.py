@@ -20,7 +20,7 @@ from segjax.training import curves
 from segjax import experiment as experiment_lib
 from segjax import sharding
 from segjax import state as state_lib
-from segjax.data import datasets, label_stats, pipeline
+from segjax.data import pipeline
 from segjax.training import guard as guard_lib
 from segjax.training import lock as lock_lib
 from segjax.training import logs
@@ -97,10 +97,9 @@ def _train(config, exp, workdir, preemption, progress):
   sharding.check_batch_divisible(loop.batch_size, exp.mesh)
   sharding.check_batch_divisible(loop.batch_size // loop.grad_accum_steps, exp.mesh,
                                  "batch_size / config.grad_accum_steps")
-  source = datasets.data_source(config.dataset, config.dataset.train_split)
-  if config.dataset.check_labels:  # before anything is compiled: all-ignore masks would train with loss 0
-    label_stats.check_training_labels(source, exp.spec, config.dataset, config.dataset.train_split, workdir,
-                                      say=_say)
+  source = exp.task.data_source(config.dataset.train_split)
+  # Before anything is compiled (semantic: all-ignore masks would train with loss 0).
+  exp.task.check_training_data(exp, source, workdir, _say)
   rows = pipeline.GlobalBatches.rows(exp.mesh, loop.batch_size)
   train_ds = pipeline.train_dataset(source, exp.task.train_transform(exp), batch_size=loop.batch_size,
                                     seed=loop.seed, rows=rows, name=exp.spec.name)

@@ -54,8 +54,8 @@ def _train_step(state, batch, exp):
       exp.mesh, task.batch_specs(exp)["image"]))
 
   def loss_fn(params, batch_stats, batch, key):
-    outputs, updates = fwd.apply(forward_lib.variables(params, batch_stats), batch["image"], train=True,
-                                 rngs={"dropout": key}, mutable=["batch_stats", "aux"])
+    outputs, updates = task.train_apply(exp, forward_lib.variables(params, batch_stats), batch, key,
+                                        mutable=["batch_stats", "aux"])
     loss, stats = task.loss(exp, outputs, updates.get("aux", {}), batch)
     return loss, (updates.get("batch_stats", batch_stats), stats)
 
