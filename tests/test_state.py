@@ -1,0 +1,43 @@
+"""segjax.state.make_optimizer with frozen parameters: they never move (no update, no weight decay, no momentum),
+and the trainable ones move exactly as the same optimiser over the trainable parameters alone moves them."""
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from segjax import state as state_lib
+
+
+def _opt(name):
+  return types.SimpleNamespace(name=name, learning_rate=0.1, schedule="constant", warmup_steps=0, weight_decay=0.1,
+                               momentum=0.9, poly_power=0.9, grad_clip_norm=1.0)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "adam"])
+def test_frozen_parameters_stay_and_the_others_follow_the_plain_optimiser(name):
+  rng = np.random.default_rng(0)
+  params = {"stem": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+                     "scale": jnp.asarray(rng.normal(size=(4,)), jnp.float32)},
+            "head": {"kernel": jnp.asarray(rng.normal(size=(4, 2)), jnp.float32),
+                     "bias": jnp.asarray(rng.normal(size=(2,)), jnp.float32)}}
+  trainable = lambda p: {"stem": jax.tree.map(lambda _: False, p["stem"]), "head": jax.tree.map(lambda _: True, p["head"])}
+  opt = _opt(name)
+  schedule = state_lib.make_schedule(opt, 10)
+  tx = state_lib.make_optimizer(opt, schedule, trainable=trainable)
+  plain = state_lib.make_optimizer(opt, schedule)  # the reference: the same optimiser on the head alone
+  s = state_lib.TrainState.create(params=params, tx=tx)
+  head, head_opt = params["head"], plain.init(params["head"])
+  for step in range(3):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32) * (step + 1), params)
+    s = s.apply_gradients(tx, grads)
+    updates, head_opt = plain.update(grads["head"], head_opt, head)
+    head = optax.apply_updates(head, updates)
+  for a, b in zip(jax.tree.leaves(s.params["stem"]), jax.tree.leaves(params["stem"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for a, b in zip(jax.tree.leaves(s.params["head"]), jax.tree.leaves(head)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  assert not np.allclose(np.asarray(s.params["head"]["kernel"]), np.asarray(params["head"]["kernel"]))
