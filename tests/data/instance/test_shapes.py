@@ -10,6 +10,7 @@ import pytest
 from segjax.data.instance import registry
 from segjax.data.instance import shapes
 from tests.conftest import as_str
+from tests.data.instance.common import loop_box
 
 
 @pytest.fixture(scope="module")
@@ -18,17 +19,6 @@ def data_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("tfds")
   registry.get_builder("instance_shapes", data_dir=path)
   return path
-
-
-def loop_box(mask):
-  """(x1, y1, x2, y2) of a mask by a plain loop: x2 is one past the last column holding a pixel."""
-  xs, ys = [], []
-  for r in range(mask.shape[0]):
-    for c in range(mask.shape[1]):
-      if mask[r, c]:
-        xs.append(c)
-        ys.append(r)
-  return [min(xs), min(ys), max(xs) + 1, max(ys) + 1]
 
 
 def _digest(example) -> str:
