@@ -43,6 +43,7 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 # metrics.json keys of the two evaluations: "box AP" and "mask AP", the words of the Mask R-CNN paper.
 RESULT_KEYS = {"bbox": "box", "segm": "mask"}
 MASK_THRESHOLD = 0.5
+_CHUNK = 16  # detections pasted and RLE-encoded at once
 
 
 def _axis_weights(lo: int, hi: int, size: int, in_size: int) -> tuple[int, np.ndarray]:
@@ -87,7 +88,8 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_size: Sequence[int],
     raise ValueError(f"paste_masks: masks must be [D, M, M] with one box each, got {masks.shape} and {boxes.shape}")
   h, w = (int(s) for s in image_size)
   m = masks.shape[-1]
-  out = np.zeros((len(masks), h, w), np.float32)
+  # bool when thresholded: 100 detections of an 800 x 1333 image are 107 MB as bool, 4x that as float32.
+  out = np.zeros((len(masks), h, w), np.float32 if threshold is None else bool)
   scale = np.float32((m + 2 * padding) / m)
   for i, (mask, box) in enumerate(zip(masks, boxes)):
     # expand_boxes in float32, then .to(torch.int64), which truncates toward zero.
@@ -97,8 +99,9 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_size: Sequence[int],
     y1, y2 = int(np.trunc(y_c - h_half)), int(np.trunc(y_c + h_half))
     top, rows = _axis_weights(y1, y2, h, m + 2 * padding)
     left, cols = _axis_weights(x1, x2, w, m + 2 * padding)
-    out[i, top:top + len(rows), left:left + len(cols)] = rows @ np.pad(mask, padding) @ cols.T
-  return out if threshold is None else out > threshold
+    values = rows @ np.pad(mask, padding) @ cols.T
+    out[i, top:top + len(rows), left:left + len(cols)] = values if threshold is None else values > threshold
+  return out
 
 
 def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
@@ -153,17 +156,19 @@ def coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray, classes: 
   keep = np.ones(len(boxes), bool) if valid is None else np.asarray(valid).astype(bool).reshape(-1)
   if masks is not None and mask_probs is not None:
     raise ValueError("coco_results: pass masks (pasted) or mask_probs (M x M), not both")
-  if mask_probs is not None:
-    if image_size is None:
-      raise ValueError("coco_results: mask_probs need image_size, the (H, W) to paste them into")
-    masks = paste_masks(np.asarray(mask_probs)[keep], boxes[keep], image_size)
-  elif masks is not None:
-    masks = np.asarray(masks)[keep]
+  if mask_probs is not None and image_size is None:
+    raise ValueError("coco_results: mask_probs need image_size, the (H, W) to paste them into")
   cats = _category(np.asarray(classes)[keep], category_ids)
   results = [{"image_id": int(image_id), "category_id": c, "bbox": [float(v) for v in b], "score": float(s)}
              for c, b, s in zip(cats, xywh(boxes[keep]), np.asarray(scores, np.float32)[keep])]
-  if masks is not None:
-    for result, rle in zip(results, encode_masks(masks)):
+  if masks is None and mask_probs is None:
+    return results
+  rows = np.nonzero(keep)[0]
+  for start in range(0, len(rows), _CHUNK):  # pasted and encoded a few at a time: full-image masks are large
+    chunk = rows[start:start + _CHUNK]
+    pasted = np.asarray(masks)[chunk] if masks is not None else paste_masks(np.asarray(mask_probs)[chunk],
+                                                                            boxes[chunk], image_size)
+    for result, rle in zip(results[start:start + _CHUNK], encode_masks(pasted)):
       result["segmentation"] = rle
   return results
 
@@ -314,6 +319,12 @@ class CocoEvaluator:
     """
     image_id = int(np.asarray(example["image_id"]))
     image_size = tuple(int(s) for s in np.asarray(example["image_size"]))
+    if self._from_json and image_id in self._images:
+      json_size = (int(self._images[image_id]["height"]), int(self._images[image_id]["width"]))
+      if image_size != json_size:
+        raise ValueError(f"image {image_id} is {image_size[0]} x {image_size[1]} here but {json_size[0]} x "
+                         f"{json_size[1]} in the ground-truth JSON: scale the detections' boxes to the JSON's image "
+                         "and pass them to add_detections with its image_size")
     if not self._from_json:
       self.add_ground_truth(image_id, image_size, example["boxes"], example["classes"], example["valid"],
                             example.get("crowd"), example.get("masks") if "segm" in self.iou_types else None)

@@ -16,6 +16,9 @@ import pytest
 
 from segjax.evaluation import coco
 
+# pycocotools' mask.decode with numpy 2 (its own code, not the test's).
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
 NAMES = ["cat", "dog", "bus", "kite"]  # kite: never in the ground truth
 PAD = (96, 112)  # the padded evaluation size
 
@@ -150,7 +153,7 @@ def test_mask_probabilities_are_pasted_as_torchvision(tmp_path):
   # Detections given as the mask head's 28 x 28 probabilities evaluate like the masks pasted by segjax.ops.masks.
   from segjax.ops import masks as masks_ops  # pylint: disable=import-outside-toplevel
 
-  examples, detections = _scene(2, num_images=4)
+  examples, detections = _scene(2, num_images=4, max_dets=20)
   rng = np.random.default_rng(3)
   # Pasted at the padded size (one compilation): inside the image the values are those of a paste at its own size.
   paste = jax.jit(lambda m, b: masks_ops.paste_masks_in_image(m, b, PAD))
@@ -297,7 +300,7 @@ def test_ap50_equals_brute_force():
 
 
 def test_results_json_round_trips(tmp_path):
-  examples, detections = _scene(6, num_images=3)
+  examples, detections = _scene(6, num_images=3, max_dets=40)  # more than one chunk of masks encoded at once
   cats = [3, 17, 18, 90]
   evaluator = _evaluator(examples, detections, category_ids=cats)
   path = tmp_path / "results.json"
@@ -369,6 +372,11 @@ def test_ground_truth_from_instances_json(tmp_path):
   # a: a false positive above the hit (precision 1/2); b: the hit at IoU 210 / 239 = 0.88 (8 of 10 thresholds),
   # the detection on the crowd region ignored.
   assert [c["box_ap"] for c in result["per_class"]] == pytest.approx([0.5, 0.8], abs=1e-12)
+  # Evaluation examples of another size than the JSON's images: the boxes would be in other coordinates.
+  again = coco.CocoEvaluator.from_json(gt_path, iou_types=("bbox",))
+  again.add({"image_id": 4, "image_size": [50, 60]}, dict(boxes=np.zeros((0, 4)), scores=[], classes=[]))
+  with pytest.raises(ValueError, match="scale the detections"):
+    again.add({"image_id": 9, "image_size": [40, 48]}, dict(boxes=np.zeros((0, 4)), scores=[], classes=[]))
 
 
 def test_merge_equals_one_evaluator():
