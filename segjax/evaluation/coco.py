@@ -305,8 +305,10 @@ class CocoEvaluator:
       masks = np.asarray(masks)[:, :int(image_size[0]), :int(image_size[1])]
     if "segm" not in self.iou_types:
       masks = mask_probs = None
+    # The identity as category_ids: a valid detection's class outside 1..K is refused (COCOeval would drop it).
     self._detections[image_id] = coco_results(image_id, boxes, scores, classes, valid=valid, masks=masks,
-                                              mask_probs=mask_probs, image_size=image_size)
+                                              mask_probs=mask_probs, image_size=image_size,
+                                              category_ids=range(1, len(self.class_names) + 1))
 
   def add(self, example: Mapping[str, Any], detections: Mapping[str, Any]) -> None:
     """One evaluation example and the model's outputs for it, both unbatched numpy dicts.
@@ -332,6 +334,13 @@ class CocoEvaluator:
                         valid=detections.get("valid"), masks=detections.get("pasted_masks"),
                         mask_probs=detections.get("masks"), image_size=image_size)
 
+  def add_batch(self, batch: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+    """`add` for every row of a host (numpy) evaluation batch and the model's outputs for it; rows with
+    batch["index"] < 0 (the eval pipeline's padding examples) are skipped."""
+    index = np.asarray(batch["index"]) if "index" in batch else np.zeros(len(outputs["boxes"]), np.int32)
+    for i in np.nonzero(index >= 0)[0]:
+      self.add({k: v[i] for k, v in batch.items()}, {k: v[i] for k, v in outputs.items() if k != "stats"})
+
   def merge(self, other: CocoEvaluator) -> None:
     """Adds `other`'s images (e.g. another process's share of the split); image ids must not repeat."""
     # pylint: disable=protected-access
@@ -347,11 +356,8 @@ class CocoEvaluator:
 
   def results(self) -> list[dict[str, Any]]:
     """All detections in COCO's results format, category ids mapped by `category_ids` (for `results_json`)."""
-    out = []
-    for image_id in sorted(self._detections):
-      for r in self._detections[image_id]:
-        out.append({**r, "category_id": _category([r["category_id"]], self.category_ids)[0]})
-    return out
+    return [{**r, "category_id": _category([r["category_id"]], self.category_ids)[0]}
+            for image_id in sorted(self._detections) for r in self._detections[image_id]]
 
   def _ground_truth(self) -> coco_lib.COCO:
     gt = coco_lib.COCO()
@@ -373,9 +379,10 @@ class CocoEvaluator:
       _quiet(dt.createIndex)
     evaluation = cocoeval.COCOeval(gt, dt, iou_type)
     evaluation.params.imgIds = sorted(self._detections)
-    _quiet(evaluation.evaluate)
-    _quiet(evaluation.accumulate)
-    _quiet(evaluation.summarize)
+    with contextlib.redirect_stdout(io.StringIO()):
+      evaluation.evaluate()
+      evaluation.accumulate()
+      evaluation.summarize()
     return evaluation
 
   def summarize(self) -> dict[str, Any]:
@@ -391,10 +398,8 @@ class CocoEvaluator:
       raise ValueError("summarize: no image was added")
     gt = self._ground_truth()
     evaluated = set(self._detections)
-    per_class = [{"name": n, "class_id": k + 1} for k, n in enumerate(self.class_names)]
-    if self.category_ids is not None:
-      for entry, cat in zip(per_class, self.category_ids):
-        entry["category_id"] = cat
+    per_class = [{"name": n, "class_id": k + 1, **({"category_id": self.category_ids[k]} if self.category_ids else {})}
+                 for k, n in enumerate(self.class_names)]
     result: dict[str, Any] = {}
     for iou_type in self.iou_types:
       evaluation = self._evaluate(gt, iou_type)
@@ -408,7 +413,7 @@ class CocoEvaluator:
         entry[f"{key}_ap"] = float(p.mean()) if p.size else math.nan
     result["per_class"] = per_class
     result["num_images"] = len(evaluated)
-    result["num_instances"] = sum(1 for a in self._annotations if a["image_id"] in evaluated and not a["iscrowd"])
+    result["num_instances"] = sum(1 for a in self._annotations if a["image_id"] in evaluated and not a.get("iscrowd"))
     result["num_detections"] = sum(len(r) for r in self._detections.values())
     return result
 
@@ -426,7 +431,10 @@ def format_table(result: Mapping[str, Any]) -> str:
 
   def table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    line = lambda row: "  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])])
+
+    def line(row: Sequence[str]) -> str:  # names left-aligned, numbers right-aligned
+      return "  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])])
+
     return [line(header), "  ".join("-" * w for w in widths)] + [line(row) for row in rows]
 
   lines = table(("", *STAT_NAMES), [(kind, *(metrics.format_percent(result[kind][n]) for n in STAT_NAMES))

@@ -390,6 +390,17 @@ def test_merge_equals_one_evaluator():
     first.merge(_evaluator(examples[:1], detections[:1]))
 
 
+def test_add_batch_skips_padding_rows():
+  examples, detections = _scene(9, num_images=3)
+  padding = {k: np.zeros_like(v) for k, v in examples[0].items()}
+  batch = {k: np.stack([e[k] for e in examples] + [padding[k]]) for k in examples[0]}
+  batch["index"] = np.array([0, 1, 2, -1], np.int32)
+  outputs = {k: np.stack([d[k] for d in detections] + [detections[0][k]]) for k in detections[0]}
+  evaluator = coco.CocoEvaluator(NAMES)
+  evaluator.add_batch(batch, outputs)
+  assert evaluator.summarize() == _evaluator(examples, detections).summarize()
+
+
 def test_no_detections_anywhere_and_errors():
   examples, detections = _scene(8, num_images=2)
   evaluator = coco.CocoEvaluator(NAMES)
@@ -402,6 +413,9 @@ def test_no_detections_anywhere_and_errors():
     evaluator.add(examples[0], detections[0])
   with pytest.raises(ValueError, match="no image"):
     coco.CocoEvaluator(NAMES).summarize()
+  with pytest.raises(ValueError, match=r"class ids must be in 1..4"):
+    coco.CocoEvaluator(NAMES, iou_types=("bbox",)).add(examples[0], dict(boxes=np.ones((2, 4)), scores=[1, 1],
+                                                                          classes=[1, 5]))
   with pytest.raises(ValueError, match="mask AP needs"):
     coco.CocoEvaluator(NAMES).add(examples[0], {k: v for k, v in detections[0].items() if k != "pasted_masks"})
 
