@@ -14,12 +14,13 @@ from __future__ import annotations
 import colorsys
 import math
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from segjax import viz
+from segjax.evaluation import coco
 
 SCORE_THRESHOLD = 0.5
 _GOLDEN = (math.sqrt(5) - 1) / 2  # hue step: consecutive ids get far-apart hues, never repeating exactly
@@ -108,7 +109,7 @@ def _text_color(color: np.ndarray) -> tuple[int, int, int]:
 def overlay(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
             class_names: Sequence[str], *, masks: np.ndarray | None = None, valid: np.ndarray | None = None,
             score_threshold: float = SCORE_THRESHOLD, alpha: float = 0.5, draw_boxes: bool = True,
-            draw_labels: bool = True, line_width: int | None = None) -> np.ndarray:
+            draw_labels: bool = True, show_scores: bool = True, line_width: int | None = None) -> np.ndarray:
   """One image with its detections drawn on it.
 
   Each detection (id i by `instance_ids`, colour `instance_colors(n)[i - 1]`) has the pixels it holds in the id
@@ -123,6 +124,7 @@ def overlay(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: n
     valid, score_threshold: which detections are drawn (see `ranked`).
     alpha: the tint's weight.
     draw_boxes, draw_labels: the boxes and the tags can be left out.
+    show_scores: tags say "name score" (False: "name", for ground truth).
     line_width: box outline width; default max(1, round(min(H, W) / 300)).
 
   Returns:
@@ -155,7 +157,7 @@ def overlay(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: n
     if draw_labels:
       cls = int(np.asarray(classes).reshape(-1)[index])
       name = class_names[cls - 1] if 1 <= cls <= len(class_names) else str(cls)
-      text = f"{name} {float(np.asarray(scores).reshape(-1)[index]):.2f}"
+      text = f"{name} {float(np.asarray(scores).reshape(-1)[index]):.2f}" if show_scores else name
       text_w, text_h = viz.text_size(text)
       left, top = extent[0], extent[1] - text_h - 2
       if top < 0:  # no room above the box: inside it
@@ -177,3 +179,47 @@ def save_ids(path: str | pathlib.Path, ids: np.ndarray) -> None:
   if ids.dtype not in (np.uint8, np.uint16):
     raise ValueError(f"save_ids: ids must be uint8 or uint16, got {ids.dtype}")
   Image.fromarray(ids).save(path, format="PNG")
+
+
+def panel(example: Mapping[str, Any], detections: Mapping[str, Any], class_names: Sequence[str], *,
+          score_threshold: float = SCORE_THRESHOLD) -> np.ndarray:
+  """Ground truth | prediction of one evaluation example, side by side under a caption, for evaluation reports.
+
+  Args:
+    example: unbatched evaluation fields: image (padded), image_size, boxes, classes, valid, crowd, masks. Crowd
+      regions are not drawn (they are no instances to find).
+    detections: the model's outputs for it: boxes, scores, classes, valid, and "masks" ([D, M, M] probabilities,
+      pasted here with `coco.paste_masks`) or "pasted_masks" ([D, H', W'] binary), or neither (boxes only).
+    class_names: K names.
+    score_threshold: detections scoring below it are left out.
+
+  Returns:
+    uint8 [caption + H, 2 * W + viz.SEPARATOR, 3]: `overlay` of the ground truth (names only) and of the
+    detections, cropped to image_size.
+  """
+  height, width = (int(s) for s in np.asarray(example["image_size"]))
+  image = viz.to_rgb(np.asarray(example["image"])[:height, :width])
+  keep = np.asarray(example["valid"]) > 0
+  if "crowd" in example:
+    keep &= np.asarray(example["crowd"]) == 0
+  gt_masks = np.asarray(example["masks"])[keep] if "masks" in example else None
+  truth = overlay(image, np.asarray(example["boxes"])[keep], np.ones(int(keep.sum())),
+                  np.asarray(example["classes"])[keep], class_names, masks=gt_masks, score_threshold=0,
+                  show_scores=False)
+  boxes, scores = np.asarray(detections["boxes"], np.float32).reshape(-1, 4), np.asarray(detections["scores"])
+  shown = ranked(scores, detections.get("valid"), score_threshold)  # only these are pasted
+  masks = detections.get("pasted_masks")
+  masks = None if masks is None else np.asarray(masks)[shown]
+  if masks is None and detections.get("masks") is not None:
+    masks = coco.paste_masks(np.asarray(detections["masks"])[shown], boxes[shown], (height, width))
+  pred = overlay(image, boxes[shown], scores[shown], np.asarray(detections["classes"])[shown], class_names,
+                 masks=masks, score_threshold=score_threshold)
+  sep = np.full((height, viz.SEPARATOR, 3), 255, np.uint8)
+  return viz.caption(np.concatenate([truth, sep, pred], axis=1),
+                     f"ground truth  |  prediction (score >= {score_threshold:g})")
+
+
+def save_panel(path: str | pathlib.Path, example: Mapping[str, Any], detections: Mapping[str, Any],
+               class_names: Sequence[str], **kwargs) -> None:
+  """Writes `panel(example, detections, class_names, **kwargs)` as a PNG."""
+  Image.fromarray(panel(example, detections, class_names, **kwargs)).save(path, format="PNG")

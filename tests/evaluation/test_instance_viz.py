@@ -168,3 +168,37 @@ def test_colors_are_distinct_and_no_detection_draws_nothing():
   np.testing.assert_array_equal(empty, image)
   ids, entries = iv.instance_ids(np.zeros((0, 2, 4)), np.zeros(0), np.zeros(0, int))
   assert ids.shape == (2, 4) and not ids.any() and entries == []
+
+
+def test_panel_is_ground_truth_beside_prediction(tmp_path):
+  from segjax import viz  # pylint: disable=import-outside-toplevel
+  from segjax.evaluation import coco  # pylint: disable=import-outside-toplevel
+
+  masks, boxes, scores, classes, valid = _detections(4, size=(30, 40))
+  rng = np.random.default_rng(1)
+  image = np.zeros((36, 48, 3), np.uint8)  # padded to the eval size
+  image[:30, :40] = rng.integers(0, 256, size=(30, 40, 3))
+  crowd = np.zeros(len(masks))
+  crowd[0] = 1
+  padded = np.zeros((len(masks), 36, 48), np.uint8)
+  padded[:, :30, :40] = masks
+  example = dict(image=image, image_size=np.array([30, 40]), boxes=boxes, classes=classes, valid=valid.astype(float),
+                 crowd=crowd, masks=padded)
+  probs = rng.random((len(masks), 28, 28)).astype(np.float32)
+  detections = dict(boxes=boxes[::-1], scores=scores, classes=classes, valid=valid, masks=probs)
+  out = iv.panel(example, detections, NAMES, score_threshold=0.4)
+  text = "ground truth  |  prediction (score >= 0.4)"
+  top, wide = viz.caption_height(text), max(2 * 40 + viz.SEPARATOR, viz.text_size(text)[0] + 6)
+  assert out.shape == (top + 30, wide, 3)
+  assert (out[top:, 2 * 40 + viz.SEPARATOR:] == 255).all()  # the caption is wider than the panel here
+  truth = (valid > 0) & (crowd == 0)
+  np.testing.assert_array_equal(out[top:, :40], iv.overlay(image[:30, :40], boxes[truth], np.ones(truth.sum()),
+                                                           classes[truth], NAMES, masks=masks[truth],
+                                                           score_threshold=0, show_scores=False))
+  pasted = coco.paste_masks(probs, boxes[::-1], (30, 40))
+  np.testing.assert_array_equal(out[top:, 40 + viz.SEPARATOR:80 + viz.SEPARATOR], iv.overlay(
+      image[:30, :40], boxes[::-1], scores, classes, NAMES, masks=pasted, valid=valid, score_threshold=0.4))
+  assert (out[top:, 40:40 + viz.SEPARATOR] == 255).all()
+  iv.save_panel(tmp_path / "panel.png", example, detections, NAMES, score_threshold=0.4)
+  with Image.open(tmp_path / "panel.png") as img:
+    np.testing.assert_array_equal(np.asarray(img), out)
