@@ -20,13 +20,15 @@ from segjax.evaluation import coco
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 NAMES = ["cat", "dog", "bus", "kite"]  # kite: never in the ground truth
-PAD = (96, 112)  # the padded evaluation size
+PAD = (128, 144)  # the padded evaluation size
 
 
 def _ellipse(rng, h, w, big=False):
   yy, xx = np.mgrid[:h, :w]
-  cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-  ry, rx = rng.uniform(2, 40 if big else 14, size=2)
+  if big:
+    cy, cx, ry, rx = rng.uniform(0.3 * h, 0.7 * h), rng.uniform(0.3 * w, 0.7 * w), *rng.uniform(40, 75, size=2)
+  else:
+    cy, cx, ry, rx = rng.uniform(0, h), rng.uniform(0, w), *rng.uniform(3, 25, size=2)
   mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
   if not mask.any():
     mask[int(cy), int(cx)] = True
@@ -44,12 +46,12 @@ def _scene(seed, num_images=8, max_dets=12):
   rng = np.random.default_rng(seed)
   examples, detections = [], []
   for i in range(num_images):
-    h, w = int(rng.integers(40, PAD[0] + 1)), int(rng.integers(40, PAD[1] + 1))
+    h, w = int(rng.integers(50, PAD[0] + 1)), int(rng.integers(50, PAD[1] + 1))
     n = 0 if i == 1 else int(rng.integers(1, 6))
     masks = np.zeros((8, *PAD), np.uint8)
     boxes, classes, valid, crowd = np.zeros((8, 4), np.float32), np.zeros(8, np.int32), np.zeros(8), np.zeros(8)
     for j in range(n):
-      masks[j, :h, :w] = _ellipse(rng, h, w, big=rng.random() < 0.3)
+      masks[j, :h, :w] = _ellipse(rng, h, w, big=rng.random() < 0.25)
       boxes[j], classes[j], valid[j] = _box(masks[j]), rng.integers(1, 3), 1
       crowd[j] = rng.random() < 0.2
     if i == 2:  # a crowd-only class
@@ -62,13 +64,16 @@ def _scene(seed, num_images=8, max_dets=12):
     det_classes, det_valid = rng.integers(1, 5, size=d).astype(np.int32), rng.random(d) < 0.8
     for j in range(d):
       if j < n and rng.random() < 0.8:  # a shifted copy of a ground-truth instance
-        det_masks[j, :h, :w] = np.roll(masks[j, :h, :w], rng.integers(-3, 4, size=2), axis=(0, 1)) > 0
+        dy, dx = rng.integers(-2, 3, size=2)  # shifted, not wrapped around
+        det_masks[j, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = masks[j, max(-dy, 0):h - max(dy, 0),
+                                                                                  max(-dx, 0):w - max(dx, 0)]
         det_classes[j] = classes[j] if rng.random() < 0.85 else det_classes[j]
       else:
         det_masks[j, :h, :w] = _ellipse(rng, h, w)
       if det_masks[j].any():
         det_boxes[j] = _box(det_masks[j]) + rng.uniform(-1.5, 1.5, size=4).astype(np.float32)
-    detections.append(dict(boxes=det_boxes, scores=rng.random(d).astype(np.float32), classes=det_classes,
+    scores = np.where(np.arange(d) < n, rng.uniform(0.3, 1, d), rng.uniform(0, 0.8, d)).astype(np.float32)
+    detections.append(dict(boxes=det_boxes, scores=scores, classes=det_classes,
                            valid=det_valid, pasted_masks=det_masks))
   return examples, detections
 
@@ -193,15 +198,15 @@ def test_paste_masks_matches_segjax_ops():
 def test_perfect_detections_have_ap_one():
   examples, _ = _scene(4, num_images=5)
   evaluator = coco.CocoEvaluator(NAMES)
-  for i, ex in enumerate(examples):
+  for ex in examples:
     keep = (ex["valid"] > 0) & (ex["crowd"] == 0)
     evaluator.add(ex, dict(boxes=ex["boxes"], scores=np.linspace(1, 0.5, 8), classes=ex["classes"], valid=keep,
                            pasted_masks=ex["masks"]))
   result = evaluator.summarize()
   for key in ("box", "mask"):
     for name in ("AP", "AP50", "AP75", "AR100"):
-      assert result[key][name] == 1.0, (key, name)
-    assert [c[f"{key}_ap"] for c in result["per_class"][:2]] == [1.0, 1.0]
+      assert result[key][name] == pytest.approx(1.0, abs=1e-12), (key, name)
+    assert [c[f"{key}_ap"] for c in result["per_class"][:2]] == pytest.approx([1.0, 1.0], abs=1e-12)
 
 
 def _square(x, y, s, size=(40, 40)):
