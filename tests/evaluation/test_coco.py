@@ -319,11 +319,10 @@ def test_results_json_round_trips(tmp_path):
     gt_coco.createIndex()
     res = gt_coco.loadRes(str(path))
   anns = res.dataset["annotations"]
-  expected = [(int(e["image_id"]), j) for e, d in zip(examples, detections) for j in np.nonzero(d["valid"])[0]]
+  expected = [(e, d, j) for e, d in zip(examples, detections) for j in np.nonzero(d["valid"])[0]]
   assert len(anns) == len(expected) > 10
-  for ann, (image_id, j) in zip(anns, expected):
-    d = detections[[int(e["image_id"]) for e in examples].index(image_id)]
-    h, w = (int(s) for s in examples[[int(e["image_id"]) for e in examples].index(image_id)]["image_size"])
+  for ann, (e, d, j) in zip(anns, expected):
+    image_id, (h, w) = int(e["image_id"]), (int(s) for s in e["image_size"])
     x1, y1, x2, y2 = d["boxes"][j].astype(np.float64)
     assert ann["image_id"] == image_id and ann["category_id"] == cats[d["classes"][j] - 1]
     assert ann["bbox"] == [x1, y1, x2 - x1, y2 - y1] and ann["score"] == float(d["scores"][j])
