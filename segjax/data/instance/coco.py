@@ -232,11 +232,14 @@ class SegjaxCoco(tfds.core.GeneratorBasedBuilder):
 
 
 def _box(ann: dict[str, Any], mask: np.ndarray, height: int, width: int) -> np.ndarray:
-  """COCO's [x, y, w, h] as (x1, y1, x2, y2) clipped to the image; without a bbox, the mask's tight box."""
+  """COCO's [x, y, w, h] as (x1, y1, x2, y2) clipped to the image; the mask's tight box when the annotation has
+  no bbox or a degenerate one (zero width or height: torchvision's reference drops those, but the mask has
+  pixels, checked, and a zero-size box target would make the box regression's log(w) infinite)."""
   if "bbox" not in ann:
     return features.mask_box(mask)
   x, y, w, h = (float(v) for v in ann["bbox"])
-  return np.clip(np.array([x, y, x + w, y + h], np.float32), 0, [width, height, width, height]).astype(np.float32)
+  box = np.clip(np.array([x, y, x + w, y + h], np.float32), 0, [width, height, width, height]).astype(np.float32)
+  return box if box[2] > box[0] and box[3] > box[1] else features.mask_box(mask)
 
 
 def _sources(splits, manual_dir) -> tuple[CocoSplit, ...]:
@@ -251,12 +254,12 @@ def _sources(splits, manual_dir) -> tuple[CocoSplit, ...]:
                        "annotations/instances_val2017.json: extract COCO 2017's annotations zip there, or pass "
                        "splits={split: (images_dir, instances_json)}.")
   out = []
-  for split, (images_dir, annotations) in dict(splits).items():
+  for split, (images_dir, ann_file) in dict(splits).items():
     images = pathlib.Path(os.fspath(images_dir)).expanduser().resolve()
     if not images.is_dir():
       raise ValueError(f"coco split {split!r}: images folder {images} does not exist or is not a folder: pass the "
                        "folder holding the images the JSON's file_name entries name.")
-    out.append(CocoSplit(split, str(images), str(pathlib.Path(os.fspath(annotations)).expanduser().resolve())))
+    out.append(CocoSplit(split, str(images), str(pathlib.Path(os.fspath(ann_file)).expanduser().resolve())))
   if not out:
     raise ValueError("coco: splits is empty: give at least one {split: (images_dir, instances_json)}.")
   return tuple(out)

@@ -22,7 +22,8 @@ floor(i * in / out), which shifts masks against the image by up to half a pixel)
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import re
+from typing import Any, Callable, Mapping, Sequence
 
 import grain
 import numpy as np
@@ -81,6 +82,25 @@ def check_count(count: int, max_instances: int, what: str) -> None:
                      f"{max_instances}: raise --{MAX_INSTANCES_KEY} to at least {count} (the dataset's largest "
                      "count is in its spec, instance.get_spec(...).max_objects); instances are never dropped "
                      "silently, since the model would learn them as background.")
+
+
+def check_max_instances(max_objects: Mapping[str, int], split: str, max_instances: int, name: str) -> None:
+  """Raises before training when a split holds an example with more instances than max_instances.
+
+  Args:
+    max_objects: split -> largest instance count, `registry.get_spec(...).max_objects`.
+    split: the split read, tfds slicing allowed ("train[:100]" is checked as "train", an upper bound).
+    max_instances: N.
+    name: the dataset, as the message names it.
+  """
+  for part in split.split("+"):
+    base = re.sub(r"\[.*\]$", "", part.strip()).strip()
+    count = int(max_objects.get(base, 0))
+    if count > max_instances:
+      raise ValueError(f"Split {base!r} of {name} holds an example with {count} instances (crowd regions "
+                       f"included), more than {MAX_INSTANCES_KEY}={max_instances}: raise --{MAX_INSTANCES_KEY} to "
+                       f"at least {count}; instances are never dropped silently, since the model would learn them "
+                       "as background.")
 
 
 def _what(inst: features.Instances, name: str) -> str:

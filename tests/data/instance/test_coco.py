@@ -86,6 +86,8 @@ def test_prepared_examples_match_pycocotools(tmp_path):
     assert len(got["objects"]["mask"]) == len(anns)
     for j, a in enumerate(anns):
       np.testing.assert_array_equal(got["objects"]["mask"][j][..., 0], reference.annToMask(a))
+      np.testing.assert_array_equal(coco.ann_to_mask(a["segmentation"], info["height"], info["width"]),
+                                    reference.annToMask(a))
       assert spec.category_ids[int(got["objects"]["label"][j])] == a["category_id"]
       x, y, w, h = a["bbox"]
       np.testing.assert_allclose(got["objects"]["bbox"][j], [x, y, x + w, y + h])

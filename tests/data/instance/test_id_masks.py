@@ -12,27 +12,7 @@ from segjax.data.instance import registry
 from tests.conftest import as_str
 from tests.conftest import read_image
 from tests.data.instance.common import loop_box
-
-
-def write_folder(root, stems=("p1", "p2", "p3"), size=(12, 16), penn_fudan=True, seed=0):
-  """Images and palette id masks; p1 holds ids 1 and 2 (touching), p2 id 1, p3 none (a negative)."""
-  rng = np.random.default_rng(seed)
-  images, masks = (root / "PNGImages", root / "PedMasks") if penn_fudan else (root / "images", root / "masks")
-  images.mkdir(parents=True, exist_ok=True)
-  masks.mkdir(parents=True, exist_ok=True)
-  h, w = size
-  for k, stem in enumerate(stems):
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(images / f"{stem}.png")
-    ids = np.zeros((h, w), np.uint8)
-    if k == 0:
-      ids[1:6, 2:7] = 1
-      ids[4:10, 7:15] = 2
-    elif k == 1:
-      ids[3:11, 0:4] = 1
-    mask = Image.fromarray(ids, mode="L").convert("P")
-    mask.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (3 * 253))
-    mask.save(masks / (f"{stem}_mask.png" if penn_fudan else f"{stem}.png"))
-  return images, masks
+from tests.data.instance.common import write_folder
 
 
 def by_stem(source):

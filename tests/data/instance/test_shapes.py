@@ -92,14 +92,3 @@ def test_prepared_data_equals_generator(data_dir):
       np.testing.assert_array_equal(objects["mask"][j][..., 0], want["masks"][j])
       np.testing.assert_array_equal(objects["bbox"][j], want["boxes"][j])
       assert int(objects["label"][j]) == want["classes"][j] and not objects["is_crowd"][j]
-
-
-def test_registry_errors(data_dir):
-  with pytest.raises(ValueError, match="Unknown split 'dev'.*available splits"):
-    registry.data_source("instance_shapes", "dev", data_dir=data_dir)
-  with pytest.raises(ValueError, match="holds no examples"):
-    registry.data_source("instance_shapes", "train[5:5]", data_dir=data_dir)
-  with pytest.raises(ValueError, match="Unknown instance dataset 'cocoa'"):
-    registry.make_builder("cocoa")
-  with pytest.raises(ValueError, match="takes no options"):
-    registry.make_builder("instance_shapes", images_dir="x")
