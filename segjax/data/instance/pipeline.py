@@ -167,7 +167,7 @@ class TrainTransform(grain.transforms.RandomMap):
 
 
 def eval_example(size: Sequence[int], max_instances: int, name: str = "the dataset", *, fit: bool = False,
-                 ) -> Callable[[dict[str, Any], int], dict[str, np.ndarray]]:
+                 targets: bool = True) -> Callable[[dict[str, Any], int], dict[str, np.ndarray]]:
   """`segjax.data.pipeline.eval_batches`' example function of instance segmentation.
 
   Each example: the training fields (ground truth included, for evaluators that read it from the batch), plus
@@ -180,6 +180,8 @@ def eval_example(size: Sequence[int], max_instances: int, name: str = "the datas
     name: the dataset, as errors name it.
     fit: resize images to fit `size` (as training does); False pads only and a larger image is an error, so
       predictions are in the stored image's pixels (what COCO evaluation needs).
+    targets: False leaves out the ground truth (boxes, classes, masks, valid, crowd): N full-size masks per
+      example are large at COCO's sizes, and a COCO evaluator reads the ground truth from the JSON instead.
 
   Raises (when called):
     ValueError: an image larger than `size` without `fit`; more instances than max_instances.
@@ -197,6 +199,8 @@ def eval_example(size: Sequence[int], max_instances: int, name: str = "the datas
     fields = to_fields(inst, (height, width) if fit else (h, w), max_instances, name)
     if not fit:  # pad, without resizing, to the eval size
       fields = _pad_fields(fields, height, width)
+    if not targets:
+      fields = {k: v for k, v in fields.items() if k not in _TRAIN_KEYS[1:]}
     return {**fields, "image_id": np.int64(inst.image_id)}
   return example
 
@@ -208,11 +212,19 @@ def _pad_fields(fields: dict[str, np.ndarray], height: int, width: int) -> dict[
           "masks": np.pad(fields["masks"], ((0, 0),) + pad)}
 
 
-def eval_padding(size: Sequence[int], max_instances: int) -> Callable[[], dict[str, np.ndarray]]:
-  """`eval_batches`' padding example: `eval_example`'s fields, all zeros (no instance, image_size 0, image_id -1)."""
+def eval_padding(size: Sequence[int], max_instances: int, *, targets: bool = True
+                 ) -> Callable[[], dict[str, np.ndarray]]:
+  """`eval_batches`' padding example: `eval_example`'s fields (the same `targets`), all zeros: no instance,
+  image_size (0, 0), scale (1, 1), image_id -1."""
   height, width = int(size[0]), int(size[1])
   n = int(max_instances)
-  return lambda: {"image": np.zeros((height, width, 3), np.uint8), "boxes": np.zeros((n, 4), np.float32),
-                  "classes": np.zeros(n, np.int32), "masks": np.zeros((n, height, width), np.uint8),
-                  "valid": np.zeros(n, np.float32), "crowd": np.zeros(n, np.float32),
-                  "image_size": np.zeros(2, np.int32), "scale": np.ones(2, np.float32), "image_id": np.int64(-1)}
+
+  def padding() -> dict[str, np.ndarray]:
+    out = {"image": np.zeros((height, width, 3), np.uint8), "image_size": np.zeros(2, np.int32),
+           "scale": np.ones(2, np.float32), "image_id": np.int64(-1)}
+    if targets:
+      out.update(boxes=np.zeros((n, 4), np.float32), classes=np.zeros(n, np.int32),
+                 masks=np.zeros((n, height, width), np.uint8), valid=np.zeros(n, np.float32),
+                 crowd=np.zeros(n, np.float32))
+    return out
+  return padding

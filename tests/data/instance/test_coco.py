@@ -15,6 +15,7 @@ from segjax.data.instance import coco
 from segjax.data.instance import registry
 from tests.conftest import as_str
 from tests.conftest import read_image
+from tests.data.instance.common import loop_box
 
 
 def uncompressed_rle(mask):
@@ -97,6 +98,15 @@ def test_prepared_examples_match_pycocotools(tmp_path):
   assert registry.make_builder("coco", **kw).is_prepared()
   write_coco(tmp_path / "src", annotations=[])
   assert not registry.make_builder("coco", **kw).is_prepared()
+
+
+def test_degenerate_bbox_falls_back_to_the_mask_box(tmp_path):
+  # A zero-width bbox would give the box regression log(0); the mask (checked to have pixels) gives the box.
+  images_dir, ann = write_coco(tmp_path / "src", annotations=[
+      {"id": 1, "image_id": 1, "category_id": 3, "bbox": [4, 2, 0, 5], "segmentation": [[2, 1, 12, 1, 7, 10]]}])
+  source = registry.data_source("coco", "train", splits={"train": (images_dir, ann)}, data_dir=tmp_path / "tfds")
+  mask = source[0]["objects"]["mask"][0][..., 0]
+  assert source[0]["objects"]["bbox"][0].tolist() == loop_box(mask)
 
 
 def test_coco2017_layout_from_manual_dir(tmp_path):

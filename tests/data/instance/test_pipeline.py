@@ -99,6 +99,11 @@ def test_eval_example_pads_without_resizing():
   assert pad["image_id"] == -1 and not pad["valid"].any()
   with pytest.raises(ValueError, match=r"img_7 .* is 30x50, larger than the eval size 16x64.*eval_size"):
     pipeline.eval_example((16, 64), 4, "toy")(raw, 0)
+  # Without targets: image, image_size, scale and image_id only, in the example and in the padding.
+  bare, bare_pad = pipeline.eval_example((32, 64), 4, targets=False)(raw, 0), pipeline.eval_padding(
+      (32, 64), 4, targets=False)()
+  assert sorted(bare) == sorted(bare_pad) == ["image", "image_id", "image_size", "scale"]
+  np.testing.assert_array_equal(bare["image"], f["image"])
   # fit=True resizes as training does and says by how much.
   fit = pipeline.eval_example((15, 64), 4, "toy", fit=True)(raw, 0)
   assert fit["image_size"].tolist() == [15, 25] and fit["scale"].tolist() == [0.5, 0.5]
