@@ -121,8 +121,13 @@ def parse_split(source: CocoSplit, errors: list[str]) -> _Parsed:
     errors.append(f"{path}: the categories list is empty: list the object categories ({{'id': 1, 'name': ...}}).")
   images: dict[int, tuple[str, int, int]] = {}
   images_dir = pathlib.Path(source.images_dir)
-  for img in data["images"]:
-    iid, name = int(img["id"]), str(img.get("file_name", ""))
+  for k, img in enumerate(data["images"]):
+    missing = [key for key in ("id", "file_name", "height", "width") if key not in img]
+    if missing:
+      errors.append(f"{path}: images[{k}] ({img.get('file_name', img.get('id', '?'))}) has no {', '.join(missing)}: "
+                    "every image entry needs id, file_name, height and width (COCO's format).")
+      continue
+    iid, name = int(img["id"]), str(img["file_name"])
     if not (images_dir / name).is_file():
       errors.append(f"{path}: image {iid}'s file {images_dir / name} does not exist: put it in {images_dir} (or "
                     "pass that split's images folder), or delete the image and its annotations from the JSON.")

@@ -182,6 +182,12 @@ def test_splits_must_agree_on_categories_and_files_must_exist(tmp_path):
     registry.make_builder("coco", splits={"train": (images_dir, tmp_path / "nope.json")})
   with pytest.raises(ValueError, match="images folder .* does not exist"):
     registry.make_builder("coco", splits={"train": (tmp_path / "nowhere", train)})
+  data = json.loads(train.read_text())
+  del data["images"][0]["height"]
+  train.write_text(json.dumps(data))
+  with pytest.raises(ValueError, match=r"images\[0\] \(a.png\) has no height: every image entry needs id, "
+                     "file_name, height and width"):
+    registry.get_builder("coco", splits={"train": (images_dir, train)}, data_dir=tmp_path / "tfds")
   train.write_text("{not json")
   with pytest.raises(ValueError, match="is not valid JSON"):
     registry.get_builder("coco", splits={"train": (images_dir, train)}, data_dir=tmp_path / "tfds")
