@@ -8,10 +8,8 @@ without any ground truth; jit and vmap.
 
 import functools
 import sys
-import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -161,7 +159,8 @@ def test_rpn_targets_equal_torchvision(tv):
   keys = T.image_keys(jax.random.key(1), 2)
   fn = jax.jit(jax.vmap(functools.partial(T.rpn_targets, num_samples=64), in_axes=(0, None, 0, 0)))
   out = jax.tree.map(np.asarray, fn(keys, anchors, gt, valid))
-  labels, matched_boxes = rpn.assign_targets_to_anchors([t(anchors)] * 2, [dict(boxes=t(g[v])) for g, v in zip(gt, valid)])
+  labels, matched_boxes = rpn.assign_targets_to_anchors([t(anchors)] * 2,
+                                                        [dict(boxes=t(g[v])) for g, v in zip(gt, valid)])
   for i in range(2):
     np.testing.assert_array_equal(out["labels"][i], labels[i].numpy())
     pos = out["labels"][i] == 1
@@ -279,7 +278,9 @@ def inside_boxes(rng, n, h, w, lo, hi):
 def tv_mask_targets(tv, monkeypatch, masks, rois, matched, sampling_ratio):
   from torchvision.models.detection import roi_heads  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(roi_heads, "roi_align", python_roi_align(sampling_ratio))
-  out = [roi_heads.project_masks_on_boxes(t(masks), t(rois[i:i + 1]), t(matched[i:i + 1]), 28) for i in range(len(rois))]
+  # One RoI at a time: the adaptive python RoIAlign holds [RoIs, 28, 28, H, W] samples.
+  out = [roi_heads.project_masks_on_boxes(t(masks), t(rois[i:i + 1]), t(matched[i:i + 1]), 28)
+         for i in range(len(rois))]
   return np.concatenate([o.numpy() for o in out])
 
 
