@@ -46,6 +46,12 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
     ValueError: a bad recipe, a checkpoint of another model or classes, an unknown checkpoint step, a split
       without examples, or ensemble members with another class list.
   """
+  if config.task == "instance":  # COCO AP of detections (segjax.apps.eval_instance)
+    if members:
+      raise ValueError("--member: ensembles average semantic probabilities; instance recipes evaluate one "
+                       "checkpoint. Drop --member.")
+    from segjax.apps import eval_instance  # pylint: disable=import-outside-toplevel
+    return eval_instance.run_eval(config, workdir, split=split, checkpoint_step=checkpoint_step)
   params = inference.InferenceParams.from_config(config)  # a bad inference block fails before any restore
   if config.metrics.convention == "smp_weighted" and config.loss.class_weights is None:
     raise ValueError("config.metrics.convention='smp_weighted' needs class weights (smp's weighted reduction), "

@@ -28,6 +28,9 @@ def config_block() -> ml_collections.ConfigDict:
   b.scale_range = (1.0, 1.0)
   # Weights of torchvision's five losses (all 1 in torchvision and Detectron2).
   b.loss_weights = ml_collections.ConfigDict({k: 1.0 for k in LOSSES})
+  # Evaluation resizes images to fit dataset.eval_size as training resizes them (True), scoring the detections
+  # mapped back to the stored image; False pads only (an image larger than eval_size is then an error).
+  b.eval_resize = False
   # Detections drawn in overlays and written by predict.py's instance-id PNG (COCO AP uses every detection).
   b.score_threshold = 0.5
   # Options of the dataset: COCO-format files, instance-id mask folders (None: not given).
