@@ -37,6 +37,13 @@ def _at_least_one_row(gt_boxes: jax.Array, gt_valid: jax.Array, *more: jax.Array
   return (jnp.zeros((1, 4), gt_boxes.dtype), jnp.zeros((1,), bool), *(jnp.zeros((1,), m.dtype) for m in more))
 
 
+def _usable(gt_boxes: jax.Array, gt_valid: jax.Array) -> jax.Array:
+  """gt_valid without degenerate boxes (width or height <= 0). torchvision's GeneralizedRCNN raises on those; under
+  jit we cannot, and in the Matcher such a box (IoU 0 with everything) would make every anchor whose best IoU is
+  0 a low-quality positive, so it is dropped like padding."""
+  return gt_valid & (gt_boxes[:, 2] > gt_boxes[:, 0]) & (gt_boxes[:, 3] > gt_boxes[:, 1])
+
+
 def image_keys(key: jax.Array, batch_size: int) -> jax.Array:
   """One sampling key per image, fold_in(key, i): [B] keys for vmapping the per-image targets."""
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch_size))
@@ -125,7 +132,7 @@ def rpn_targets(key: jax.Array, anchors: jax.Array, gt_boxes: jax.Array, gt_vali
     key: the image's sampling key.
     anchors: [A, 4] the image's anchors (all levels).
     gt_boxes: [N, 4] ground truth, padded.
-    gt_valid: [N] 1 for a real (non-crowd) box.
+    gt_valid: [N] 1 for a real (non-crowd) box; boxes of zero width or height count as padding.
     fg_iou, bg_iou: the Matcher's thresholds (0.7 / 0.3), low-quality matches allowed.
     num_samples, positive_fraction: the sampler's (256, 0.5).
     weights: BoxCoder weights ((1, 1, 1, 1) in torchvision's RPN).
@@ -138,6 +145,7 @@ def rpn_targets(key: jax.Array, anchors: jax.Array, gt_boxes: jax.Array, gt_vali
   """
   anchors = jnp.asarray(anchors, jnp.float32)
   gt_boxes, gt_valid = _at_least_one_row(jnp.asarray(gt_boxes, jnp.float32), jnp.asarray(gt_valid).astype(bool))
+  gt_valid = _usable(gt_boxes, gt_valid)
   matched = match(box_iou(gt_boxes, anchors), gt_valid, fg_iou, bg_iou, allow_low_quality=True)
   labels = jnp.where(matched >= 0, 1.0, jnp.where(matched == BETWEEN_THRESHOLDS, -1.0, 0.0)).astype(jnp.float32)
   pos, neg = sample_balanced(key, labels, num_samples, positive_fraction)
@@ -163,7 +171,8 @@ def sample_rois(key: jax.Array, proposals: jax.Array, proposal_valid: jax.Array,
     key: the image's sampling key.
     proposals: [P, 4] the RPN's proposals (gradients stopped by the caller).
     proposal_valid: [P] 1 for a real proposal; padded proposals are never sampled.
-    gt_boxes: [N, 4]; gt_classes: [N] int 1..K; gt_valid: [N] 1 for a real (non-crowd) box.
+    gt_boxes: [N, 4]; gt_classes: [N] int 1..K; gt_valid: [N] 1 for a real (non-crowd) box (zero width or
+      height: padding).
     num_samples, positive_fraction: batch_size_per_image (512) and positive_fraction (0.25).
     fg_iou, bg_iou: the Matcher's thresholds (0.5 / 0.5).
     weights: the box head's BoxCoder weights (10, 10, 5, 5).
@@ -177,6 +186,7 @@ def sample_rois(key: jax.Array, proposals: jax.Array, proposal_valid: jax.Array,
   proposals = jnp.asarray(proposals, jnp.float32)
   gt_boxes, gt_valid, gt_classes = _at_least_one_row(
       jnp.asarray(gt_boxes, jnp.float32), jnp.asarray(gt_valid).astype(bool), jnp.asarray(gt_classes, jnp.int32))
+  gt_valid = _usable(gt_boxes, gt_valid)
   boxes = jnp.concatenate([proposals, gt_boxes], axis=0)  # add_gt_proposals
   box_valid = jnp.concatenate([jnp.asarray(proposal_valid).astype(bool), gt_valid], axis=0)
   matched = match(box_iou(gt_boxes, boxes), gt_valid, fg_iou, bg_iou, allow_low_quality=False)
@@ -231,9 +241,12 @@ def mask_targets(gt_masks: jax.Array, matched_gt: jax.Array, rois: jax.Array, si
   if n == 0:
     return jnp.zeros((jnp.shape(rois)[0], size, size), jnp.float32)
   # Each RoI reads only its own mask: the masks are one flat [N*H*W, 1] map and RoI r starts at row
-  # matched_gt[r] * H * W (a gather of R * size^2 * sampling_ratio^2 * 4 values, not R masks of H x W).
-  flat = jnp.asarray(gt_masks, jnp.float32).reshape(n * h * w, 1)
+  # matched_gt[r] * H * W (a gather of R * size^2 * sampling_ratio^2 * 4 values, not R masks of H x W). The map
+  # keeps its dtype (uint8): only the gathered values become float32, never an [N, H, W] float copy (100 COCO
+  # masks of 800 x 1333 would be 430 MB per image). int32 row offsets hold N * H * W < 2^31.
+  gt_masks = jnp.asarray(gt_masks)
+  flat = gt_masks.astype(jnp.uint8).reshape(n * h * w, 1) if gt_masks.dtype == bool else gt_masks.reshape(-1, 1)
   offsets = jnp.clip(jnp.asarray(matched_gt, jnp.int32), 0, n - 1) * (h * w)
   out = roi_align_lib._roi_align_flat(  # pylint: disable=protected-access
       flat, jnp.asarray(rois, jnp.float32), h, w, offsets, jnp.float32(1.0), size, sampling_ratio, False)
-  return out[..., 0]
+  return out[..., 0].astype(jnp.float32)

@@ -178,6 +178,27 @@ def test_rpn_targets_equal_torchvision(tv):
     np.testing.assert_array_equal(single[name], out[name][0])
 
 
+def test_degenerate_ground_truth_counts_as_padding():
+  """A zero-width box (torchvision's GeneralizedRCNN would raise) must not turn every IoU-0 anchor positive."""
+  anchors, gt, valid = rpn_case(1)
+  gt, valid = gt[0], valid[0].copy()
+  degenerate = gt.copy()
+  degenerate[1, 2] = degenerate[1, 0]  # row 1, padding in `valid`, becomes a valid zero-width box
+  marked = valid.copy()
+  marked[1] = True
+  key = jax.random.key(0)
+  want = T.rpn_targets(key, anchors, gt, valid)
+  got = T.rpn_targets(key, anchors, degenerate, marked)
+  for name in ("labels", "sampled_pos", "sampled_neg"):
+    np.testing.assert_array_equal(got[name], want[name])
+  assert (np.asarray(want["labels"]) == 1).sum() < 20
+  classes = np.ones(5, np.int32)
+  want = T.sample_rois(key, anchors[:50], np.ones(50, bool), gt, classes, valid, num_samples=32)
+  got = T.sample_rois(key, anchors[:50], np.ones(50, bool), degenerate, classes, marked, num_samples=32)
+  for name in ("labels", "valid", "index"):
+    np.testing.assert_array_equal(got[name], want[name])
+
+
 # ---------------------------------------------------------------------------------------------------- RoIs
 
 
