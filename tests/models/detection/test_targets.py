@@ -187,14 +187,16 @@ def test_degenerate_ground_truth_counts_as_padding():
   marked = valid.copy()
   marked[1] = True
   key = jax.random.key(0)
-  want = T.rpn_targets(key, anchors, gt, valid)
-  got = T.rpn_targets(key, anchors, degenerate, marked)
+  rpn_targets = jax.jit(T.rpn_targets)
+  want = rpn_targets(key, anchors, gt, valid)
+  got = rpn_targets(key, anchors, degenerate, marked)
   for name in ("labels", "sampled_pos", "sampled_neg"):
     np.testing.assert_array_equal(got[name], want[name])
   assert (np.asarray(want["labels"]) == 1).sum() < 20
   classes = np.ones(5, np.int32)
-  want = T.sample_rois(key, anchors[:50], np.ones(50, bool), gt, classes, valid, num_samples=32)
-  got = T.sample_rois(key, anchors[:50], np.ones(50, bool), degenerate, classes, marked, num_samples=32)
+  sample_rois = jax.jit(functools.partial(T.sample_rois, num_samples=32))
+  want = sample_rois(key, anchors[:50], np.ones(50, bool), gt, classes, valid)
+  got = sample_rois(key, anchors[:50], np.ones(50, bool), degenerate, classes, marked)
   for name in ("labels", "valid", "index"):
     np.testing.assert_array_equal(got[name], want[name])
 
@@ -270,11 +272,25 @@ def test_sample_rois_equals_torchvision(tv, num_samples):
 
 def test_sample_rois_without_ground_truth_samples_only_background():
   proposals, proposal_valid, gt, classes, _ = roi_case(4)
+  sample_rois = jax.jit(functools.partial(T.sample_rois, num_samples=32))
   for gt_, classes_, valid_ in ((gt, classes, np.zeros(4, bool)), (gt[:0], classes[:0], np.zeros(0, bool))):
-    s = T.sample_rois(jax.random.key(0), proposals, proposal_valid, gt_, classes_, valid_, num_samples=32)
+    s = sample_rois(jax.random.key(0), proposals, proposal_valid, gt_, classes_, valid_)
     assert not s["positive"].any() and (s["labels"] == 0).all() and s["valid"].sum() == 32
     assert proposal_valid[np.asarray(s["index"])].all()  # padded proposals are never sampled
     assert np.isfinite(np.asarray(s["regression_targets"])).all()
+
+
+def test_sample_rois_vmapped_equals_per_image():
+  cases = [roi_case(seed) for seed in (5, 6)]
+  stacked = [np.stack(parts) for parts in zip(*cases)]
+  keys = T.image_keys(jax.random.key(9), 2)
+  fn = functools.partial(T.sample_rois, num_samples=24)
+  batched = jax.jit(jax.vmap(fn))(keys, *stacked)
+  for i, case in enumerate(cases):
+    single = jax.jit(fn)(keys[i], *case)
+    for name, value in single.items():
+      np.testing.assert_array_equal(batched[name][i], value, err_msg=name)
+    assert single["positive"].any()
 
 
 # ---------------------------------------------------------------------------------------------------- masks
@@ -325,7 +341,8 @@ def test_mask_targets_against_adaptive_sampling(tv, monkeypatch):
   masks = blob_masks(rng, 2, 64, 64)
   matched = rng.integers(0, 2, 4).astype(np.int32)
   mid = inside_boxes(rng, 4, 64, 64, 29, 56)
-  np.testing.assert_allclose(T.mask_targets(masks, matched, mid, sampling_ratio=2),
+  mask_targets = jax.jit(T.mask_targets, static_argnames=("size", "sampling_ratio"))
+  np.testing.assert_allclose(mask_targets(masks, matched, mid, sampling_ratio=2),
                              tv_mask_targets(tv, monkeypatch, masks, mid, matched, None), atol=1e-5)
   # A checkerboard of 4-px squares inside an ellipse: many boundaries, where the grids differ most.
   masks = blob_masks(rng, 2, 100, 100) * np.kron(np.indices((25, 25)).sum(0) % 2, np.ones((4, 4)))[None]
@@ -334,7 +351,7 @@ def test_mask_targets_against_adaptive_sampling(tv, monkeypatch):
   want = tv_mask_targets(tv, monkeypatch, masks, rois, matched, None)
   errors = {}
   for ratio in (4, 2):
-    got = np.asarray(T.mask_targets(masks, matched, rois, sampling_ratio=ratio))
+    got = np.asarray(mask_targets(masks, matched, rois, sampling_ratio=ratio))
     diff = np.abs(got - want)
     errors[ratio] = diff.mean(), ((got >= 0.5) != (want >= 0.5)).mean()
     print(f"sampling_ratio {ratio}: mean |target - adaptive| {errors[ratio][0]:.4f}, max {diff.max():.3f}, "
