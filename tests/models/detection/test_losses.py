@@ -77,7 +77,7 @@ def test_rpn_losses_equal_compute_loss(tv, valid):
   assert np.asarray(targets["sampled_pos"]).sum() > 0
   losses = lambda o, d: L.rpn_losses(o, d, targets)
   got = jax.jit(losses)(objectness, deltas)
-  grads = jax.grad(lambda o, d: losses(o, d)[0] + 3 * losses(o, d)[1], argnums=(0, 1))(objectness, deltas)
+  grads = jax.jit(jax.grad(lambda o, d: losses(o, d)[0] + 3 * losses(o, d)[1], argnums=(0, 1)))(objectness, deltas)
   want = tv_rpn_losses(tv, anchors, gt, valid, targets, objectness, deltas)
   close(got[0], want[0])
   close(got[1], want[1])
@@ -127,7 +127,7 @@ def test_box_losses_equal_fastrcnn_loss(tv, layout):
   reg = box_regression if layout == "flat" else box_regression.reshape(2, 24, 5, 4)
   losses = lambda lg, br: L.box_losses(lg, br, samples)
   got = jax.jit(losses)(logits, reg)
-  grads = jax.grad(lambda lg, br: losses(lg, br)[0] + 3 * losses(lg, br)[1], argnums=(0, 1))(logits, reg)
+  grads = jax.jit(jax.grad(lambda lg, br: losses(lg, br)[0] + 3 * losses(lg, br)[1], argnums=(0, 1)))(logits, reg)
   want = tv_box_losses(samples, logits, box_regression)
   close(got[0], want[0])
   close(got[1], want[1])
@@ -191,21 +191,22 @@ def test_batch_without_ground_truth_trains_as_background(tv):
   valid = np.zeros((2, 3), bool)
   anchors, gt, rpn_t, objectness, deltas = rpn_batch(3, valid)
   assert not np.asarray(rpn_t["sampled_pos"]).any() and np.asarray(rpn_t["sampled_neg"]).sum() == 2 * 64
-  rpn = jax.value_and_grad(lambda o, d: sum(L.rpn_losses(o, d, rpn_t)), argnums=(0, 1))
+  rpn = jax.jit(jax.value_and_grad(lambda o, d: sum(L.rpn_losses(o, d, rpn_t)), argnums=(0, 1)))
   total, (g_obj, g_del) = rpn(objectness, deltas)
+  got = jax.jit(L.rpn_losses)(objectness, deltas, rpn_t)
   want = tv_rpn_losses(tv, anchors, gt, valid, rpn_t, objectness, deltas)
-  close(L.rpn_losses(objectness, deltas, rpn_t)[0], want[0])
-  assert L.rpn_losses(objectness, deltas, rpn_t)[1] == 0 == want[1]
+  close(got[0], want[0])
+  assert got[1] == 0 == want[1]
   assert np.isfinite(float(total)) and np.isfinite(np.asarray(g_obj)).all() and not np.asarray(g_del).any()
 
   rng = np.random.default_rng(4)
   proposals = int_boxes(rng, 40)
-  fn = jax.vmap(functools.partial(T.sample_rois, num_samples=16), in_axes=(0, None, None, 0, 0, 0))
+  fn = jax.jit(jax.vmap(functools.partial(T.sample_rois, num_samples=16), in_axes=(0, None, None, 0, 0, 0)))
   samples = fn(T.image_keys(jax.random.key(2), 2), proposals, np.ones(40, bool), gt, np.ones((2, 3), np.int32), valid)
   logits = rng.normal(0, 2, (2, 16, 4)).astype(np.float32)
   box_regression = rng.normal(0, 1, (2, 16, 16)).astype(np.float32)
-  (cls_loss, box_loss) = L.box_losses(logits, box_regression, samples)
-  grads = jax.grad(lambda lg, br: sum(L.box_losses(lg, br, samples)), argnums=(0, 1))(logits, box_regression)
+  cls_loss, box_loss = jax.jit(L.box_losses)(logits, box_regression, samples)
+  grads = jax.jit(jax.grad(lambda lg, br: sum(L.box_losses(lg, br, samples)), argnums=(0, 1)))(logits, box_regression)
   want_cls, want_box = fastrcnn_loss(torch.from_numpy(logits.reshape(32, 4)),
                                      torch.from_numpy(box_regression.reshape(32, 16)),
                                      [torch.zeros(16, dtype=torch.int64)] * 2, [torch.zeros(16, 4)] * 2)
@@ -217,7 +218,8 @@ def test_batch_without_ground_truth_trains_as_background(tv):
 def test_padding_never_matters():
   """Changing anything in padded / unsampled rows (logits, targets, labels) leaves every loss as it was."""
   samples, logits, box_regression = box_batch(5, [10, 3])
-  ref = L.box_losses(logits, box_regression, samples)
+  box_losses, rpn_losses = jax.jit(L.box_losses), jax.jit(L.rpn_losses)
+  ref = box_losses(logits, box_regression, samples)
   rng = np.random.default_rng(0)
   pad = ~samples["valid"]
   logits2, reg2 = logits.copy(), box_regression.copy()
@@ -225,7 +227,7 @@ def test_padding_never_matters():
   reg2[pad] = rng.normal(0, 50, reg2[pad].shape)
   samples2 = dict(samples, labels=np.where(pad, 3, samples["labels"]).astype(np.int32),
                   regression_targets=np.where(pad[..., None], -5.0, samples["regression_targets"]).astype(np.float32))
-  for a, b in zip(ref, L.box_losses(logits2, reg2, samples2)):
+  for a, b in zip(ref, box_losses(logits2, reg2, samples2)):
     assert a == b and np.isfinite(float(a))
   # RPN: unsampled anchors' objectness / deltas / targets, and non-positive anchors' deltas, do not count.
   _, _, rpn_t, objectness, deltas = rpn_batch(6, np.array([[1, 1, 0]], bool))
@@ -235,5 +237,5 @@ def test_padding_never_matters():
   obj2[~sampled] = 1e4
   del2[~pos] = np.nan
   rpn_t2 = dict(rpn_t, regression_targets=np.where(pos[..., None], rpn_t["regression_targets"], np.inf))
-  for a, b in zip(L.rpn_losses(objectness, deltas, rpn_t), L.rpn_losses(obj2, del2, rpn_t2)):
+  for a, b in zip(rpn_losses(objectness, deltas, rpn_t), rpn_losses(obj2, del2, rpn_t2)):
     assert a == b and np.isfinite(float(a))
