@@ -9,9 +9,9 @@ Proposals, per image (torchvision's filter_proposals):
   4. NMS at `nms_thresh` (0.7) within each level (batched by level), the best `post_nms_top_n` kept in
      descending score order.
 Dropping is a `valid` mask and the output always has `post_nms_top_n` rows (padding rows are zero boxes, invalid),
-so everything jits. Of equal objectness logits top-k takes the lower anchor index first (torch.topk leaves the order
-of ties unspecified; with real-valued logits ties do not occur in practice). The proposals carry no gradient (torchvision detaches them): the second stage's losses train
-the box head only, the RPN's own losses train the RPN.
+so everything jits. Of equal objectness logits top-k takes the lower anchor index first (torch.topk leaves the
+order of ties unspecified; real-valued logits do not tie in practice). The proposals carry no gradient
+(torchvision detaches them): the second stage's losses train the box head only, the RPN's own losses the RPN.
 """
 
 from __future__ import annotations
