@@ -12,8 +12,8 @@ LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_re
 DATASET_OPTIONS = {
     "instance_shapes": (),
     "coco": ("splits", "name"),
-    "instance_folder": ("images_dir", "masks_dir", "class_names", "classes_dir", "id_classes", "ignore_id",
-                        "split_fractions", "split_files", "name"),
+    "instance_folder": ("images_dir", "masks_dir", "class_names", "classes_dir", "id_classes",
+                        "validation_fraction", "split_files", "name"),
 }
 
 

@@ -1,0 +1,164 @@
+"""The instance task (Mask R-CNN) on the shared core: one step on 8 devices equals one on 1 device; train.py is
+SIGKILLed and resumes bitwise; the evaluation during training reports COCO AP equal to feeding pycocotools the
+same detections image by image; frozen parameters never move; bad recipes are refused with the key to change."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from segjax import checkpoint as checkpoint_lib
+from segjax import config as config_lib
+from segjax import experiment, forward
+from segjax.data import pipeline
+from segjax.evaluation import coco
+from segjax.evaluation import instance as instance_eval
+from segjax.training import loop, steps
+from tests.conftest import REPO
+
+RECIPE = REPO / "tests" / "tasks" / "instance_recipe.py"
+
+
+def _config(data_dir, **overrides):
+  config = config_lib.load_recipe(str(RECIPE))
+  config.dataset.data_dir = data_dir
+  for key, value in overrides.items():
+    node, *path = key.split(".")
+    target = config
+    for part in [node, *path][:-1]:
+      target = target[part]
+    target[[node, *path][-1]] = value
+  return config
+
+
+def _first_batch(exp):
+  source = exp.task.data_source("train")
+  ds = pipeline.train_dataset(source, exp.task.train_transform(exp), batch_size=exp.config.batch_size, seed=0)
+  return next(iter(ds))
+
+
+def _one_step(config, devices, batch):
+  exp = experiment.build(config, devices)
+  state = exp.init_state()
+  init = jax.device_get(state.params)  # before the step donates the state
+  specs = exp.task.batch_specs(exp)
+  glob = pipeline.to_global(batch, exp.mesh, exp.config.batch_size, specs)
+  new_state, out = steps.jit_train_step(exp)(state, glob)
+  return init, jax.device_get(new_state.params), jax.device_get(out)
+
+
+def test_one_step_on_8_devices_equals_1_device(instance_data_dir):
+  assert jax.device_count() == 8
+  # SGD (Mask R-CNN's optimiser): its update is proportional to the gradient, so the parameters compare the
+  # gradients. Adam's first update is lr * g / |g|, which turns a gradient of 1e-9 (rounding noise around 0 that
+  # differs with the reduction order over devices) into a full step of either sign.
+  config = _config(instance_data_dir, **{"optimizer.name": "sgd", "optimizer.learning_rate": 0.02})
+  batch = _first_batch(experiment.build(config, jax.devices()[:1]))
+  assert batch["valid"].sum() > 0 and batch["masks"].shape == (8, 8, 64, 64)
+  init, p1, m1 = _one_step(config, jax.devices()[:1], batch)
+  _, p8, m8 = _one_step(config, jax.devices(), batch)
+  for key in ("loss", "loss_objectness", "loss_classifier", "loss_box_reg", "loss_mask"):
+    np.testing.assert_allclose(m1[key], m8[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  assert np.isfinite(m1["loss"]) and m1["num_positive_rois"] > 0
+  chex.assert_trees_all_close(p1, p8, rtol=1e-5, atol=1e-5)
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(p1)))
+
+
+def test_bad_instance_recipes_name_the_key(instance_data_dir, tmp_path):
+  cases = [({"model.name": "unet"}, "model.name"), ({"dataset.crop_size": (60, 64)}, "multiples of 32"),
+           ({"dataset.name": "shapes"}, "instance datasets are"), ({"instance.max_instances": 0}, "max_instances")]
+  for overrides, message in cases:
+    config = _config(instance_data_dir)
+    with pytest.raises(ValueError, match=message):
+      for key, value in overrides.items():
+        node, leaf = key.split(".")
+        config[node][leaf] = value
+      experiment.build(config, jax.devices()[:1])
+  config = _config(instance_data_dir, **{"instance.max_instances": 4})  # instance_shapes holds up to 6
+  with pytest.raises(ValueError, match="config.instance.max_instances"):
+    loop.train_and_evaluate(config, tmp_path / "run", progress=False)
+  assert not list((tmp_path / "run").glob("checkpoints/*"))
+
+
+def _train_cli(workdir, data_dir, env, log):
+  args = [sys.executable, str(REPO / "train.py"), f"--config={RECIPE}", f"--workdir={workdir}",
+          f"--config.dataset.data_dir={data_dir}"]
+  with log.open("w") as out:
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _logged_steps(workdir):
+  try:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  except FileNotFoundError:
+    return []
+  return [r["step"] for r in map(json.loads, [line for line in lines if line.endswith("}")]) if "loss" in r]
+
+
+def _final_state(workdir, config):
+  ckpt = checkpoint_lib.Checkpointer(workdir)
+  try:
+    step = ckpt.latest_step()
+    return step, jax.device_get(ckpt.restore(step, experiment.build(config).abstract_state()))
+  finally:
+    ckpt.close()
+
+
+@pytest.mark.slow
+def test_instance_task_survives_sigkill_resumes_bitwise_and_scores_coco_ap(instance_data_dir, cli_env, tmp_path):
+  config = _config(instance_data_dir)
+  loop.train_and_evaluate(config, tmp_path / "reference", progress=False)
+
+  workdir = tmp_path / "killed"
+  proc = _train_cli(workdir, instance_data_dir, cli_env, tmp_path / "first.log")
+  deadline = time.monotonic() + 300
+  while max(_logged_steps(workdir), default=0) < 10 and proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+  assert proc.poll() is None, "train.py finished (or failed) before the kill: " + (tmp_path / "first.log").read_text()
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert max(_logged_steps(workdir)) < config.num_train_steps
+  second = _train_cli(workdir, instance_data_dir, cli_env, tmp_path / "second.log")
+  assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()
+  assert "Resumed from step" in (tmp_path / "second.log").read_text()
+
+  step, resumed = _final_state(workdir, config)
+  ref_step, reference = _final_state(tmp_path / "reference", config)
+  assert step == ref_step == config.num_train_steps
+  for name in ("step", "params", "opt_state", "batch_stats"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(reference, name), getattr(resumed, name))
+  # The stem of the small backbone trains here (frozen_bn=False); every loss term was logged each step.
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if "loss" in r] == list(range(1, config.num_train_steps + 1))
+  assert all(np.isfinite(r["train_loss_mask"]) for r in records if "loss" in r)
+  evals = [r for r in records if "eval/box_AP" in r]
+  assert [r["step"] for r in evals] == [config.num_train_steps]
+
+  # The evaluator's AP equals pycocotools fed the same detections one image at a time, each image's detections
+  # computed alone at its own (padded) size: no image lost, doubled or mixed up by batching and padding.
+  exp = experiment.build(config)
+  state = jax.device_put(resumed, exp.state_sharding)
+  result = exp.task.evaluator(exp).evaluate(state, config.eval_split, progress=False)
+  assert evals[-1]["eval/box_AP"] == result.scalars["box_AP"]
+  source = exp.task.data_source(config.eval_split)
+  example, _ = instance_eval.eval_functions((128, 128), config.instance.max_instances, "instance_shapes", fit=False)
+  variables = forward.variables(resumed.params, resumed.batch_stats)
+  reference_eval = coco.CocoEvaluator(exp.task.object_class_names(exp.spec))
+  for index in range(len(source)):
+    ex = example(source[index], index)
+    dets = instance_eval.detect(exp, variables, ex["image"][None], ex["image_size"][None])
+    reference_eval.add(ex, {k: np.asarray(v)[0] for k, v in dets.items()})
+  expected = reference_eval.summarize()
+  assert result.details["result"]["num_images"] == len(source) == 16
+  for key in ("box", "mask"):
+    for name, value in expected[key].items():
+      got = result.details["result"][key][name]
+      assert (np.isnan(value) and np.isnan(got)) or abs(value - got) < 1e-9, (key, name, value, got)
