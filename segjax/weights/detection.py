@@ -98,11 +98,13 @@ def from_torchvision(state: Mapping[str, np.ndarray]) -> tuple[dict[Path, np.nda
   return params, batch_stats, sources, unused
 
 
-def _shape_hint(path: Path, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str:
-  if path[0] == "box_predictor" and path[1] == "cls_score" and path[-1] == "bias":
-    return (f" The file has {file_shape[0]} classes with background: set the model's num_classes "
-            f"(object classes, background not counted) to {file_shape[0] - 1}.")
+def _shape_hint(path: Path, got: dict[Path, np.ndarray]) -> str:
+  """What to change in the model so that the file's array at `path` fits."""
   if path[0] in ("box_predictor", "mask_predictor"):
+    classes = got.get(("box_predictor", "cls_score", "bias"))
+    if classes is not None:
+      return (f" The file has {classes.shape[0]} classes with background: set the model's num_classes (object "
+              f"classes, background not counted) to {classes.shape[0] - 1}.")
     return " The number of classes differs: set num_classes to the file's (its cls_score has K + 1 rows)."
   if path[0] == "box_head":
     return " Set the model's representation_size (and fpn_channels) to the file's."
@@ -149,9 +151,9 @@ def load_torchvision_detection(source: str | Mapping[str, np.ndarray], params: M
     for path, value in flat.items():
       if tuple(np.shape(value)) != got[path].shape:
         key = sources[(collection, *path)]
-        raise ValueError(f"{where}: {key} has shape {tuple(state_shape(state, key))} (segjax {got[path].shape}) "
-                         f"but the model's {collection} {'/'.join(path)} is {tuple(np.shape(value))}."
-                         f"{_shape_hint(path, got[path].shape, tuple(np.shape(value)))}")
+        raise ValueError(f"{where}: {key} (shape {state_shape(state, key)}; {got[path].shape} in segjax's layout) "
+                         f"does not fit the model's {collection} {'/'.join(path)} of shape {tuple(np.shape(value))}."
+                         f"{_shape_hint(path, got)}")
     out[collection] = traverse_util.unflatten_dict({p: got[p] for p in flat})
   leftover = [k for k in unused if not k.endswith("num_batches_tracked")]
   if leftover:
