@@ -160,3 +160,19 @@ def test_trainable_mask_is_torchvision_requires_grad(layers, frozen_bn):
   # Outside the body everything trains.
   head = trainable_mask({"rpn": {"conv": {"kernel": 0}}, "backbone": {"fpn": {"x": {"bias": 0}}}})
   assert jax.tree.leaves(head) == [True, True]
+
+
+def test_bfloat16_compute_gives_float32_outputs(variables):
+  """dtype=bfloat16 computes in bfloat16 with float32 parameters; boxes, scores, masks and losses stay float32
+  (shapes and dtypes by eval_shape: no compilation)."""
+  model = TINY(dtype=jnp.bfloat16)
+  images, targets = batch()
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+  assert {k: v.dtype for k, v in out.items()} == {"boxes": jnp.float32, "scores": jnp.float32,
+                                                   "classes": jnp.int32, "valid": jnp.bool_, "masks": jnp.float32}
+  losses, _ = jax.eval_shape(lambda v, x, t: model.apply(v, x, train=True, targets=t, mutable=["batch_stats"],
+                                                         rngs={"sampling": jax.random.key(0)}),
+                             variables, images, targets)
+  assert all(v.dtype == jnp.float32 for k, v in losses.items() if k != "stats")
+  assert jax.tree.map(lambda p: p.dtype, variables["params"]) == jax.tree.map(
+      lambda p: p.dtype, jax.eval_shape(lambda: init(model))["params"])
