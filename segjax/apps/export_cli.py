@@ -44,6 +44,17 @@ def main(argv: list[str]) -> None:
     print(f"Wrote the TensorFlow SavedModel {out}")
     return
   recipe = f["config"].config_filename if hasattr(f["config"], "config_filename") else None
+  if f.config.task == "instance":  # fixed-size detections (segjax.serving.export_instance)
+    from segjax.serving import export_instance  # pylint: disable=import-outside-toplevel
+    out = export_instance.export_checkpoint(f.config, f.workdir, f.out, step=f.step,
+                                            batch=1 if f.batch == "b" else f.batch, height=f.height,
+                                            width=f.width, platforms=f.platforms, recipe=recipe)
+    meta = serving.read_meta(out)
+    print(f"Wrote {out / serving.EXPORTED_FILE} ({meta['exported_bytes'] / 2**20:.1f} MiB) and "
+          f"{out / serving.META_FILE}: input uint8 {tuple(meta['input']['shape'])} + image_sizes, outputs "
+          f"{list(meta['outputs'])}.\nLoad it with: from segjax import serving; model = serving.load({str(out)!r}); "
+          "model(images, image_sizes)")
+    return
   out = export.export_checkpoint(f.config, f.workdir, f.out, step=f.step, batch=f.batch, height=f.height,
                                  width=f.width, outputs=f.outputs, platforms=f.platforms, recipe=recipe)
   meta = serving.read_meta(out)

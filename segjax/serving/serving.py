@@ -135,6 +135,42 @@ class ExportedSegmenter:
             f"{self.num_classes} classes, input {tuple(i['shape'])} uint8, platforms {self.exported.platforms})")
 
 
+class ExportedDetector:
+  """A deserialized instance export (segjax.serving.export_instance): call it on uint8 images of its fixed size.
+
+  Attributes:
+    path, meta, exported: as ExportedSegmenter.
+    class_names: the K object classes (class id k names class_names[k - 1]).
+    size: the (height, width) it takes; smaller images are zero-padded bottom/right, their sizes passed.
+  """
+
+  def __init__(self, path: pathlib.Path, meta: dict[str, Any], exported: Any):
+    self.path, self.meta, self.exported = path, meta, exported
+    self.class_names: tuple[str, ...] = tuple(meta["class_names"])
+    self.size = (int(meta["input"]["height"]["fixed"]), int(meta["input"]["width"]["fixed"]))
+    self._call = jax.jit(exported.call)
+
+  def __call__(self, images: Any, image_sizes: Any = None) -> dict[str, np.ndarray]:
+    """images uint8 [B, H, W, 3] (H, W = `size`), image_sizes int32 [B, 2] (default: all of H, W) ->
+    {"boxes", "scores", "classes", "valid"[, "masks"]} (numpy; rows with valid False are padding).
+
+    Raises:
+      ValueError: images of another dtype, rank or size, naming the fix.
+    """
+    images = np.asarray(images)
+    where = self.path / EXPORTED_FILE
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (*self.size, 3):
+      raise ValueError(f"{where} takes uint8 images [B, {self.size[0]}, {self.size[1]}, 3], got {images.dtype} "
+                       f"{images.shape}: pad smaller images with zeros at the bottom/right to {self.size} and pass "
+                       "their true sizes as image_sizes (larger ones: resize first, or export with --height/--width).")
+    batch = self.meta["input"]["batch"]
+    if isinstance(batch, int) and images.shape[0] != batch:
+      raise ValueError(f"{where} was exported for batches of exactly {batch}, got {images.shape[0]}.")
+    if image_sizes is None:
+      image_sizes = np.tile(np.asarray(self.size, np.int32), (images.shape[0], 1))
+    return {k: np.asarray(v) for k, v in self._call(images, np.asarray(image_sizes, np.int32)).items()}
+
+
 def read_meta(path: str | pathlib.Path) -> dict[str, Any]:
   """The parsed model.json of export directory `path`, checked for format and version.
 
@@ -168,7 +204,7 @@ def read_meta(path: str | pathlib.Path) -> dict[str, Any]:
   return meta
 
 
-def load(path: str | pathlib.Path) -> ExportedSegmenter:
+def load(path: str | pathlib.Path) -> ExportedSegmenter | ExportedDetector:
   """Loads the export directory `path` (model.jaxexport + model.json).
 
   Raises:
@@ -196,4 +232,6 @@ def load(path: str | pathlib.Path) -> ExportedSegmenter:
     raise ValueError(f"{exported_file} was exported for platforms {list(exported.platforms)}, but this process runs "
                      f"on {backend!r}: export again with --platforms={','.join((*exported.platforms, runnable[0]))}, "
                      f"or run where one of those platforms is the default backend (JAX_PLATFORMS).")
+  if meta.get("task") == "instance":
+    return ExportedDetector(path, meta, exported)
   return ExportedSegmenter(path, meta, exported)
