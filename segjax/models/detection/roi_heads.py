@@ -11,9 +11,11 @@ segjax.weights.detection permutes fc6's input rows when it imports torchvision w
 Post-processing (torchvision's RoIHeads.postprocess_detections), per image: softmax scores, per-class boxes decoded
 with weights (10, 10, 5, 5) and clipped, the background column dropped, (proposal, class) pairs with score >
 0.05 and width and height >= 1e-2 kept, NMS per class at 0.5, the best `detections_per_img` (100) by score.
-Static shapes: before the NMS only the `candidates` best-scoring valid pairs are kept (the NMS walk is linear in
-its input per kept box). That is exact when at most `candidates` pairs pass the score threshold; the default
-(4096) holds for trained models, whose per-image pairs above 0.05 number in the hundreds to low thousands.
+Static shapes: before the NMS only the `candidates` best-scoring valid pairs are kept, because the NMS walk costs
+one pass over its input per step and R * K pairs (1000 x 90 on COCO) would be too many. That is exact when at
+most `candidates` pairs pass the score threshold (tests/models/detection/test_roi_heads.py checks the bound);
+beyond it the lowest-scoring pairs are dropped before the NMS instead of after it, which can only change
+detections scoring below the 4096th best pair.
 """
 
 from __future__ import annotations

@@ -144,11 +144,10 @@ def test_training_losses_and_gradients(variables):
 @pytest.mark.parametrize("layers,frozen_bn", [(3, True), (0, True), (5, False), (2, False)])
 def test_trainable_mask_is_torchvision_requires_grad(layers, frozen_bn):
   torchvision = import_torchvision()
-  from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor  # pylint: disable=import-outside-toplevel
-  from torchvision.ops.misc import FrozenBatchNorm2d  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
-  norm = FrozenBatchNorm2d if frozen_bn else torch.nn.BatchNorm2d
-  backbone = _resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=norm), layers)
+  norm = torchvision.ops.misc.FrozenBatchNorm2d if frozen_bn else torch.nn.BatchNorm2d
+  extractor = torchvision.models.detection.backbone_utils._resnet_fpn_extractor  # pylint: disable=protected-access
+  backbone = extractor(torchvision.models.resnet50(norm_layer=norm), layers)
   requires_grad = {f"backbone.{k}": p.requires_grad for k, p in backbone.named_parameters()}
   state = {f"backbone.{k}": v.numpy() for k, v in backbone.state_dict().items()}
   params, _, sources, _ = from_torchvision(state)
