@@ -138,6 +138,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 1e-4
   c.optimizer.momentum = 0.9  # sgd only
   c.optimizer.poly_power = 0.9
+  c.optimizer.boundaries = ()  # "step": steps at which the rate is multiplied by decay_factor (Detectron2's STEPS)
+  c.optimizer.decay_factor = 0.1
   c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
 
   # Gradient accumulation: each step splits its global batch into this many microbatches, run one after another
@@ -254,8 +256,13 @@ def validate(config: ml_collections.ConfigDict) -> "Settings":
     fail("conv_backend", config.conv_backend, f"choose one of {list(conv_lib.BACKENDS)}")
   if config.optimizer.name not in ("adamw", "adam", "sgd"):
     fail("optimizer.name", config.optimizer.name, "choose adamw, adam or sgd")
-  if config.optimizer.schedule not in ("cosine", "constant", "poly"):
-    fail("optimizer.schedule", config.optimizer.schedule, "choose cosine, constant or poly")
+  if config.optimizer.schedule not in ("cosine", "constant", "poly", "step"):
+    fail("optimizer.schedule", config.optimizer.schedule, "choose cosine, constant, poly or step")
+  boundaries = tuple(config.optimizer.boundaries)
+  if config.optimizer.schedule == "step" and (
+      not boundaries or list(boundaries) != sorted(boundaries)
+      or not all(config.optimizer.warmup_steps < b for b in boundaries)):
+    fail("optimizer.boundaries", boundaries, "give increasing steps after the warm-up, e.g. (60000, 80000)")
   if config.loss.aux_weight < 0:
     fail("loss.aux_weight", config.loss.aux_weight, "must be >= 0")
   if config.loss.ce_weight < 0 or config.loss.dice_weight < 0 or (
@@ -305,6 +312,8 @@ class OptimizerSettings:
   momentum: float
   poly_power: float
   grad_clip_norm: float
+  boundaries: tuple[int, ...]
+  decay_factor: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,7 +362,9 @@ def settings(config: ml_collections.ConfigDict) -> Settings:
   loss = _section(LossSettings, config.loss)
   if loss.class_weights is not None:
     loss = dataclasses.replace(loss, class_weights=tuple(float(w) for w in loss.class_weights))
-  return Settings(loop=_section(LoopSettings, config), optimizer=_section(OptimizerSettings, config.optimizer),
+  optimizer = _section(OptimizerSettings, config.optimizer)
+  optimizer = dataclasses.replace(optimizer, boundaries=tuple(int(b) for b in optimizer.boundaries))
+  return Settings(loop=_section(LoopSettings, config), optimizer=optimizer,
                   loss=loss, augment=augment.from_config(config.augment))
 
 

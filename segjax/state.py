@@ -48,6 +48,10 @@ def make_schedule(opt, num_steps: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, max(num_steps, warmup + 1))
   if opt.schedule == "poly":  # DeepLab's "poly" policy: lr * (1 - t/T)^power
     main = optax.polynomial_schedule(lr, 0.0, opt.poly_power, max(num_steps - warmup, 1))
+  elif opt.schedule == "step":  # Detectron2's / torchvision's MultiStepLR: x decay_factor at each boundary step
+    # join_schedules hands the main schedule steps counted from the end of the warm-up; the boundaries are
+    # steps of the run, as in Detectron2's STEPS.
+    main = optax.piecewise_constant_schedule(lr, {int(b) - warmup: float(opt.decay_factor) for b in opt.boundaries})
   else:
     main = optax.constant_schedule(lr)
   if not warmup:

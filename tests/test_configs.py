@@ -11,6 +11,7 @@ from flax import traverse_util
 
 from segjax import config as config_lib
 from segjax import experiment, models
+from segjax.tasks import instance as instance_task
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "configs").glob("*.py"))
@@ -28,7 +29,9 @@ def test_the_readme_recipes_exist():
 
 
 def test_every_registry_model_has_a_recipe():
-  assert {load(p).model.name for p in RECIPES} == set(models.MODELS)
+  configs = [load(p) for p in RECIPES]
+  assert {c.model.name for c in configs if c.task == "semantic"} == set(models.MODELS)
+  assert {c.model.name for c in configs if c.task == "instance"} == set(instance_task.MODELS)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -36,9 +39,12 @@ def test_recipe_builds(path, tmp_path):
   config = load(path)
   if config.dataset.name == "folder":  # configs/folder.py takes the folders and classes from flags
     _fill_folder_keys(config, tmp_path)
+  if config.dataset.name in ("coco", "instance_folder"):  # instance data are read (prepared) to know the classes
+    _fill_instance_keys(config, tmp_path)
   config_lib.validate(config)
   config.num_train_steps, config.batch_size, config.seed = 7, 8, 123
-  config.dataset.manual_dir = "/some/dir"
+  if config.task == "semantic":
+    config.dataset.manual_dir = "/some/dir"
   with pytest.raises(AttributeError):  # locked: a misspelt key is an error, not a silent no-op
     config.num_train_step = 7
   exp = experiment.build(config)
@@ -46,6 +52,29 @@ def test_recipe_builds(path, tmp_path):
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   assert n_params > 0
   assert state.step.shape == ()
+
+
+def _fill_instance_keys(config, root):
+  """A one-image COCO-format dataset / Penn-Fudan-style folder standing in for the recipe's data."""
+  import json  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from tests.data.instance.common import write_folder  # pylint: disable=import-outside-toplevel
+  config.dataset.data_dir = str(root / "tfds")
+  config.dataset.manual_dir = None
+  if config.dataset.name == "instance_folder":
+    write_folder(root)
+    config.instance.dataset.images_dir = str(root / "PNGImages")
+    config.instance.dataset.masks_dir = str(root / "PedMasks")
+    return
+  (root / "images").mkdir()
+  Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "images" / "a.png")
+  ann = {"images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 24}],
+         "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "dog"}],
+         "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "iscrowd": 0, "area": 30.0,
+                          "bbox": [2, 3, 6, 5], "segmentation": [[2, 3, 8, 3, 8, 8, 2, 8]]}]}
+  (root / "instances.json").write_text(json.dumps(ann))
+  pair = (str(root / "images"), str(root / "instances.json"))
+  config.instance.dataset.splits = {"train": pair, "validation": pair}
 
 
 def _fill_folder_keys(config, root):

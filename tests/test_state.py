@@ -41,3 +41,17 @@ def test_frozen_parameters_stay_and_the_others_follow_the_plain_optimiser(name):
   for a, b in zip(jax.tree.leaves(s.params["head"]), jax.tree.leaves(head)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   assert not np.allclose(np.asarray(s.params["head"]["kernel"]), np.asarray(params["head"]["kernel"]))
+
+
+def test_step_schedule_is_detectron2s_warmup_then_multistep():
+  # Detectron2 / torchvision 1x: linear warm-up over 1000 steps (here from 0), x0.1 at steps 60000 and 80000.
+  opt = types.SimpleNamespace(learning_rate=0.02, schedule="step", warmup_steps=1000, boundaries=(60000, 80000),
+                              decay_factor=0.1, poly_power=0.9)
+  schedule = state_lib.make_schedule(opt, 90000)
+
+  def reference(t):  # written from the definition
+    if t < 1000:
+      return 0.02 * t / 1000
+    return 0.02 * 0.1 ** sum(t >= b for b in (60000, 80000))
+  for t in (0, 1, 500, 999, 1000, 1001, 59999, 60000, 60001, 79999, 80000, 89999):
+    np.testing.assert_allclose(float(schedule(t)), reference(t), rtol=1e-4, err_msg=str(t))  # float32
