@@ -27,7 +27,7 @@ def get_config():
       rpn_pre_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_train=200,
       rpn_post_nms_top_n_test=100, rpn_batch_size_per_image=128, box_batch_size_per_image=64,
       detections_per_img=20)
-  c.num_train_steps, c.batch_size, c.eval_batch_size = 3000, 8, 20
+  c.num_train_steps, c.batch_size, c.eval_batch_size = 2000, 8, 20
   c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 25, 250, 0
   c.optimizer.name, c.optimizer.learning_rate, c.optimizer.warmup_steps = "adamw", 2e-3, 100
   c.optimizer.weight_decay = 1e-4
