@@ -17,7 +17,7 @@ torchvision's C++ operators do not load beside the CPU torch (tests/conftest.py)
 replaced by references: `nms_reference` below (the CPU kernel in numpy float32, vectorised per kept box) and
 torchvision's own pure-Python RoIAlign, given the kernel's zero for samples beyond the map's edge. Stages are
 compared in order (FPN features, RPN proposals, detections with their masks) so that a failure says where the
-models part.
+models part; the training branch's losses are compared with torchvision's training forward pass.
 """
 
 from __future__ import annotations
