@@ -96,9 +96,14 @@ class MaskRCNN(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  @property
+  def size_divisor(self) -> int:
+    """Input heights and widths must be multiples of it (segjax.models' hook): P5 has stride 32."""
+    return 32
+
   def _check(self, images: jax.Array) -> None:
     check_images(images, "MaskRCNN")
-    check_divisible(images, "MaskRCNN", 32, " (the FPN's coarsest level P5 has stride 32)")
+    check_divisible(images, "MaskRCNN", self.size_divisor, " (the FPN's coarsest level P5 has stride 32)")
     if self.num_classes < 1:
       raise ValueError(f"MaskRCNN num_classes (object classes, background not counted) must be >= 1, "
                        f"got {self.num_classes}")

@@ -91,6 +91,7 @@ def test_faster_rcnn_has_no_mask_head():
 
 
 def test_input_checks(variables):
+  assert TINY().size_divisor == 32
   with pytest.raises(ValueError, match="divisible by 32"):
     TINY().init(jax.random.key(0), jnp.zeros((1, 64, 48, 3)), train=False)
   with pytest.raises(ValueError, match="num_classes"):
