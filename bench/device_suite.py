@@ -16,7 +16,9 @@ crash or a compile that runs too long cannot spoil the next, and the time budget
    MFU against the chip's dense peak, device memory -- then the PyTorch twin eager (NCHW) and channels_last;
 2. the host input pipeline (segjax.data.pipeline on grain: PNG decode, ignore -> weight, crop, batch) on the
    machine's CPU cores, CamVid-size frames, against the steps' consumption;
-3. per case: the PyTorch twin under torch.compile (the slowest to prepare, so last).
+3. Mask R-CNN ResNet-50-FPN (bench/maskrcnn.py): segjax's train step and inference against torchvision's, bfloat16,
+   batch 4 of 800x800;
+4. per case: the PyTorch twin under torch.compile (the slowest to prepare, so last).
 Every ratio is segjax's images/s over PyTorch's at the same batch, dtype and machine in the same run (> 1:
 segjax is faster). `--budget_s` bounds the whole run: parts that no longer fit are skipped and named, and the
 JSON and markdown tables in `--out` (default $OUT) are rewritten after every part, so a run stopped early still
@@ -190,6 +192,17 @@ class Report:
       if "first_s" in r and r["mode"] == "compile":
         lines.append(f"- torch.compile {r['model']} {r['dtype']}: first step {r['first_s']:.0f} s")
     lines.append("")
+    detections = [r for r in self.records if r.get("kind") == "detection"]
+    if detections:
+      lines += ["Mask R-CNN (bench/maskrcnn.py: torchvision's 1x COCO configuration on both sides, the same images "
+                "and targets):", "", "| model | batch x HxW | dtype | mode | segjax img/s | torchvision img/s | "
+                "segjax / torchvision |", "|---|---|---|---|---|---|---|"]
+      for r in (r for r in detections if r["framework"] == "segjax"):
+        tv = [t for t in detections if t["framework"] == "torchvision" and t["mode"] == r["mode"]]
+        cells = [f"{tv[0]['images_per_s']:.2f}", f"{tv[0]['step_s'] / r['step_s']:.2f}"] if tv else ["-", "-"]
+        lines.append(f"| {r['model']} | {r['batch']} x {r['size'][0]}x{r['size'][1]} | {r['dtype']} | {r['mode']} | "
+                     f"{r['images_per_s']:.2f} | " + " | ".join(cells) + " |")
+      lines.append("")
     impl = next((r for r in self.records if r.get("kind") == "pipeline_impl"), None)
     if impl:
       lines.append(f"Input pipeline: {impl['impl']}{' (' + impl['reason'] + ')' if impl['reason'] else ''}, "
@@ -227,7 +240,8 @@ class Suite:
   def left(self) -> float:
     return self.args.budget_s - (time.perf_counter() - self.start)
 
-  def run(self, what: str, title: str, argv: list[str], limit: float | None = None, need: float = 10.0) -> bool:
+  def run(self, what: str, title: str, argv: list[str], limit: float | None = None, need: float = 10.0,
+          script: pathlib.Path = WORKER) -> bool:
     left = self.left()
     if left < need:
       self.report.skipped.append({"what": title, "reason": f"skipped: {max(left, 0):.0f} s of the budget left"})
@@ -243,7 +257,7 @@ class Suite:
       # programs: XLA:CPU's expensive optimisation passes would take most of the smoke run's time.
       env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     print(f"[{time.perf_counter() - self.start:5.0f} s] {title} (limit {timeout:.0f} s)", flush=True)
-    cmd = [sys.executable, str(WORKER), what, *argv]
+    cmd = [sys.executable, str(script), *([what] if script == WORKER else []), *argv]
     try:
       proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False)
       out, err, rc = proc.stdout, proc.stderr, proc.returncode
@@ -256,7 +270,7 @@ class Suite:
         record = json.loads(line[len("RESULT "):])
         self.report.records.append(record)
         got += 1
-        if record.get("kind") in ("step", "pipeline"):
+        if record.get("kind") in ("step", "pipeline", "detection"):
           print("    " + _summary(record), flush=True)
     if rc != 0:
       tail = (err or "").strip().splitlines()[-1:] or [""]
@@ -273,6 +287,9 @@ def _summary(r: dict[str, Any]) -> str:
     return f"{r.get('model', 'pipeline')} {what}: {r['error']}"
   if r["kind"] == "pipeline":
     return f"pipeline {r['workers']} workers: {r['images_per_s']:.1f} img/s"
+  if r["kind"] == "detection":
+    return (f"{r['model']} {r['framework']} {r['mode']} {r['dtype']} batch {r['batch']}: "
+            f"{r['images_per_s']:.2f} img/s ({1e3 * r['step_s']:.1f} ms)")
   extra = f", MFU {100 * r['mfu']:.1f}%" if r.get("mfu") else ""
   return (f"{r['model']} {r['framework']} {r['mode']} {r['dtype']} batch {r['batch']}: "
           f"{r['images_per_s']:.1f} img/s ({1e3 * r['step_s']:.1f} ms){extra}")
@@ -351,6 +368,12 @@ def main(argv=None) -> int:
   suite.run("pipeline", "input pipeline", ["--cases", json.dumps([frames]), "--workers", *map(str, workers),
                                            "--batches", "2" if smoke else "30"], limit=None if smoke else 75,
             need=5 if smoke else 30)
+  # Mask R-CNN, segjax against torchvision in the same Python (smoke: segjax's small backbone alone, tiny).
+  detection = (["--jax-only", "--backbone", "small", "--size", "64", "--batch", "1", "--repeats", "1"] if smoke else
+               ["--size", "800", "--batch", "4", "--repeats", "5", "--dtype", "bfloat16",
+                "--torch-python", sys.executable])
+  suite.run("maskrcnn", "Mask R-CNN: segjax + torchvision", [*detection, "--result-lines"],
+            limit=None if smoke else 150, need=5 if smoke else 45, script=BENCH / "maskrcnn.py")
   if "compile" in args.torch_modes:
     twins = [(case, spec) for case, spec in selected if case.torch_name]
     # Smoke: the first twin only, both dtypes in one process, through TorchDynamo without Inductor (Inductor's

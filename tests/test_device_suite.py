@@ -32,6 +32,11 @@ def test_device_suite_smoke(tmp_path):
     assert r["flops"] > 0 and 0 < r["mfu"] < 1 and r["params"] > 0, r
     assert abs(r["achieved_tflops"] - r["flops"] / r["step_s"] / 1e12) < 1e-9 * r["achieved_tflops"], r
 
+  # Mask R-CNN (bench/maskrcnn.py): segjax's train step and inference on the small backbone in the smoke run.
+  detections = [r for r in data["records"] if r["kind"] == "detection"]
+  assert {(r["framework"], r["mode"]) for r in detections} == {("segjax", "train"), ("segjax", "infer")}, detections
+  assert all(r["step_s"] > 0 for r in detections) and "Mask R-CNN" in markdown
+
   profiled = [r for r in steps if r["framework"] == "segjax" and r["dtype"] == "bfloat16"]
   assert all(r["profile"]["top"] and r["profile"]["busy_ms_per_step"] > 0 for r in profiled), profiled
   assert "Where segjax's step goes" in markdown
