@@ -128,6 +128,10 @@ def load_torchvision_detection(source: str | Mapping[str, np.ndarray], params: M
   """
   where = source if isinstance(source, str) else "the state dict"
   state = read_torch(source) if isinstance(source, str) else source
+  if any(re.match(r"roi_heads\.box_head\.\d", k) for k in state):
+    raise ValueError(f"{where}: a maskrcnn/fasterrcnn_resnet50_fpn_v2 state dict (box head of convolutions + "
+                     "GroupNorm, Li et al. 2021); segjax's MaskRCNN is the v1 model (two-MLP box head): use a "
+                     "maskrcnn_resnet50_fpn / fasterrcnn_resnet50_fpn checkpoint")
   got_params, got_stats, sources, unused = from_torchvision(state)
   out = {}
   for collection, model_tree, got in (("params", params, got_params), ("batch_stats", batch_stats, got_stats)):

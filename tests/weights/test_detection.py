@@ -124,6 +124,9 @@ def test_errors_name_the_key_and_the_fix(tv_models, mask_rcnn_shapes):
     load_torchvision_detection(missing, *mask_rcnn_shapes)
   with pytest.raises(ValueError, match="roi_heads.keypoint_head.0.weight"):
     load_torchvision_detection(dict(sd, **{"roi_heads.keypoint_head.0.weight": np.zeros(3)}), *mask_rcnn_shapes)
+  v2 = dict(sd, **{"roi_heads.box_head.0.0.weight": np.zeros((256, 256, 3, 3), np.float32)})
+  with pytest.raises(ValueError, match="_v2 state dict.*v1"):
+    load_torchvision_detection(v2, *mask_rcnn_shapes)
   with pytest.raises(ValueError, match="representation_size"):
     load_torchvision_detection(sd, *abstract(MaskRCNN(num_classes=K, representation_size=512)))
 
