@@ -14,7 +14,8 @@ weights_only=True). Names and layouts:
 - roi_heads.mask_head.I.0 (or mask_fcnI+1): 3x3 convolutions; mask_predictor.conv5_mask: ConvTranspose2d
   [in, out, 2, 2] -> [2, 2, in, out]; mask_fcn_logits: 1x1 convolution.
 Every array of the model must come from the file and every file array must go into the model, with equal shapes;
-otherwise a ValueError names the key and what to change (num_classes, backbone, mask_head).
+otherwise a ValueError names the key and what to change (num_classes, backbone, mask_head). The *_fpn_v2 models
+(convolutional box head with GroupNorm) are a different architecture and are refused by name.
 """
 
 from __future__ import annotations
