@@ -133,7 +133,10 @@ def recipe_from_dict(saved: dict[str, Any]) -> ml_collections.ConfigDict:
   with `saved`, its model block that of the saved model, lists turned back into tuples."""
   config = config_lib.default_config()
   model = saved.get("model", {}).get("name")
-  if model is not None:  # a recipe replaces the whole model block; keep none of the default model's keys
+  if model is not None and saved.get("task") == "instance":  # Mask R-CNN's block (segjax.tasks.instance)
+    from segjax.tasks import instance  # pylint: disable=import-outside-toplevel
+    config.model = instance.model_config(model)
+  elif model is not None:  # a recipe replaces the whole model block; keep none of the default model's keys
     config.model = models.model_config(model)
   _merge(config, saved)
   return config_lib.finalize(config)

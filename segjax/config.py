@@ -294,9 +294,8 @@ def validate(config: ml_collections.ConfigDict) -> "Settings":
     fail("distributed.mode", config.distributed.mode, "choose 'auto', 'on' or 'off'")
   for key in ("mean", "std"):
     value = config.dataset[key]
-    channels = getattr(spec, "num_channels", 3)  # instance datasets are RGB
-    if len(value) not in (1, channels):
-      fail(f"dataset.{key}", value, f"give 1 or {channels} values for {spec.name}")
+    if len(value) not in (1, spec.num_channels):
+      fail(f"dataset.{key}", value, f"give 1 or {spec.num_channels} values for {spec.name}")
   weights.check_config(config)  # init_from.*: raises naming the key
   return settings(config)
 

@@ -159,14 +159,9 @@ def run(config, workdir: str, inputs: str, output: str, *, members: Sequence[tup
 
   Image.MAX_IMAGE_PIXELS = max_pixels
   warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # up to max_pixels is what was asked for
-  if config.task == "instance":  # detections: instance-id PNGs, overlays, COCO results (apps.predict_instance)
-    from segjax.apps import predict_instance  # pylint: disable=import-outside-toplevel
-    predict_instance.check_members(members)
-    if probabilities:
-      raise ValueError("--probabilities writes per-class score maps of semantic recipes; instance recipes write "
-                       "detections.json with every score. Drop --probabilities.")
-    return predict_instance.run(config, workdir, inputs, output, checkpoint_step=checkpoint_step,
-                                overwrite=overwrite, progress=progress)
+  if config.task == "instance":
+    raise ValueError("predict.run segments with a semantic recipe; an instance recipe's detections are written by "
+                     "segjax.apps.predict_instance.run (predict.py picks it by config.task).")
   files = list_inputs(inputs)
   out_dir = pathlib.Path(output)
   if out_dir.exists() and not out_dir.is_dir():

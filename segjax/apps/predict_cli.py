@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from segjax import cli, platform
 from segjax import config as config_lib
-from segjax.apps import predict
+from segjax.apps import predict, predict_instance
 
 FLAGS = flags.FLAGS
 
@@ -44,7 +44,9 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)
   platform.configure_xla_cpu()  # before any JAX computation
   members = [config_lib.parse_member(text) for text in FLAGS.member]  # bad values fail before anything runs
-  failed = predict.run(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output, members=members,
+  # An instance recipe writes detections (instance-id PNGs, COCO results) instead of label maps.
+  runner = predict_instance.run if FLAGS.config.task == "instance" else predict.run
+  failed = runner(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output, members=members,
                        checkpoint_step=FLAGS.checkpoint_step, probabilities=FLAGS.probabilities,
                        overwrite=FLAGS.overwrite, max_pixels=FLAGS.max_pixels)
   if failed:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+import warnings
 from typing import Sequence
 
 import jax
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from PIL import Image
 
 from segjax import experiment
 from segjax import forward as forward_lib
@@ -49,14 +51,26 @@ def _box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
   return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, inputs: str, output: str, *,
-        checkpoint_step: int | None = None, overwrite: bool = False, progress: bool = True
-        ) -> list[tuple[pathlib.Path, str]]:
-  """What predict.py does for an instance recipe. Returns the (file, reason) of every image that failed.
+def run(config: ml_collections.ConfigDict, workdir: str, inputs: str, output: str, *, members: Sequence = (),
+        checkpoint_step: int | None = None, probabilities: bool = False, max_pixels: int = 2**28,
+        overwrite: bool = False, progress: bool = True) -> list[tuple[pathlib.Path, str]]:
+  """What predict.py does for an instance recipe (arguments as segjax.apps.predict.run). Returns the (file,
+  reason) of every image that failed.
 
   Nothing is written before every output path is known to be safe (`predict.plan_outputs`, plus the two run
   files): inputs are never overwritten and existing outputs are replaced only with `overwrite`.
+
+  Raises:
+    ValueError: --member or --probabilities (semantic options), an unsafe --output, a bad recipe.
   """
+  if members:
+    raise ValueError("--member: ensembles average semantic probabilities; instance recipes predict with one "
+                     "checkpoint. Drop --member.")
+  if probabilities:
+    raise ValueError("--probabilities writes per-class score maps of semantic recipes; instance recipes write "
+                     "detections.json with every score. Drop --probabilities.")
+  Image.MAX_IMAGE_PIXELS = max_pixels
+  warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # up to max_pixels is what was asked for
   files = predict.list_inputs(inputs)
   out_dir = pathlib.Path(output)
   plan = predict.plan_outputs(files, out_dir, overwrite=overwrite)
@@ -118,9 +132,3 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: str, output: st
 
 def _jsonable(entry: dict) -> dict:
   return {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, np.generic)) else v) for k, v in entry.items()}
-
-
-def check_members(members: Sequence) -> None:
-  if members:
-    raise ValueError("--member: ensembles average semantic probabilities; instance recipes predict with one "
-                     "checkpoint. Drop --member.")

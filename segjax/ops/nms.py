@@ -74,7 +74,9 @@ def nms(boxes: jax.Array, scores: jax.Array, iou_threshold: float, max_output: i
 
   def cond(state):
     i, count, _, _ = state
-    return (i < n) & (count < max_output)
+    # Invalid boxes are sorted last: the first one ends the walk (the detections' NMS gets thousands of padded
+    # candidates and a few hundred real ones).
+    return (i < n) & (count < max_output) & sorted_valid[jnp.minimum(i, n - 1)]
 
   def body(state):
     i, count, suppressed, keep = state

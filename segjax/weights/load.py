@@ -102,13 +102,16 @@ def model_architecture(backbone_params: Mapping[str, Any]) -> str | None:
 
 def find_target(params: Mapping[str, Any], target: str, model_name: str = "model") -> Path:
   """Path of the backbone subtree in `params`: `target` split on "/", or for "auto" the model itself when it is
-  a bare backbone, else its `backbone` or `encoder` subtree."""
+  a bare backbone, else its `backbone` or `encoder` subtree (or that subtree's `body`: Mask R-CNN's ResNet)."""
   if target == "auto":
     if model_architecture(params):
       return ()
     for name in _TARGETS:
       if name in params and model_architecture(params[name]):
         return (name,)
+      # Detection models wrap the ResNet with its FPN (torchvision's backbone.body / backbone.fpn).
+      if isinstance(params.get(name), Mapping) and model_architecture(params[name].get("body", {})):
+        return (name, "body")
     raise ValueError(f"config.init_from.target='auto': {model_name} has no VGG16 or ResNet subtree named "
                      f"{_TARGETS} (its parameters: {sorted(params)}); set config.init_from.target to its "
                      f"backbone's parameter path, or use a model with a VGG16 / ResNet backbone")

@@ -13,7 +13,7 @@ from pycocotools import mask as mask_lib
 
 from segjax import config as config_lib
 from segjax import forward
-from segjax.apps import predict
+from segjax.apps import predict, predict_instance
 from segjax.data.instance import registry
 from segjax.evaluation import coco
 from segjax.evaluation import instance as instance_eval
@@ -34,7 +34,7 @@ def test_predict_writes_ids_overlays_and_coco_results(instance_data_dir, tmp_pat
   for name, image in images.items():
     Image.fromarray(image).save(inputs / name)
 
-  failed = predict.run(config, str(tmp_path / "run"), str(inputs), str(tmp_path / "out"), progress=False)
+  failed = predict_instance.run(config, str(tmp_path / "run"), str(inputs), str(tmp_path / "out"), progress=False)
   assert failed == []
   out = tmp_path / "out"
   results = json.loads((out / "detections.json").read_text())
@@ -71,7 +71,9 @@ def test_predict_writes_ids_overlays_and_coco_results(instance_data_dir, tmp_pat
     assert Image.open(out / name.replace(".png", "_overlay.png")).size == (w, h)
 
   with pytest.raises(ValueError, match="--overwrite"):
-    predict.run(config, str(tmp_path / "run"), str(inputs), str(tmp_path / "out"), progress=False)
+    predict_instance.run(config, str(tmp_path / "run"), str(inputs), str(tmp_path / "out"), progress=False)
   with pytest.raises(ValueError, match="--member"):
-    predict.run(config, str(tmp_path / "run"), str(inputs), str(tmp_path / "out2"), progress=False,
+    predict_instance.run(config, str(tmp_path / "run"), str(inputs), str(tmp_path / "out2"), progress=False,
                 members=[(config, str(tmp_path / "run"), None)])
+  with pytest.raises(ValueError, match="predict_instance"):  # predict.run is the semantic one; the CLI picks
+    predict.run(config, str(tmp_path / "run"), str(inputs), str(tmp_path / "out3"), progress=False)

@@ -138,3 +138,28 @@ def test_from_torchvision_accepts_stripped_backbone_prefix(tv_models):
   stripped = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in sd.items()}
   a, b = from_torchvision(sd)[:2], from_torchvision(stripped)[:2]
   assert a[0].keys() == b[0].keys() and a[1].keys() == b[1].keys()
+
+
+def test_an_imagenet_resnet50_file_initialises_the_backbone_through_init_from(tmp_path):
+  """config.init_from with torchvision's ImageNet ResNet-50 (the COCO recipe's start): "auto" finds the ResNet
+  inside the FPN backbone (backbone/body); the heads keep their initialisation."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from segjax import weights  # pylint: disable=import-outside-toplevel
+  torchvision = import_torchvision()
+  torch.manual_seed(0)
+  net = torchvision.models.resnet50()
+  net.bn1.running_mean.uniform_(-1, 1)
+  torch.save(net.state_dict(), tmp_path / "resnet50.pth")
+  model = MaskRCNN(num_classes=K, backbone="resnet50")
+  params, stats = abstract(model)
+  init_from = ml_collections.ConfigDict({"path": str(tmp_path / "resnet50.pth"), "format": "auto",
+                                         "architecture": "auto", "target": "auto", "set_normalization": True})
+  new_params, new_stats, _ = weights.load_into(params, stats, init_from, model)
+  body = new_params["backbone"]["body"]
+  np.testing.assert_array_equal(body["conv1"]["kernel"], net.conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(body["layer4_2"]["conv3"]["kernel"],
+                                net.layer4[2].conv3.weight.detach().numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(new_stats["backbone"]["body"]["bn1"]["mean"], net.bn1.running_mean.numpy())
+  assert isinstance(new_params["rpn"]["conv"]["kernel"] if "conv" in new_params["rpn"] else
+                    jax.tree.leaves(new_params["rpn"])[0], jax.ShapeDtypeStruct)

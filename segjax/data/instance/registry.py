@@ -67,6 +67,11 @@ class InstanceSpec:
     """K."""
     return len(self.class_names) - 1
 
+  @property
+  def num_channels(self) -> int:
+    """Instance images are RGB (what pretrained-weight normalisation and the shared checks ask)."""
+    return 3
+
 
 def _palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
   """Display colours: black background, then shapes' palette, then a golden-ratio hue walk."""
