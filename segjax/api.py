@@ -199,6 +199,10 @@ def load(workdir: str | pathlib.Path, step: int | None = None, *, config: Recipe
   """
   _configure_xla()
   config = saved_recipe(workdir, step) if config is None else _recipe(config, {})  # a copy either way
+  if config.task == "instance":
+    raise ValueError(f"{workdir} holds a {config.model.name} (instance) checkpoint; segjax.load serves semantic "
+                     "networks. Detect with predict.py (segjax.apps.predict_instance.run), or export it (export.py) "
+                     "and run it with segjax.serving.load.")
   # One device: the recipe's mesh shape (mesh.model=2, say) may not fit it, and inference splits only the batch.
   config.mesh.data, config.mesh.spatial, config.mesh.model = -1, 1, 1
   if inference_overrides:

@@ -235,3 +235,11 @@ def test_a_checkpoint_without_its_recipe_falls_back_to_config_json(shapes_data_d
   assert "config.json" in caplog.text and predictor.normalization.mean == MEAN
   image = np.random.default_rng(3).integers(0, 256, (12, 20, 3), dtype=np.uint8)
   np.testing.assert_array_equal(predictor(image), segjax.load(tmp_path / "a")(image))
+
+
+def test_load_refuses_an_instance_checkpoint_naming_what_serves_it(instance_data_dir, tmp_path):
+  config = config_lib.load_recipe(str(REPO / "tests" / "tasks" / "instance_recipe.py"))
+  config.dataset.data_dir = instance_data_dir
+  random_checkpoint(config, tmp_path)
+  with pytest.raises(ValueError, match="predict_instance.run.*segjax.serving.load"):
+    api.load(tmp_path)
