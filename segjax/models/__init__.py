@@ -18,7 +18,7 @@ imports only from those and `segjax.ops`, never from another family.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -111,10 +111,17 @@ def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
   """
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; known models: {sorted(MODELS)}.")
+  return config_block(name, MODELS[name], **overrides)
+
+
+def config_block(name: str, cls: type, skip: Sequence[str] = (), **overrides: Any) -> ml_collections.ConfigDict:
+  """The `config.model` block named `name` of Flax module class `cls`: every constructor option with a default
+  (but `skip`), dtypes as strings; `overrides` must name options it has."""
   block = ml_collections.ConfigDict()
   block.name = name
-  for field in dataclasses.fields(MODELS[name]):
-    if field.name in ("parent", "name", "num_classes", "param_dtype") or field.default is dataclasses.MISSING:
+  for field in dataclasses.fields(cls):
+    if (field.name in ("parent", "name", "num_classes", "param_dtype", *skip)
+        or field.default is dataclasses.MISSING):
       continue
     value = field.default
     if field.name == "dtype":

@@ -15,7 +15,6 @@ weight from `config.instance.loss_weights`. Evaluation: COCO box and mask AP wit
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
-from segjax import sharding
+from segjax import models, sharding
 from segjax.data.instance import pipeline as inst_pipeline
 from segjax.data.instance import registry
 from segjax.evaluation import instance as instance_eval
@@ -40,20 +39,7 @@ def model_config(name: str = "mask_rcnn", **overrides: Any) -> ml_collections.Co
   """A `config.model` block for "mask_rcnn" or "faster_rcnn": MaskRCNN's options with torchvision's defaults."""
   if name not in MODELS:
     raise ValueError(f"Unknown instance model {name!r}; choose one of {sorted(MODELS)}.")
-  block = ml_collections.ConfigDict()
-  block.name = name
-  for field in dataclasses.fields(mask_rcnn.MaskRCNN):
-    if field.name in ("parent", "name", "num_classes", "mask_head", "param_dtype"):
-      continue
-    value = field.default
-    if field.name == "dtype":
-      value = {v: k for k, v in _DTYPES.items()}.get(value, "float32")
-    block[field.name] = value
-  for key, value in overrides.items():
-    if key not in block:
-      raise ValueError(f"Model {name!r} has no option {key!r}; its options are {sorted(block)}.")
-    block[key] = value
-  return block
+  return models.config_block(name, mask_rcnn.MaskRCNN, skip=("mask_head",), **overrides)
 
 
 def dataset_options(config) -> dict[str, Any]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import chex
@@ -15,7 +13,6 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import checkpoint as checkpoint_lib
 from segjax import config as config_lib
 from segjax import experiment, forward
 from segjax.data import pipeline
@@ -23,6 +20,7 @@ from segjax.evaluation import coco
 from segjax.evaluation import instance as instance_eval
 from segjax.training import loop, steps
 from tests.conftest import REPO
+from tests.tasks import cli
 
 RECIPE = REPO / "tests" / "tasks" / "instance_recipe.py"
 
@@ -88,53 +86,29 @@ def test_bad_instance_recipes_name_the_key(instance_data_dir, tmp_path):
   assert not list((tmp_path / "run").glob("checkpoints/*"))
 
 
-def _train_cli(workdir, data_dir, env, log):
-  args = [sys.executable, str(REPO / "train.py"), f"--config={RECIPE}", f"--workdir={workdir}",
-          f"--config.dataset.data_dir={data_dir}"]
-  with log.open("w") as out:
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _logged_steps(workdir):
-  try:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-  except FileNotFoundError:
-    return []
-  return [r["step"] for r in map(json.loads, [line for line in lines if line.endswith("}")]) if "loss" in r]
-
-
-def _final_state(workdir, config):
-  ckpt = checkpoint_lib.Checkpointer(workdir)
-  try:
-    step = ckpt.latest_step()
-    return step, jax.device_get(ckpt.restore(step, experiment.build(config).abstract_state()))
-  finally:
-    ckpt.close()
-
-
 @pytest.mark.slow
 def test_instance_task_survives_sigkill_resumes_bitwise_and_scores_coco_ap(instance_data_dir, cli_env, tmp_path):
   config = _config(instance_data_dir)
   # The uninterrupted reference through train.py too: it fills the session's compilation cache, which the killed
   # and the resumed run then read (the same executables, so bitwise results; about 30 s less than in-process).
-  reference = _train_cli(tmp_path / "reference", instance_data_dir, cli_env, tmp_path / "reference.log")
-  assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
+  first = cli.train_cli(RECIPE, tmp_path / "reference", instance_data_dir, cli_env, tmp_path / "reference.log")
+  assert first.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
 
   workdir = tmp_path / "killed"
-  proc = _train_cli(workdir, instance_data_dir, cli_env, tmp_path / "first.log")
+  proc = cli.train_cli(RECIPE, workdir, instance_data_dir, cli_env, tmp_path / "first.log")
   deadline = time.monotonic() + 300
-  while max(_logged_steps(workdir), default=0) < 10 and proc.poll() is None and time.monotonic() < deadline:
+  while max(cli.logged_steps(workdir), default=0) < 10 and proc.poll() is None and time.monotonic() < deadline:
     time.sleep(0.02)
   assert proc.poll() is None, "train.py finished (or failed) before the kill: " + (tmp_path / "first.log").read_text()
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert max(_logged_steps(workdir)) < config.num_train_steps
-  second = _train_cli(workdir, instance_data_dir, cli_env, tmp_path / "second.log")
+  assert max(cli.logged_steps(workdir)) < config.num_train_steps
+  second = cli.train_cli(RECIPE, workdir, instance_data_dir, cli_env, tmp_path / "second.log")
   assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()
   assert "Resumed from step" in (tmp_path / "second.log").read_text()
 
-  step, resumed = _final_state(workdir, config)
-  ref_step, reference = _final_state(tmp_path / "reference", config)
+  step, resumed = cli.final_state(workdir, config)
+  ref_step, reference = cli.final_state(tmp_path / "reference", config)
   assert step == ref_step == config.num_train_steps
   for name in ("step", "params", "opt_state", "batch_stats"):
     jax.tree.map(np.testing.assert_array_equal, getattr(reference, name), getattr(resumed, name))

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from segjax import checkpoint as checkpoint_lib
 from segjax import config as config_lib
 from segjax import experiment, forward, tasks
 from segjax.data import datasets, pipeline
 from segjax.training import loop
 from tests.conftest import REPO
+from tests.tasks import cli
 from tests.tasks import box_task
 
 RECIPE = REPO / "tests" / "tasks" / "box_recipe.py"
@@ -59,30 +57,6 @@ def test_an_unknown_task_is_refused_with_the_fix():
     tasks.resolve("tests.tasks.box_task:boxes_of")
 
 
-def _train_cli(workdir, data_dir, env, log):
-  args = [sys.executable, str(REPO / "train.py"), f"--config={RECIPE}", f"--workdir={workdir}",
-          f"--config.dataset.data_dir={data_dir}"]
-  with log.open("w") as out:
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _logged_steps(workdir):
-  try:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-  except FileNotFoundError:
-    return []
-  return [r["step"] for r in map(json.loads, [line for line in lines if line.endswith("}")]) if "loss" in r]
-
-
-def _final_state(workdir, config):
-  ckpt = checkpoint_lib.Checkpointer(workdir)
-  try:
-    step = ckpt.latest_step()
-    return step, jax.device_get(ckpt.restore(step, experiment.build(config).abstract_state()))
-  finally:
-    ckpt.close()
-
-
 @pytest.mark.slow
 def test_box_task_trains_survives_sigkill_resumes_bitwise_and_evaluates(shapes_data_dir, cli_env, tmp_path):
   config = _config(shapes_data_dir)
@@ -91,22 +65,22 @@ def test_box_task_trains_survives_sigkill_resumes_bitwise_and_evaluates(shapes_d
 
   # The same recipe through train.py, SIGKILLed part-way, then run again to the end.
   workdir = tmp_path / "killed"
-  proc = _train_cli(workdir, shapes_data_dir, cli_env, tmp_path / "first.log")
+  proc = cli.train_cli(RECIPE, workdir, shapes_data_dir, cli_env, tmp_path / "first.log")
   deadline = time.monotonic() + 300
-  while max(_logged_steps(workdir), default=0) < 23 and proc.poll() is None and time.monotonic() < deadline:
+  while max(cli.logged_steps(workdir), default=0) < 23 and proc.poll() is None and time.monotonic() < deadline:
     time.sleep(0.02)
   assert proc.poll() is None, "train.py finished (or failed) before the kill: " + (tmp_path / "first.log").read_text()
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  killed_at = max(_logged_steps(workdir))
+  killed_at = max(cli.logged_steps(workdir))
   assert killed_at < config.num_train_steps
-  second = _train_cli(workdir, shapes_data_dir, cli_env, tmp_path / "second.log")
+  second = cli.train_cli(RECIPE, workdir, shapes_data_dir, cli_env, tmp_path / "second.log")
   assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()
   output = (tmp_path / "second.log").read_text()
   assert "Resumed from step" in output, output  # a resumed run says so on the console
 
-  step, resumed = _final_state(workdir, config)
-  ref_step, reference = _final_state(tmp_path / "reference", config)
+  step, resumed = cli.final_state(workdir, config)
+  ref_step, reference = cli.final_state(tmp_path / "reference", config)
   assert step == ref_step == config.num_train_steps
   for name in ("step", "params", "opt_state", "batch_stats"):
     jax.tree.map(np.testing.assert_array_equal, getattr(reference, name), getattr(resumed, name))
