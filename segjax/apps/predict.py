@@ -138,6 +138,21 @@ def plan_outputs(files: Sequence[pathlib.Path], out_dir: pathlib.Path, *, probab
   return plan
 
 
+def check_output_dir(inputs: str, output: str) -> pathlib.Path:
+  """--output as a Path, refused when it is a file or the --input directory (semantic and instance predict)."""
+  out_dir = pathlib.Path(output)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise ValueError(f"--output={output} is a file, not a directory: give a directory for the label maps and "
+                     "overlays (it is created if missing).")
+  input_dir = pathlib.Path(inputs)
+  if input_dir.is_dir() and (_same_file(out_dir, input_dir) or os.path.abspath(out_dir) == os.path.abspath(input_dir)):
+    # Its label maps and overlays would sit among the photos, one of them over x.png for an input x.jpg, and the
+    # next run would take them as inputs.
+    raise ValueError(f"--output={output} is the --input directory: give another directory, e.g. "
+                     f"--output={input_dir.absolute().parent / (input_dir.absolute().name + '_pred')}.")
+  return out_dir
+
+
 def _open_output(path: pathlib.Path, overwrite: bool):
   """A binary file to write `path` through: created exclusively unless `overwrite`, so a file that appeared after
   the plan was checked is not replaced either."""
@@ -163,16 +178,7 @@ def run(config, workdir: str, inputs: str, output: str, *, members: Sequence[tup
     raise ValueError("predict.run segments with a semantic recipe; an instance recipe's detections are written by "
                      "segjax.apps.predict_instance.run (predict.py picks it by config.task).")
   files = list_inputs(inputs)
-  out_dir = pathlib.Path(output)
-  if out_dir.exists() and not out_dir.is_dir():
-    raise ValueError(f"--output={output} is a file, not a directory: give a directory for the label maps and "
-                     "overlays (it is created if missing).")
-  input_dir = pathlib.Path(inputs)
-  if input_dir.is_dir() and (_same_file(out_dir, input_dir) or os.path.abspath(out_dir) == os.path.abspath(input_dir)):
-    # Its label maps and overlays would sit among the photos, one of them over x.png for an input x.jpg, and the
-    # next run would take them as inputs.
-    raise ValueError(f"--output={output} is the --input directory: give another directory, e.g. "
-                     f"--output={input_dir.absolute().parent / (input_dir.absolute().name + '_pred')}.")
+  out_dir = check_output_dir(inputs, output)
   plan = plan_outputs(files, out_dir, probabilities=probabilities, overwrite=overwrite)
   params = inference.InferenceParams.from_config(config)
   spec = datasets.get_spec(config.dataset)

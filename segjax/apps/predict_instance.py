@@ -72,7 +72,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: str, output: st
   Image.MAX_IMAGE_PIXELS = max_pixels
   warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # up to max_pixels is what was asked for
   files = predict.list_inputs(inputs)
-  out_dir = pathlib.Path(output)
+  out_dir = predict.check_output_dir(inputs, output)  # not a file, not the --input folder
   plan = predict.plan_outputs(files, out_dir, overwrite=overwrite)
   run_files = [out_dir / name for name in RUN_FILES]
   if not overwrite and any(p.exists() for p in run_files):
@@ -122,8 +122,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: str, output: st
                                  masks=masks if "masks" in dets else None, category_ids=category_ids)
     images.append({"id": image_id, "file_name": str(path), "height": h, "width": w,
                    "instances": [_jsonable(e) for e in entries]})
-  coco.results_json(out_dir / "detections.json", results)
-  (out_dir / "instances.json").write_text(json.dumps({"images": images, "class_names": list(names)}, indent=1))
+  # Created exclusively unless overwrite, as the per-image files: one that appeared during the run is not replaced.
+  with predict._open_output(out_dir / "detections.json", overwrite) as f:  # pylint: disable=protected-access
+    f.write((json.dumps(results) + "\n").encode())
+  with predict._open_output(out_dir / "instances.json", overwrite) as f:  # pylint: disable=protected-access
+    f.write(json.dumps({"images": images, "class_names": list(names)}, indent=1).encode())
   print(f"Wrote {len(images)} of {len(files)} images to {out_dir} ({len(results)} detections in "
         f"{out_dir / 'detections.json'})" + (f"; {len(failed)} failed: " + ", ".join(str(p) for p, _ in failed)
                                              if failed else ""))

@@ -77,3 +77,5 @@ def test_predict_writes_ids_overlays_and_coco_results(instance_data_dir, tmp_pat
                 members=[(config, str(tmp_path / "run"), None)])
   with pytest.raises(ValueError, match="predict_instance"):  # predict.run is the semantic one; the CLI picks
     predict.run(config, str(tmp_path / "run"), str(inputs), str(tmp_path / "out3"), progress=False)
+  with pytest.raises(ValueError, match="is the --input directory"):
+    predict_instance.run(config, str(tmp_path / "run"), str(inputs), str(inputs), progress=False)
