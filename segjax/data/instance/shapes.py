@@ -107,7 +107,7 @@ def _sample_shape(rng: np.random.Generator, cls: int) -> tuple[np.ndarray, tuple
   return mask, (cx, cy)
 
 
-def _random_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarray:
+def random_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarray:
   """A uniform random RGB colour at least _MIN_CONTRAST from each of `avoid` (the last draw after many tries)."""
   for _ in range(_MAX_TRIES):
     colour = rng.uniform(0.0, 255.0, size=3)
@@ -148,7 +148,7 @@ def generate_example(split: str, index: int) -> dict[str, np.ndarray]:
     else:
       continue  # no room for this shape: leave it out
     local_bg = base + ramp[int(round(cy)), int(round(cx))] * slope
-    colour = _random_colour(rng, [local_bg] + colours)
+    colour = random_colour(rng, [local_bg] + colours)
     visible = [m & ~mask for m in visible] + [mask]
     areas.append(int(mask.sum()))
     classes.append(cls)

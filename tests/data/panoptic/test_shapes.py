@@ -1,4 +1,4 @@
-"""Tests for segjax.data.instance.panoptic_shapes: the generated panoptic dataset, checked against instance_shapes,
+"""Tests for segjax.data.panoptic.shapes: the generated panoptic dataset, checked against instance_shapes,
 plain pixel counts and a prepared (array_record) copy read back without TensorFlow."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from segjax.data.instance import panoptic_shapes as ps
+from segjax.data.panoptic import features
+from segjax.data.panoptic import shapes as ps
 from segjax.data.instance import shapes
 from tests.conftest import as_str
 
@@ -130,15 +131,18 @@ def test_prepared_array_record_equals_generator(tmp_path):
   # A fresh builder object reads the prepared copy: metadata comes back from disk.
   fresh = TinyPanopticShapes(data_dir=str(tmp_path), file_format="array_record")
   assert fresh.is_prepared()
-  assert tuple(fresh.info.metadata["class_names"]) == ps.CLASS_NAMES
-  assert tuple(fresh.info.metadata["isthing"]) == ps.ISTHING
+  cats = fresh.info.metadata["categories"]
+  assert [c["name"] for c in cats] == list(ps.CLASS_NAMES[1:]) and [c["id"] for c in cats] == list(range(1, 9))
+  assert [c["isthing"] for c in cats] == list(ps.ISTHING[1:])
+  assert dict(fresh.info.metadata["max_objects"]) == {s: 6 for s in TinyPanopticShapes.SPLIT_SIZES}
   for split, size in TinyPanopticShapes.SPLIT_SIZES.items():
     source = fresh.as_data_source(split=split)
     assert len(source) == size
     for i in range(size):
       raw = source[i]
       assert as_str(raw["filename"]) == f"{split}_{i:06d}" and int(raw["image_id"]) == i
-      image, panoptic, segments = ps.decode(raw)
+      decoded = features.decode(raw)
+      image, panoptic, segments = decoded.image, decoded.panoptic, decoded.segments
       want = ps.generate_example(split, i)
       _same({"image": image, "panoptic": panoptic, "segments": segments}, want)
       assert panoptic.dtype == np.int32 and image.dtype == np.uint8

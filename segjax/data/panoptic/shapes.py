@@ -5,8 +5,8 @@ called, not copied) with its background replaced by 2-3 "stuff" regions, so the 
 dataset's visible masks and every other pixel belongs to a stuff region. A horizon, the line y = a*x + b, splits
 the image into an upper and a lower part: the lower part is ground; the upper part is sky or wall (2 regions), or,
 in half the images, is split again by a near-vertical line x = c*y + d into sky on one side and wall on the other
-(3 regions). Each stuff class has its own texture, its colours drawn at random (at least _MIN_CONTRAST in RGB from
-the things' colours and from each other), so the texture, not the colour, tells the class:
+(3 regions). Each stuff class has its own texture, its colours drawn at random (at least instance_shapes' minimum contrast in RGB
+from the things' colours and from each other), so the texture, not the colour, tells the class:
   sky     a smooth vertical gradient
   ground  two-tone stripes parallel to the horizon
   wall    bricks (rows of bricks, every other row shifted by half a brick, lighter or darker mortar lines)
@@ -26,14 +26,10 @@ Categories (ids as COCO panoptic's category_id; 0 is void and never a segment's 
 Void (segment id 0): only the pixels of a stuff region that things leave with fewer than MIN_PIXELS visible
 pixels (a sliver, as instance_shapes drops a thing with fewer visible pixels); most images have none.
 
-Stored example (COCO panoptic's layout, read with tfds' numpy decoders, without TensorFlow):
-  image          uint8 [H, W, 3]  PNG
-  panoptic       uint8 [H, W, 1]  PNG segment-id map: 0 void, 1..n the segments (things first, in instance_shapes'
-                                  order, then stuff in category order)
-  segments_info  a tfds Sequence: id, category_id, isthing, iscrowd (always False), area (pixel count)
-  image_id       int64            the example index
-  filename       str              "train_000017"
-The DatasetInfo's MetadataDict holds `class_names` (index = category id, 0 "void") and `isthing` (same indexing).
+Stored as every panoptic dataset (segjax.data.panoptic.features: COCO panoptic's layout, the segment-id map as an
+RGB PNG): segment ids 0 void, 1..n the segments (things first, in instance_shapes' order, then stuff in category
+order); iscrowd always False; image_id the example index; filename "train_000017". The metadata's `categories` are
+the table above; `max_objects` is instance_shapes' MAX_OBJECTS for every split.
 
 As instance_shapes, each example comes from numpy Generators seeded by (split, index) (this module's own seed for
 the stuff, so the things are untouched), and only IEEE-exact operations (+, -, *, /, floor, comparisons) and
@@ -47,13 +43,14 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segjax.data import png
 from segjax.data.instance import shapes
+from segjax.data.panoptic import features
 
 THING_NAMES = shapes.CLASS_NAMES[1:]
 STUFF_NAMES = ("sky", "ground", "wall")
 CLASS_NAMES = ("void",) + THING_NAMES + STUFF_NAMES  # index = category id
 ISTHING = (False,) + (True,) * len(THING_NAMES) + (False,) * len(STUFF_NAMES)
+CATEGORIES = tuple({"id": i, "name": n, "isthing": t} for i, (n, t) in enumerate(zip(CLASS_NAMES, ISTHING)) if i)
 SKY, GROUND, WALL = 6, 7, 8
 IMAGE_SIZE = shapes.IMAGE_SIZE
 SPLIT_SIZES = dict(shapes.SPLIT_SIZES)
@@ -62,21 +59,9 @@ MIN_PIXELS = shapes.MIN_PIXELS  # a stuff region with fewer visible pixels becom
 # Part of every example's seed: changing it changes the dataset, so it also needs a new builder VERSION.
 _SEED = 24044
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
-_MAX_TRIES = 50
-_MIN_CONTRAST = 80.0
 _CENTRE = (IMAGE_SIZE - 1) / 2.0
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float64)
 _YI, _XI = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
-_INFO_DTYPES = {"id": np.int64, "category_id": np.int64, "isthing": np.bool_, "iscrowd": np.bool_, "area": np.int64}
-
-
-def _colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarray:
-  """A uniform random RGB colour at least _MIN_CONTRAST from each of `avoid` (the last draw after many tries)."""
-  for _ in range(_MAX_TRIES):
-    colour = rng.uniform(0.0, 255.0, size=3)
-    if all(np.sqrt(np.sum((colour - a) ** 2)) >= _MIN_CONTRAST for a in avoid):
-      break
-  return colour
 
 
 def _shade(colour: np.ndarray, amount: float) -> np.ndarray:
@@ -110,7 +95,7 @@ def _texture(rng: np.random.Generator, layout: np.ndarray, avoid: list[np.ndarra
     where = layout == cls
     if not where.any():
       continue
-    colour = _colour(rng, avoid)
+    colour = shapes.random_colour(rng, avoid)
     avoid.append(colour)
     if cls == SKY:
       slope = rng.uniform(-40.0, 40.0, size=3)
@@ -173,39 +158,6 @@ def generate_example(split: str, index: int) -> dict[str, Any]:
   return {"image": image, "panoptic": panoptic, "segments": segments}
 
 
-def features() -> tfds.features.FeaturesDict:
-  """The stored example (see the module doc)."""
-  return tfds.features.FeaturesDict({
-      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-      "panoptic": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-      "segments_info": tfds.features.Sequence({
-          "id": tfds.features.Scalar(np.int64),
-          "category_id": tfds.features.Scalar(np.int64),
-          "isthing": tfds.features.Scalar(np.bool_),
-          "iscrowd": tfds.features.Scalar(np.bool_),
-          "area": tfds.features.Scalar(np.int64),
-      }),
-      "image_id": tfds.features.Scalar(np.int64),
-      "filename": tfds.features.Text(),
-  })
-
-
-def decode(raw: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-  """(image uint8 [H, W, 3], panoptic int32 [H, W] segment ids, segments as generate_example's) of a record as
-  tfds' data source returns it (segments_info as lists or arrays, the map as [H, W, 1])."""
-  image = np.asarray(raw["image"])
-  panoptic = np.asarray(raw["panoptic"])
-  if panoptic.ndim == 3:
-    panoptic = panoptic[..., 0]
-  info = raw.get("segments_info", {})
-  keys = ("id", "category_id", "isthing", "iscrowd", "area")
-  columns = {k: np.asarray(info.get(k, [])).reshape(-1) for k in keys}
-  segments = [{"id": int(columns["id"][i]), "category_id": int(columns["category_id"][i]),
-               "isthing": bool(columns["isthing"][i]), "iscrowd": bool(columns["iscrowd"][i]),
-               "area": int(columns["area"][i])} for i in range(len(columns["id"]))]
-  return image, panoptic.astype(np.int32), segments
-
-
 class SegjaxPanopticShapes(tfds.core.GeneratorBasedBuilder):
   """Deterministic generated shapes (5 thing classes) on 2-3 textured stuff regions (3 stuff classes), 128x128."""
 
@@ -214,28 +166,20 @@ class SegjaxPanopticShapes(tfds.core.GeneratorBasedBuilder):
   SPLIT_SIZES = SPLIT_SIZES  # a subclass may prepare fewer examples (the tests do)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self, features=features(), disable_shuffling=True, metadata=tfds.core.MetadataDict(),
-        description=("Generated panoptic shapes: instance_shapes' disks, squares, triangles, rings and crosses "
+    return features.info(
+        self, description=("Generated panoptic shapes: instance_shapes' disks, squares, triangles, rings and crosses "
                      "(things) on sky, ground and wall regions (stuff) split by straight boundaries."))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    self.info.metadata.update(class_names=list(CLASS_NAMES), isthing=list(ISTHING))
+    features.set_metadata(self, CATEGORIES, {split: shapes.MAX_OBJECTS for split in self.SPLIT_SIZES})
     return {split: self._generate_examples(split, n) for split, n in self.SPLIT_SIZES.items()}
 
   def _generate_examples(self, split, num_examples):
     for index in range(num_examples):
       example = generate_example(split, index)
-      segments = example["segments"]
-      info = {k: np.asarray([s[k] for s in segments], dtype).reshape(-1) for k, dtype in _INFO_DTYPES.items()}
-      yield index, {
-          "image": png.encode(example["image"], compress_level=1),  # noisy pixels barely compress
-          "panoptic": png.encode(example["panoptic"], compress_level=1),
-          "segments_info": info,
-          "image_id": index,
-          "filename": f"{split}_{index:06d}",
-      }
+      yield index, features.encode(example["image"], example["panoptic"], example["segments"], index,
+                                   f"{split}_{index:06d}")
 
 
 def get_builder(data_dir=None, builder_class: type[SegjaxPanopticShapes] = SegjaxPanopticShapes):
