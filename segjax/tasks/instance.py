@@ -32,6 +32,8 @@ from segjax.tasks import Task
 from segjax.tasks.instance_config import DATASET_OPTIONS, LOSSES
 
 MODELS = {"mask_rcnn": True, "faster_rcnn": False}  # name -> mask head
+SEMANTIC_KEYS = ("semantic_classes", "semantic_conv_dims", "semantic_norm", "semantic_num_groups",
+                 "semantic_ignore")  # panoptic only
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -39,7 +41,7 @@ def model_config(name: str = "mask_rcnn", **overrides: Any) -> ml_collections.Co
   """A `config.model` block for "mask_rcnn" or "faster_rcnn": MaskRCNN's options with torchvision's defaults."""
   if name not in MODELS:
     raise ValueError(f"Unknown instance model {name!r}; choose one of {sorted(MODELS)}.")
-  return models.config_block(name, mask_rcnn.MaskRCNN, skip=("mask_head",), **overrides)
+  return models.config_block(name, mask_rcnn.MaskRCNN, skip=("mask_head",) + SEMANTIC_KEYS, **overrides)
 
 
 def dataset_options(config) -> dict[str, Any]:

@@ -10,6 +10,12 @@ detections (tests/models/detection/test_torchvision_equality.py). What differs b
 - the mask head trains on the first int(512 * 0.25) = 128 rows of the RoI sample, which hold all its positives
   (torchvision takes the positives' list);
 - sampling draws from the "sampling" RNG stream (`self.make_rng("sampling")`), one key per image.
+
+Panoptic FPN (Kirillov, Girshick, He, Dollar, CVPR 2019) is this model with `semantic_classes` > 0: Detectron2's
+semantic branch (segjax.models.detection.semantic_fpn.SemSegFPNHead) on P2..P5 of the same FPN beside the
+instance heads, predicting the stuff classes plus one "things" class at the image's resolution. It adds
+"sem_seg" logits to the detections and "loss_sem_seg" (cross-entropy, ignore label `semantic_ignore`) to the
+losses; the caller weights the terms (Panoptic FPN: 1 for the instance losses, 0.5 for the semantic one).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from segjax.models.detection.fpn import LEVELS, BackboneWithFPN, trainable_backb
 from segjax.models.detection.roi_heads import (FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead,
                                                detected_masks, postprocess_detections, roi_features)
 from segjax.models.detection.rpn import RPNHead, filter_proposals
+from segjax.models.detection.semantic_fpn import SemSegFPNHead, semantic_loss
 from segjax.models.layers import Dtype, check_divisible, check_images
 from segjax.ops.anchors import FPN_ASPECT_RATIOS, FPN_SIZES, fpn_anchors, num_anchors_per_level
 
@@ -43,6 +50,8 @@ class MaskRCNN(nn.Module):
     train=True: {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask" (with
       the mask head), "stats": {...}} from targets = {"boxes" [B, N, 4], "classes" [B, N], "masks" [B, N, H, W],
       "valid" [B, N] (crowd excluded)}.
+    With semantic_classes > 0 (Panoptic FPN) also "sem_seg" float32 [B, H, W, semantic_classes] logits (eval),
+    or "loss_sem_seg" from targets["sem_seg"] [B, H, W] (train).
   `image_sizes` ([B, 2] int (height, width), optional): the images' true sizes before padding, which proposals
   and detections are clipped to as torchvision clips them; default the padded size.
 
@@ -63,6 +72,9 @@ class MaskRCNN(nn.Module):
     box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image, box_positive_fraction, box_score_thresh,
     box_nms_thresh, detections_per_img: torchvision's RoI head settings.
     box_candidates: (proposal, class) pairs entering the detections' NMS (roi_heads.postprocess_detections).
+    semantic_classes: 0 (Mask R-CNN) or the classes of Panoptic FPN's semantic branch (stuff classes + 1).
+    semantic_conv_dims, semantic_norm, semantic_num_groups, semantic_ignore: the branch's channels (Detectron2's
+      128), norm ("GN" or ""), GroupNorm groups (32) and the ignore label of its targets (255).
     dtype: compute dtype (bfloat16 for mixed precision; losses, boxes and scores are float32).
     param_dtype: parameter dtype.
   """
@@ -93,6 +105,11 @@ class MaskRCNN(nn.Module):
   box_nms_thresh: float = 0.5
   detections_per_img: int = 100
   box_candidates: int = 4096
+  semantic_classes: int = 0
+  semantic_conv_dims: int = 128
+  semantic_norm: str = "GN"
+  semantic_num_groups: int = 32
+  semantic_ignore: int = 255
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -104,6 +121,9 @@ class MaskRCNN(nn.Module):
   def _check(self, images: jax.Array) -> None:
     check_images(images, "MaskRCNN")
     check_divisible(images, "MaskRCNN", self.size_divisor, " (the FPN's coarsest level P5 has stride 32)")
+    if self.semantic_classes == 1 or self.semantic_classes < 0:
+      raise ValueError(f"MaskRCNN semantic_classes must be 0 (no semantic branch) or >= 2 (stuff classes + 1 "
+                       f"'things' class), got {self.semantic_classes}")
     if self.num_classes < 1:
       raise ValueError(f"MaskRCNN num_classes (object classes, background not counted) must be >= 1, "
                        f"got {self.num_classes}")
@@ -116,6 +136,10 @@ class MaskRCNN(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     features = BackboneWithFPN(self.backbone, self.frozen_bn, self.fpn_channels, self.small_widths,
                                name="backbone", **kw)(images, train=train)
+    semantic = None
+    if self.semantic_classes:
+      semantic = SemSegFPNHead(self.semantic_classes, conv_dims=self.semantic_conv_dims, norm=self.semantic_norm,
+                               num_groups=self.semantic_num_groups, name="sem_seg_head", **kw)(features).astype(jnp.float32)
     objectness, rpn_deltas = RPNHead(len(FPN_ASPECT_RATIOS[0]), name="rpn", **kw)([features[k] for k in LEVELS])
     feature_sizes = [features[k].shape[1:3] for k in LEVELS]
     anchors = fpn_anchors((h, w), feature_sizes, FPN_SIZES, FPN_ASPECT_RATIOS)
@@ -161,6 +185,8 @@ class MaskRCNN(nn.Module):
       if self.mask_head:
         mask_logits = mask_predictor(mask_head(roi_features(features, out["boxes"], (h, w), MASK_POOL_SIZE)))
         out["masks"] = jax.vmap(detected_masks)(mask_logits, out["classes"], out["valid"])
+      if semantic is not None:
+        out["sem_seg"] = semantic
       return out
 
     if targets is None:
@@ -197,6 +223,10 @@ class MaskRCNN(nn.Module):
       mask_t = jax.vmap(lambda m, g, r: targets_lib.mask_targets(m, g, r, mask_logits.shape[2]))(
           targets["masks"], samples["matched_gt"][:, :p], mask_rois)
       out["loss_mask"] = losses.mask_loss(mask_logits, samples["labels"][:, :p], mask_t, positive)
+    if semantic is not None:
+      if "sem_seg" not in targets:
+        raise ValueError("Panoptic FPN (semantic_classes > 0) trains on targets['sem_seg'] [B, H, W] labels")
+      out["loss_sem_seg"] = semantic_loss(semantic, jnp.asarray(targets["sem_seg"], jnp.int32), self.semantic_ignore)
     out["stats"] = stats
     return out
 
