@@ -18,7 +18,8 @@ The transform is axis-aligned, so it is separable: output row i samples input ro
 and column j samples x(j) likewise, mirrored (x -> W - 1 - x) when flipped, where (oy, ox) is the window's
 integer offset in the resized image (negative: the resized image sits inside the window). The image is sampled
 bilinearly (edge clamped), masks at the nearest pixel; a pixel whose nearest source lies outside the image is 0
-in both.
+in both. A semantic map `sem_seg` (Panoptic FPN's targets), when the batch has one, moves as the masks do, its
+pixels outside the image becoming SEM_IGNORE.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 # Op ids for fold_in: fixed, so adding an op never changes the others' draws.
 _HFLIP, _SCALE, _CROP = 0, 1, 2
 _INSTANCE_KEYS = ("boxes", "classes", "masks", "valid", "crowd")
+SEM_IGNORE = 255  # segjax.data.panoptic's ignore label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +142,9 @@ def augment_example(settings: InstanceAugment, key: jax.Array, example: dict[str
       classes=jnp.where(keep, example["classes"], 0).astype(example["classes"].dtype),
       valid=jnp.where(keep, example["valid"], 0).astype(example["valid"].dtype),
       crowd=jnp.where(keep, example["crowd"], 0).astype(example["crowd"].dtype))
+  if "sem_seg" in example:
+    sem = jnp.take(jnp.take(example["sem_seg"], r_idx, axis=0), c_idx, axis=1)
+    out["sem_seg"] = jnp.where(inside, sem, SEM_IGNORE).astype(example["sem_seg"].dtype)
   return out
 
 
@@ -150,7 +155,7 @@ def augment_instances(settings: InstanceAugment, key: jax.Array, batch: dict[str
     settings: the InstanceAugment (static under jit).
     key: this step's key (e.g. fold_in(seed_key, step)); example i uses fold_in(key, i).
     batch: image [B, H, W, 3] (any dtype, 0..255), boxes [B, N, 4], classes [B, N], masks [B, N, H, W],
-      valid [B, N], crowd [B, N]; other fields pass through unchanged.
+      valid [B, N], crowd [B, N], optionally sem_seg [B, H, W]; other fields pass through unchanged.
 
   Returns:
     The batch with image float32 [B, H, W, 3] in 0..255 (normalise after), masks, boxes, classes, valid and
@@ -160,7 +165,7 @@ def augment_instances(settings: InstanceAugment, key: jax.Array, batch: dict[str
   batch = dict(batch)
   if settings.is_identity:
     return {**batch, "image": batch["image"].astype(jnp.float32)}
-  fields = {k: batch[k] for k in ("image", *_INSTANCE_KEYS)}
+  fields = {k: batch[k] for k in ("image", *_INSTANCE_KEYS, "sem_seg") if k in batch}
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(fields["image"].shape[0]))
   out = jax.vmap(lambda k, ex: augment_example(settings, k, ex))(keys, fields)
   return {**batch, **out}

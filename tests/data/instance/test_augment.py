@@ -178,3 +178,24 @@ def test_boxes_from_masks_matches_loop():
   for m, box, c in zip(masks, np.asarray(boxes), np.asarray(count)):
     assert c == m.sum()
     assert box.tolist() == (loop_box(m) if m.any() else [0, 0, 0, 0])
+
+
+def test_semantic_map_moves_with_the_masks_and_outside_is_ignored():
+  # Panoptic FPN's sem_seg: the same nearest-pixel mapping as the masks (the loop), SEM_IGNORE outside the image.
+  settings = augment.InstanceAugment(hflip_prob=0.5, scale_range=(0.4, 1.8))
+  batch, key = make_batch(batch=4, seed=5), jax.random.key(3)
+  rng = np.random.default_rng(1)
+  batch["sem_seg"] = rng.integers(0, 5, (4, H, W)).astype(np.uint8)
+  out = run(settings, key, batch)
+  without = run(settings, key, {k: v for k, v in batch.items() if k != "sem_seg"})
+  for k in without:  # the instance fields do not depend on the semantic map
+    np.testing.assert_array_equal(out[k], without[k])
+  mismatch = 0
+  for b in range(4):
+    s, (oy, ox), flip = params(settings, key, b)
+    # Through the loop: the map as a mask of (value + 1), 0 outside the image.
+    moved = loop_reference({"masks": batch["sem_seg"][b][None].astype(np.int32) + 1}, s, oy, ox, flip)[0]
+    want = np.where(moved == 0, augment.SEM_IGNORE, moved - 1)
+    mismatch += int((out["sem_seg"][b] != want).sum())
+  assert mismatch <= 6, mismatch
+  assert (out["sem_seg"] == augment.SEM_IGNORE).any() and out["sem_seg"].dtype == np.uint8
