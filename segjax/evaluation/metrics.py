@@ -114,6 +114,7 @@ def nanmean(x: np.ndarray) -> float:
 def compute_metrics(
     cm: np.ndarray,
     class_names: Sequence[str] | None = None,
+    unlabelled: np.ndarray | None = None,
 ) -> dict[str, Any]:
   """FCN-paper metrics, precision, recall and F1 from a confusion matrix.
 
@@ -127,6 +128,9 @@ def compute_metrics(
   Args:
     cm: [K, K] integer counts, rows = ground truth, columns = prediction.
     class_names: K names; defaults to the class indices as strings.
+    unlabelled: optional [K] counts of ground-truth pixels of each class the prediction left without a class
+      (a panoptic map's void): misses of that class (they count in its ground truth, its recall and IoU, and in
+      the pixel accuracy's total) and predictions of none.
 
   Returns:
     A dict with floats `pixel_accuracy`, `mean_accuracy`, `mean_iou`,
@@ -147,6 +151,11 @@ def compute_metrics(
   counts = cm.astype(np.int64)
   tp = np.diag(counts)
   gt = counts.sum(axis=1)  # t_i
+  if unlabelled is not None:
+    unlabelled = np.asarray(unlabelled, np.int64).reshape(-1)
+    if unlabelled.shape != (k,):
+      raise ValueError(f"unlabelled must hold one count per class ({k}), got shape {unlabelled.shape}")
+    gt = gt + unlabelled
   pred = counts.sum(axis=0)  # sum_j n_ji
   total = gt.sum()
 

@@ -171,6 +171,23 @@ def test_hand_computed_example():
   assert math.isnan(got["per_class"][2]["precision"])
 
 
+def test_unlabelled_pixels_are_misses_of_their_class():
+  # The hand-computed example plus 2 pixels of "a" and 1 of "c" that the prediction left void (a panoptic map).
+  cm = np.array([[3, 1, 0, 0],
+                 [2, 4, 0, 1],
+                 [0, 0, 0, 0],
+                 [0, 0, 0, 0]])
+  got = metrics.compute_metrics(cm, class_names=["a", "b", "c", "d"], unlabelled=[2, 0, 1, 0])
+  assert got["pixel_accuracy"] == pytest.approx(7 / 14)
+  # IoU: a 3/(6+2), b 4/8, c 0/1 (now in the ground truth, never predicted), d 0/1.
+  assert got["mean_iou"] == pytest.approx((3 / 8 + 1 / 2) / 4)
+  assert [c["pixel_count"] for c in got["per_class"]] == [6, 7, 1, 0]
+  assert [c["pred_count"] for c in got["per_class"]] == [5, 5, 0, 1]
+  assert got["per_class"][0]["recall"] == pytest.approx(3 / 6) and math.isnan(got["per_class"][2]["precision"])
+  with pytest.raises(ValueError, match="one count per class"):
+    metrics.compute_metrics(cm, unlabelled=[1, 2])
+
+
 def test_all_ignored_gives_nan_without_warnings():
   labels = np.zeros((2, 4, 4), np.int32)
   cm = metrics.confusion_matrix(labels, labels, np.zeros(labels.shape), 3)
