@@ -16,7 +16,7 @@ from segjax.evaluation import conventions
 from segjax import models
 from segjax import sharding
 from segjax import tasks
-from segjax.tasks import instance_config
+from segjax.tasks import instance_config, panoptic_config
 from segjax import weights
 from segjax.ops import conv as conv_lib
 
@@ -123,6 +123,9 @@ def default_config() -> ml_collections.ConfigDict:
   # config.task="instance" (Mask R-CNN): max_instances, augmentation, loss weights, dataset options
   # (segjax.tasks.instance_config documents each key); semantic recipes leave it alone.
   c.instance = instance_config.config_block()
+  # config.task="panoptic" (Panoptic FPN): the joint loss's weights, the fusion's thresholds, dataset options
+  # (segjax.tasks.panoptic_config); it also reads config.instance.
+  c.panoptic = panoptic_config.config_block()
 
   c.loss = ml_collections.ConfigDict()
   c.loss.ce_weight = 1.0

@@ -24,7 +24,8 @@ from segjax import models
 from segjax.data import datasets, label_stats
 from segjax.evaluation.loop import EvalResult  # noqa: F401  (part of the interface)
 
-TASKS = {"semantic": "segjax.tasks.semantic:SemanticTask", "instance": "segjax.tasks.instance:InstanceTask"}
+TASKS = {"semantic": "segjax.tasks.semantic:SemanticTask", "instance": "segjax.tasks.instance:InstanceTask",
+         "panoptic": "segjax.tasks.panoptic:PanopticTask"}
 
 
 class Task:

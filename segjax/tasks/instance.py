@@ -55,6 +55,31 @@ def dataset_options(config) -> dict[str, Any]:
   return {"data_dir": config.dataset.data_dir, "manual_dir": config.dataset.manual_dir, **options}
 
 
+def model_kwargs(config) -> dict[str, Any]:
+  """MaskRCNN's keywords from `config.model` (dtype names as dtypes, lists as tuples)."""
+  kwargs = models.model_kwargs(config.model)
+  if isinstance(kwargs.get("dtype"), str):
+    kwargs["dtype"] = _DTYPES[kwargs["dtype"]]
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def check_instance_keys(config, fail) -> None:
+  """The config.instance and size keys (shared with the panoptic task); `fail(key, value, fix)` raises."""
+  if config.instance.max_instances < 1:
+    fail("instance.max_instances", config.instance.max_instances, "must be >= 1")
+  for key, size in (("dataset.crop_size", config.dataset.crop_size), ("dataset.eval_size", config.dataset.eval_size)):
+    if isinstance(size, (tuple, list)) and any(int(s) % 32 for s in size):
+      fail(key, tuple(size), "give sides that are multiples of 32 (the FPN's coarsest stride)")
+  if config.dataset.eval_size == "per_image":
+    fail("dataset.eval_size", "per_image", "instance evaluation batches images at one size: give (h, w) or None")
+  unknown = set(config.instance.loss_weights) - set(LOSSES)
+  if unknown:
+    fail("instance.loss_weights", sorted(unknown), f"the losses are {list(LOSSES)}")
+  lo, hi = config.instance.scale_range
+  if not 0 < lo <= hi:
+    fail("instance.scale_range", (lo, hi), "give (min, max) with 0 < min <= max")
+
+
 class InstanceTask(Task):
   """Mask R-CNN / Faster R-CNN on the shared core; see segjax.tasks.Task for what each method is for."""
 
@@ -76,30 +101,13 @@ class InstanceTask(Task):
   def check_config(cls, config, spec, fail) -> None:
     if config.model.name not in MODELS:
       fail("model.name", config.model.name, f"choose one of {sorted(MODELS)} for config.task='instance'")
-    if config.instance.max_instances < 1:
-      fail("instance.max_instances", config.instance.max_instances, "must be >= 1")
-    for key, size in (("dataset.crop_size", config.dataset.crop_size), ("dataset.eval_size", config.dataset.eval_size)):
-      if isinstance(size, (tuple, list)) and any(int(s) % 32 for s in size):
-        fail(key, tuple(size), "give sides that are multiples of 32 (the FPN's coarsest stride)")
-    if config.dataset.eval_size == "per_image":
-      fail("dataset.eval_size", "per_image", "instance evaluation batches images at one size: give (h, w) or None")
-    unknown = set(config.instance.loss_weights) - set(LOSSES)
-    if unknown:
-      fail("instance.loss_weights", sorted(unknown), f"the losses are {list(LOSSES)}")
-    lo, hi = config.instance.scale_range
-    if not 0 < lo <= hi:
-      fail("instance.scale_range", (lo, hi), "give (min, max) with 0 < min <= max")
+    check_instance_keys(config, fail)
 
   # ------------------------------------------------------------------------------------------- model and data
 
   def build_model(self, spec):
-    kwargs = {k: v for k, v in dict(self.config.model).items() if k != "name"}
-    if isinstance(kwargs.get("dtype"), str):
-      kwargs["dtype"] = _DTYPES[kwargs["dtype"]]
-    for k, v in kwargs.items():
-      if isinstance(v, list):
-        kwargs[k] = tuple(v)
-    return mask_rcnn.MaskRCNN(num_classes=spec.num_classes - 1, mask_head=MODELS[self.config.model.name], **kwargs)
+    return mask_rcnn.MaskRCNN(num_classes=spec.num_classes - 1, mask_head=MODELS[self.config.model.name],
+                              **model_kwargs(self.config))
 
   @staticmethod
   def object_class_names(spec) -> tuple[str, ...]:

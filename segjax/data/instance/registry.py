@@ -86,7 +86,7 @@ def _palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
   return tuple(colours[:num_classes])
 
 
-def make_builder(name: str, *, data_dir=None, manual_dir=None, **options: Any) -> tfds.core.GeneratorBasedBuilder:
+def make_builder(name: str, /, *, data_dir=None, manual_dir=None, **options: Any) -> tfds.core.GeneratorBasedBuilder:
   """The (not necessarily prepared) tfds builder of a registry name; see the module doc for each name's options.
 
   Raises:
@@ -108,7 +108,7 @@ def make_builder(name: str, *, data_dir=None, manual_dir=None, **options: Any) -
   raise ValueError(f"Unknown instance dataset {name!r}; known: {list(NAMES)}.")
 
 
-def get_builder(name: str, *, data_dir=None, manual_dir=None, **options: Any) -> tfds.core.GeneratorBasedBuilder:
+def get_builder(name: str, /, *, data_dir=None, manual_dir=None, **options: Any) -> tfds.core.GeneratorBasedBuilder:
   """A prepared builder (array_record), preparing it on first use; arguments as `make_builder`.
 
   Every check of the source files runs before tfds writes anything, and tfds writes into a temporary folder a
@@ -131,7 +131,7 @@ def spec_of(builder: tfds.core.DatasetBuilder, name: str) -> InstanceSpec:
                       category_ids=tuple(int(i) for i in ids) if ids is not None else None)
 
 
-def get_spec(name: str, *, data_dir=None, manual_dir=None, **options: Any) -> InstanceSpec:
+def get_spec(name: str, /, *, data_dir=None, manual_dir=None, **options: Any) -> InstanceSpec:
   """The InstanceSpec of a dataset, preparing it on first use; arguments as `make_builder`."""
   return spec_of(get_builder(name, data_dir=data_dir, manual_dir=manual_dir, **options), name)
 
@@ -141,7 +141,7 @@ def _split_names(split: str) -> list[str]:
   return [re.sub(r"\[.*\]$", "", part.strip()).strip() for part in split.split("+")]
 
 
-def data_source(name: str, split: str, *, data_dir=None, manual_dir=None, **options: Any):
+def data_source(name: str, split: str, /, *, data_dir=None, manual_dir=None, **options: Any):
   """Random-access source (len(), __getitem__) of stored examples of `split` (tfds slicing allowed), preparing
   the dataset on first use; arguments as `make_builder`.
 

@@ -113,7 +113,7 @@ class PanopticSpec:
     return {c.id: colours[i] for i, c in enumerate(self.categories)}
 
 
-def make_builder(name: str, *, data_dir=None, manual_dir=None, **options: Any) -> tfds.core.GeneratorBasedBuilder:
+def make_builder(name: str, /, *, data_dir=None, manual_dir=None, **options: Any) -> tfds.core.GeneratorBasedBuilder:
   """The (not necessarily prepared) tfds builder of a registry name; see the module doc for each name's options.
 
   Raises:
@@ -135,7 +135,7 @@ def make_builder(name: str, *, data_dir=None, manual_dir=None, **options: Any) -
   raise ValueError(f"Unknown panoptic dataset {name!r}; known: {list(NAMES)}.")
 
 
-def get_builder(name: str, *, data_dir=None, manual_dir=None, **options: Any) -> tfds.core.GeneratorBasedBuilder:
+def get_builder(name: str, /, *, data_dir=None, manual_dir=None, **options: Any) -> tfds.core.GeneratorBasedBuilder:
   """A prepared builder (array_record), preparing it on first use; arguments as `make_builder`."""
   builder = make_builder(name, data_dir=data_dir, manual_dir=manual_dir, **options)
   if not builder.is_prepared():
@@ -152,12 +152,12 @@ def spec_of(builder: tfds.core.DatasetBuilder, name: str) -> PanopticSpec:
                       max_objects={k: int(v) for k, v in meta["max_objects"].items()})
 
 
-def get_spec(name: str, *, data_dir=None, manual_dir=None, **options: Any) -> PanopticSpec:
+def get_spec(name: str, /, *, data_dir=None, manual_dir=None, **options: Any) -> PanopticSpec:
   """The PanopticSpec of a dataset, preparing it on first use; arguments as `make_builder`."""
   return spec_of(get_builder(name, data_dir=data_dir, manual_dir=manual_dir, **options), name)
 
 
-def data_source(name: str, split: str, *, data_dir=None, manual_dir=None, **options: Any):
+def data_source(name: str, split: str, /, *, data_dir=None, manual_dir=None, **options: Any):
   """Random-access source of stored examples of `split` (tfds slicing allowed), preparing on first use.
 
   Raises:
