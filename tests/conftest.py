@@ -158,6 +158,15 @@ def instance_data_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def panoptic_data_dir(tmp_path_factory) -> str:
+  """A tfds data_dir with the built-in panoptic_shapes dataset prepared once per test session (~10 s)."""
+  from segjax.data.panoptic import registry  # pylint: disable=import-outside-toplevel  (after XLA_FLAGS is set)
+  data_dir = str(tmp_path_factory.mktemp("tfds_panoptic"))
+  registry.get_builder(registry.SHAPES, data_dir=data_dir)
+  return data_dir
+
+
+@pytest.fixture(scope="session")
 def cli_env(tmp_path_factory) -> dict[str, str]:
   """Environment for running train.py / eval.py as subprocesses: this checkout importable, this session's fake
   devices, and one JAX persistent compilation cache shared by every CLI process of the session.

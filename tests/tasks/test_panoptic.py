@@ -1,0 +1,140 @@
+"""The panoptic task (Panoptic FPN) on the shared core: one step on 8 devices equals one on 1 device; train.py is
+SIGKILLed and resumes bitwise; the evaluation during training reports the PQ of fusing and scoring each image
+alone; bad recipes are refused with the key to change."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from segjax import config as config_lib
+from segjax import experiment, forward
+from segjax.data import pipeline
+from segjax.data.panoptic import features
+from segjax.evaluation import instance as instance_eval
+from segjax.evaluation import panoptic as panoptic_eval
+from segjax.evaluation import panoptic_quality
+from segjax.training import loop, steps
+from tests.conftest import REPO
+from tests.tasks import cli
+
+RECIPE = REPO / "tests" / "tasks" / "panoptic_recipe.py"
+
+
+def _config(data_dir, **overrides):
+  config = config_lib.load_recipe(str(RECIPE))
+  config.dataset.data_dir = data_dir
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    target = config
+    for part in path:
+      target = target[part]
+    target[leaf] = value
+  return config
+
+
+def _one_step(config, devices, batch):
+  exp = experiment.build(config, devices)
+  state = exp.init_state()
+  init = jax.device_get(state.params)  # before the step donates the state
+  glob = pipeline.to_global(batch, exp.mesh, exp.config.batch_size, exp.task.batch_specs(exp))
+  new_state, out = steps.jit_train_step(exp)(state, glob)
+  return init, jax.device_get(new_state.params), jax.device_get(out)
+
+
+def test_one_step_on_8_devices_equals_1_device(panoptic_data_dir):
+  assert jax.device_count() == 8
+  # SGD: its update is proportional to the gradient, so the parameters compare the gradients (see test_instance).
+  config = _config(panoptic_data_dir, **{"optimizer.name": "sgd", "optimizer.learning_rate": 0.02})
+  exp = experiment.build(config, jax.devices()[:1])
+  source = exp.task.data_source("train")
+  ds = pipeline.train_dataset(source, exp.task.train_transform(exp), batch_size=config.batch_size, seed=0)
+  batch = next(iter(ds))
+  assert batch["sem_seg"].shape == (8, 64, 64) and batch["valid"].sum() > 0
+  assert set(np.unique(batch["sem_seg"])) <= {0, 1, 2, 3, 255}
+  init, p1, m1 = _one_step(config, jax.devices()[:1], batch)
+  _, p8, m8 = _one_step(config, jax.devices(), batch)
+  for key in ("loss", "loss_sem_seg", "loss_classifier", "loss_mask"):
+    np.testing.assert_allclose(m1[key], m8[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  # The joint loss: the instance terms (weights 1) plus 0.5 x the semantic one.
+  instance_terms = sum(m1[k] for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
+                                       "loss_mask"))
+  np.testing.assert_allclose(m1["loss"], instance_terms + 0.5 * m1["loss_sem_seg"], rtol=1e-5)
+  chex.assert_trees_all_close(p1, p8, rtol=1e-5, atol=1e-5)
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(init["sem_seg_head"]),
+                                                   jax.tree.leaves(p1["sem_seg_head"])))
+
+
+def test_bad_panoptic_recipes_name_the_key(panoptic_data_dir, tmp_path):
+  cases = [({"model.name": "mask_rcnn"}, "model.name"), ({"dataset.name": "instance_shapes"}, "panoptic datasets"),
+           ({"panoptic.semantic_loss_weight": -1.0}, "semantic_loss_weight"),
+           ({"panoptic.fusion.overlap_threshold": 1.5}, "overlap_threshold"),
+           ({"dataset.crop_size": (60, 64)}, "multiples of 32")]
+  for overrides, message in cases:
+    with pytest.raises(ValueError, match=message):
+      experiment.build(_config(panoptic_data_dir, **overrides), jax.devices()[:1])
+  config = _config(panoptic_data_dir, **{"instance.max_instances": 4})  # panoptic_shapes holds up to 6 things
+  with pytest.raises(ValueError, match="config.instance.max_instances"):
+    loop.train_and_evaluate(config, tmp_path / "run", progress=False)
+  assert not list((tmp_path / "run").glob("checkpoints/*"))
+
+
+@pytest.mark.slow
+def test_panoptic_task_survives_sigkill_resumes_bitwise_and_scores_pq(panoptic_data_dir, cli_env, tmp_path):
+  config = _config(panoptic_data_dir)
+  first = cli.train_cli(RECIPE, tmp_path / "reference", panoptic_data_dir, cli_env, tmp_path / "reference.log")
+  assert first.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
+
+  workdir = tmp_path / "killed"
+  proc = cli.train_cli(RECIPE, workdir, panoptic_data_dir, cli_env, tmp_path / "first.log")
+  deadline = time.monotonic() + 300
+  while max(cli.logged_steps(workdir), default=0) < 10 and proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+  assert proc.poll() is None, "train.py finished (or failed) before the kill: " + (tmp_path / "first.log").read_text()
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert max(cli.logged_steps(workdir)) < config.num_train_steps
+  second = cli.train_cli(RECIPE, workdir, panoptic_data_dir, cli_env, tmp_path / "second.log")
+  assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()
+  assert "Resumed from step" in (tmp_path / "second.log").read_text()
+
+  step, resumed = cli.final_state(workdir, config)
+  ref_step, reference = cli.final_state(tmp_path / "reference", config)
+  assert step == ref_step == config.num_train_steps
+  for name in ("step", "params", "opt_state", "batch_stats"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(reference, name), getattr(resumed, name))
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if "loss" in r] == list(range(1, config.num_train_steps + 1))
+  assert all(np.isfinite(r["train_loss_sem_seg"]) for r in records if "loss" in r)
+  evals = [r for r in records if "eval/PQ" in r]
+  assert [r["step"] for r in evals] == [config.num_train_steps]
+
+  # The batched evaluator's PQ equals each image run alone at its own size, fused and scored one at a time.
+  exp = experiment.build(config)
+  state = jax.device_put(resumed, exp.state_sharding)
+  result = exp.task.evaluator(exp).evaluate(state, config.eval_split, progress=False)
+  assert evals[-1]["eval/PQ"] == result.scalars["PQ"]
+  source = exp.task.data_source(config.eval_split)
+  variables = forward.variables(resumed.params, resumed.batch_stats)
+  fusion = panoptic_eval.fusion_config(config)
+  reference_pq = panoptic_quality.PanopticEvaluator(exp.spec.categories_by_id)
+  for index in range(len(source)):
+    truth = features.decode(source[index])
+    size = np.array(truth.image.shape[:2], np.int32)
+    out = instance_eval.detect(exp, variables, truth.image[None], size[None])
+    semantic = np.argmax(np.asarray(out.pop("sem_seg"))[0], axis=-1)
+    pan, segs = panoptic_eval.predict_image(exp.spec, {k: np.asarray(v)[0] for k, v in out.items()}, semantic,
+                                            size, (1.0, 1.0), size, fusion)
+    reference_pq.add(pan, {s["id"]: s for s in segs}, truth.panoptic, truth.segments_by_id)
+  expected = reference_pq.summarize()
+  got = result.details["result"]
+  assert got["num_images"] == len(source) == 16
+  for group in ("All", "Things", "Stuff"):
+    for key in ("pq", "sq", "rq", "n"):
+      assert abs(expected[group][key] - got[group][key]) < 1e-9, (group, key)
