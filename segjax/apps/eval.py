@@ -52,6 +52,12 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
                        "checkpoint. Drop --member.")
     from segjax.apps import eval_instance  # pylint: disable=import-outside-toplevel
     return eval_instance.run_eval(config, workdir, split=split, checkpoint_step=checkpoint_step)
+  if config.task == "panoptic":  # Panoptic Quality of the fused predictions (segjax.apps.eval_panoptic)
+    if members:
+      raise ValueError("--member: ensembles average semantic probabilities; panoptic recipes evaluate one "
+                       "checkpoint. Drop --member.")
+    from segjax.apps import eval_panoptic  # pylint: disable=import-outside-toplevel
+    return eval_panoptic.run_eval(config, workdir, split=split, checkpoint_step=checkpoint_step)
   params = inference.InferenceParams.from_config(config)  # a bad inference block fails before any restore
   if config.metrics.convention == "smp_weighted" and config.loss.class_weights is None:
     raise ValueError("config.metrics.convention='smp_weighted' needs class weights (smp's weighted reduction), "

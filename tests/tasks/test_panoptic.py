@@ -15,6 +15,7 @@ import pytest
 
 from segjax import config as config_lib
 from segjax import experiment, forward
+from segjax.apps import eval as eval_app
 from segjax.data import pipeline
 from segjax.data.panoptic import features
 from segjax.evaluation import instance as instance_eval
@@ -138,3 +139,13 @@ def test_panoptic_task_survives_sigkill_resumes_bitwise_and_scores_pq(panoptic_d
   for group in ("All", "Things", "Stuff"):
     for key in ("pq", "sq", "rq", "n"):
       assert abs(expected[group][key] - got[group][key]) < 1e-9, (group, key)
+
+  # eval.py's outputs for the same checkpoint: metrics.json (no NaN), one CSV row per category, the panels.
+  eval_app.run_eval(config, str(workdir), split=config.eval_split)
+  out_dir = workdir / "eval" / config.eval_split
+  written = json.loads((out_dir / "metrics.json").read_text())
+  assert written["All"]["pq"] == pytest.approx(got["All"]["pq"], abs=1e-12) and written["checkpoint_step"] == 16
+  assert set(written["semantic"]) >= {"mean_iou", "pixel_accuracy", "per_class"} and written["num_images"] == 16
+  rows = (out_dir / "per_class.csv").read_text().splitlines()
+  assert len(rows) == 1 + len(exp.spec.categories) and rows[0].startswith("category_id,name,isthing,pq")
+  assert len(list((out_dir / "images").glob("*.png"))) == config.num_visualizations
