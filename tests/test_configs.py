@@ -12,6 +12,7 @@ from flax import traverse_util
 from segjax import config as config_lib
 from segjax import experiment, models
 from segjax.tasks import instance as instance_task
+from segjax.tasks import panoptic as panoptic_task
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "configs").glob("*.py"))
@@ -32,6 +33,7 @@ def test_every_registry_model_has_a_recipe():
   configs = [load(p) for p in RECIPES]
   assert {c.model.name for c in configs if c.task == "semantic"} == set(models.MODELS)
   assert {c.model.name for c in configs if c.task == "instance"} == set(instance_task.MODELS)
+  assert {c.model.name for c in configs if c.task == "panoptic"} == set(panoptic_task.MODELS)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -41,6 +43,8 @@ def test_recipe_builds(path, tmp_path):
     _fill_folder_keys(config, tmp_path)
   if config.dataset.name in ("coco", "instance_folder"):  # instance data are read (prepared) to know the classes
     _fill_instance_keys(config, tmp_path)
+  if config.dataset.name == "coco_panoptic":
+    _fill_coco_panoptic_keys(config, tmp_path)
   config_lib.validate(config)
   config.num_train_steps, config.batch_size, config.seed = 7, 8, 123
   if config.task == "semantic":
@@ -75,6 +79,29 @@ def _fill_instance_keys(config, root):
   (root / "instances.json").write_text(json.dumps(ann))
   pair = (str(root / "images"), str(root / "instances.json"))
   config.instance.dataset.splits = {"train": pair, "validation": pair}
+
+
+def _fill_coco_panoptic_keys(config, root):
+  """A one-image COCO panoptic dataset (a thing and a stuff segment) standing in for the recipe's data."""
+  import json  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from segjax.data.panoptic import features  # pylint: disable=import-outside-toplevel
+  config.dataset.data_dir = str(root / "tfds")
+  config.dataset.manual_dir = None
+  for sub in ("images", "panoptic"):
+    (root / sub).mkdir()
+  Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "images" / "a.png")
+  ids = np.full((20, 24), 2, np.int64)
+  ids[3:9, 4:10] = 1
+  Image.fromarray(features.id2rgb(ids)).save(root / "panoptic" / "a.png")
+  ann = {"images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 24}],
+         "categories": [{"id": 1, "name": "person", "isthing": 1}, {"id": 90, "name": "sky", "isthing": 0}],
+         "annotations": [{"image_id": 1, "file_name": "a.png", "segments_info": [
+             {"id": 1, "category_id": 1, "iscrowd": 0, "area": 36, "bbox": [4, 3, 6, 6]},
+             {"id": 2, "category_id": 90, "iscrowd": 0, "area": 444, "bbox": [0, 0, 24, 20]}]}]}
+  (root / "panoptic.json").write_text(json.dumps(ann))
+  split = (str(root / "images"), str(root / "panoptic.json"), str(root / "panoptic"))
+  config.panoptic.dataset.splits = {"train": split, "validation": split}
 
 
 def _fill_folder_keys(config, root):
