@@ -136,6 +136,9 @@ def recipe_from_dict(saved: dict[str, Any]) -> ml_collections.ConfigDict:
   if model is not None and saved.get("task") == "instance":  # Mask R-CNN's block (segjax.tasks.instance)
     from segjax.tasks import instance  # pylint: disable=import-outside-toplevel
     config.model = instance.model_config(model)
+  elif model is not None and saved.get("task") == "panoptic":  # Panoptic FPN's block (segjax.tasks.panoptic)
+    from segjax.tasks import panoptic  # pylint: disable=import-outside-toplevel
+    config.model = panoptic.model_config(model)
   elif model is not None:  # a recipe replaces the whole model block; keep none of the default model's keys
     config.model = models.model_config(model)
   _merge(config, saved)
@@ -203,6 +206,9 @@ def load(workdir: str | pathlib.Path, step: int | None = None, *, config: Recipe
     raise ValueError(f"{workdir} holds a {config.model.name} (instance) checkpoint; segjax.load serves semantic "
                      "networks. Detect with predict.py (segjax.apps.predict_instance.run), or export it (export.py) "
                      "and run it with segjax.serving.load.")
+  if config.task == "panoptic":
+    raise ValueError(f"{workdir} holds a {config.model.name} (panoptic) checkpoint; segjax.load serves semantic "
+                     "networks. Predict with predict.py (segjax.apps.predict_panoptic) or score it with eval.py.")
   # One device: the recipe's mesh shape (mesh.model=2, say) may not fit it, and inference splits only the batch.
   config.mesh.data, config.mesh.spatial, config.mesh.model = -1, 1, 1
   if inference_overrides:

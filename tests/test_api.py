@@ -243,3 +243,14 @@ def test_load_refuses_an_instance_checkpoint_naming_what_serves_it(instance_data
   random_checkpoint(config, tmp_path)
   with pytest.raises(ValueError, match="predict_instance.run.*segjax.serving.load"):
     api.load(tmp_path)
+
+
+def test_load_refuses_a_panoptic_checkpoint_and_its_saved_recipe_reads_back(panoptic_data_dir, tmp_path):
+  config = config_lib.load_recipe(str(REPO / "tests" / "tasks" / "panoptic_recipe.py"))
+  config.dataset.data_dir = panoptic_data_dir
+  random_checkpoint(config, tmp_path)
+  with pytest.raises(ValueError, match="panoptic.*predict_panoptic"):
+    api.load(tmp_path)
+  # The saved recipe comes back with Panoptic FPN's model block (its semantic keys), not a semantic model's.
+  saved = api.recipe_from_dict(config.to_dict())
+  assert saved.task == "panoptic" and saved.model.semantic_conv_dims == 16 and saved.model.backbone == "small"

@@ -44,6 +44,9 @@ def main(argv: list[str]) -> None:
     print(f"Wrote the TensorFlow SavedModel {out}")
     return
   recipe = f["config"].config_filename if hasattr(f["config"], "config_filename") else None
+  if f.config.task == "panoptic":
+    raise app.UsageError("export.py exports semantic and instance recipes; Panoptic FPN's fusion runs on the host "
+                         "after the network, and no exported form of it exists yet: predict with predict.py.")
   if f.config.task == "instance":  # fixed-size detections (segjax.serving.export_instance)
     from segjax.serving import export_instance  # pylint: disable=import-outside-toplevel
     out = export_instance.export_checkpoint(f.config, f.workdir, f.out, step=f.step,
