@@ -10,6 +10,10 @@ outputs exist already (unless --overwrite). The recipe's `inference` block picks
 (`--config.inference.mode=slide --config.inference.tile_size=512,512 ...`, docs/inference.md); `--member` adds
 ensemble members. An unreadable image is reported and skipped; the others are still written, and the exit status
 is 1 if any failed. --config takes a recipe file or the name of a recipe shipped with segjax.
+
+Instance recipes write instance-id maps and COCO results instead (segjax.apps.predict_instance); panoptic recipes
+write panoptic/<stem>.png (COCO panoptic RGB ids), overlays/<stem>.png and predictions.json
+(segjax.apps.predict_panoptic).
 """
 
 import sys
@@ -19,7 +23,7 @@ from ml_collections import config_flags
 
 from segjax import cli, platform
 from segjax import config as config_lib
-from segjax.apps import predict, predict_instance
+from segjax.apps import predict, predict_instance, predict_panoptic
 
 FLAGS = flags.FLAGS
 
@@ -44,11 +48,13 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)
   platform.configure_xla_cpu()  # before any JAX computation
   members = [config_lib.parse_member(text) for text in FLAGS.member]  # bad values fail before anything runs
-  # An instance recipe writes detections (instance-id PNGs, COCO results) instead of label maps.
-  runner = predict_instance.run if FLAGS.config.task == "instance" else predict.run
+  # An instance recipe writes detections (instance-id PNGs, COCO results) instead of label maps; a panoptic one
+  # segment maps and COCO panoptic results.
+  runners = {"instance": predict_instance.run, "panoptic": predict_panoptic.run}
+  runner = runners.get(FLAGS.config.task, predict.run)
   failed = runner(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output, members=members,
-                       checkpoint_step=FLAGS.checkpoint_step, probabilities=FLAGS.probabilities,
-                       overwrite=FLAGS.overwrite, max_pixels=FLAGS.max_pixels)
+                  checkpoint_step=FLAGS.checkpoint_step, probabilities=FLAGS.probabilities,
+                  overwrite=FLAGS.overwrite, max_pixels=FLAGS.max_pixels)
   if failed:
     sys.exit(1)
 
