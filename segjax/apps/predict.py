@@ -174,9 +174,9 @@ def run(config, workdir: str, inputs: str, output: str, *, members: Sequence[tup
 
   Image.MAX_IMAGE_PIXELS = max_pixels
   warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # up to max_pixels is what was asked for
-  if config.task == "instance":
-    raise ValueError("predict.run segments with a semantic recipe; an instance recipe's detections are written by "
-                     "segjax.apps.predict_instance.run (predict.py picks it by config.task).")
+  if config.task in ("instance", "panoptic"):
+    raise ValueError(f"predict.run segments with a semantic recipe; a {config.task} recipe's predictions are written "
+                     f"by segjax.apps.predict_{config.task}.run (predict.py picks it by config.task).")
   files = list_inputs(inputs)
   out_dir = check_output_dir(inputs, output)
   plan = plan_outputs(files, out_dir, probabilities=probabilities, overwrite=overwrite)

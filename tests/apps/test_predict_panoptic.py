@@ -15,7 +15,7 @@ from PIL import Image
 
 from segjax import config as config_lib
 from segjax import experiment, forward
-from segjax.apps import predict_panoptic
+from segjax.apps import predict, predict_panoptic
 from segjax.data.panoptic import registry
 from segjax.evaluation import instance as instance_eval
 from segjax.evaluation import panoptic as panoptic_eval
@@ -109,6 +109,8 @@ def test_predict_writes_coco_panoptic_pngs_overlays_and_json(trained, panoptic_d
   with pytest.raises(ValueError, match="--member"):
     predict_panoptic.run(config, workdir, str(inputs), str(tmp_path / "out2"), members=[(config, workdir, None)],
                          progress=False)
+  with pytest.raises(ValueError, match="predict_panoptic.run"):  # the semantic runner refuses the recipe
+    predict.run(config, workdir, str(inputs), str(tmp_path / "out3"), progress=False)
 
 
 def test_unreadable_input_is_named_and_skipped_outputs_need_overwrite(trained, tmp_path):

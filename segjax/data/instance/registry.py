@@ -114,7 +114,11 @@ def get_builder(name: str, /, *, data_dir=None, manual_dir=None, **options: Any)
   Every check of the source files runs before tfds writes anything, and tfds writes into a temporary folder a
   failure removes, so a failed preparation leaves nothing a later call would take as prepared.
   """
-  builder = make_builder(name, data_dir=data_dir, manual_dir=manual_dir, **options)
+  return prepared(make_builder(name, data_dir=data_dir, manual_dir=manual_dir, **options))
+
+
+def prepared(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.GeneratorBasedBuilder:
+  """`builder`, prepared first if it is not (nothing is downloaded: the sources are local or generated)."""
   if not builder.is_prepared():
     builder.download_and_prepare(download_config=_NO_GCS)
   return builder
@@ -149,12 +153,20 @@ def data_source(name: str, split: str, /, *, data_dir=None, manual_dir=None, **o
     ValueError: an unknown split, or one that selects no example.
   """
   builder = get_builder(name, data_dir=data_dir, manual_dir=manual_dir, **options)
+  return split_source(builder, split, f"instance dataset {name!r}")
+
+
+def split_source(builder: tfds.core.DatasetBuilder, split: str, what: str):
+  """The data source of `split` of a prepared builder; `what` names the dataset in errors.
+
+  Raises:
+    ValueError: an unknown split, or one that selects no example.
+  """
   available = list(builder.info.splits)
   for base in _split_names(split):
     if base not in available:
-      raise ValueError(f"Unknown split {base!r} (in {split!r}) of instance dataset {name!r}; available splits: "
-                       f"{available}.")
+      raise ValueError(f"Unknown split {base!r} (in {split!r}) of {what}; available splits: {available}.")
   if builder.info.splits[split].num_examples == 0:
-    raise ValueError(f"Split {split!r} of instance dataset {name!r} holds no examples: choose a split or a slice "
-                     "that selects some (tfds slicing: 'train[:100]').")
+    raise ValueError(f"Split {split!r} of {what} holds no examples: choose a split or a slice that selects some "
+                     "(tfds slicing: 'train[:100]').")
   return builder.as_data_source(split=split)

@@ -26,7 +26,6 @@ from segjax.data.instance import registry as instance_registry
 SHAPES, COCO, CITYSCAPES = "panoptic_shapes", "coco_panoptic", "cityscapes"
 NAMES = (SHAPES, COCO, CITYSCAPES)
 IGNORE = 255  # the semantic target's ignore label (Detectron2's SEM_SEG_HEAD.IGNORE_VALUE)
-_NO_GCS = tfds.download.DownloadConfig(try_download_gcs=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +135,9 @@ def make_builder(name: str, /, *, data_dir=None, manual_dir=None, **options: Any
 
 
 def get_builder(name: str, /, *, data_dir=None, manual_dir=None, **options: Any) -> tfds.core.GeneratorBasedBuilder:
-  """A prepared builder (array_record), preparing it on first use; arguments as `make_builder`."""
-  builder = make_builder(name, data_dir=data_dir, manual_dir=manual_dir, **options)
-  if not builder.is_prepared():
-    builder.download_and_prepare(download_config=_NO_GCS)
-  return builder
+  """A prepared builder (array_record), preparing it on first use; arguments as `make_builder`. A failed
+  preparation leaves nothing prepared (every check runs first; tfds writes into a temporary folder)."""
+  return instance_registry.prepared(make_builder(name, data_dir=data_dir, manual_dir=manual_dir, **options))
 
 
 def spec_of(builder: tfds.core.DatasetBuilder, name: str) -> PanopticSpec:
@@ -164,12 +161,4 @@ def data_source(name: str, split: str, /, *, data_dir=None, manual_dir=None, **o
     ValueError: an unknown split, or one that selects no example.
   """
   builder = get_builder(name, data_dir=data_dir, manual_dir=manual_dir, **options)
-  available = list(builder.info.splits)
-  for base in instance_registry._split_names(split):  # pylint: disable=protected-access
-    if base not in available:
-      raise ValueError(f"Unknown split {base!r} (in {split!r}) of panoptic dataset {name!r}; available splits: "
-                       f"{available}.")
-  if builder.info.splits[split].num_examples == 0:
-    raise ValueError(f"Split {split!r} of panoptic dataset {name!r} holds no examples: choose a split or a slice "
-                     "that selects some (tfds slicing: 'train[:100]').")
-  return builder.as_data_source(split=split)
+  return instance_registry.split_source(builder, split, f"panoptic dataset {name!r}")
