@@ -59,10 +59,16 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
           f"{coco.format_table(result)}")
     print(f"Wrote {out_dir / 'metrics.json'}, {out_dir / 'per_class.csv'}"
           + (f" and {len(images)} overlays under {out_dir / 'images'}" if images else ""))
-    board = logs.TensorBoard(workdir, enabled=True)
-    try:
-      board.scalars({"step": step, **{f"eval/{split}/{k}": v for k, v in evaluation.scalars.items()}})
-    finally:
-      board.close()
-    curves.plot_curves(workdir)
+    log_scalars(workdir, split, step, evaluation.scalars)
   return result
+
+
+def log_scalars(workdir: str, split: str, step: int, scalars: dict[str, float]) -> None:
+  """eval.py's numbers in the workdir's TensorBoard logs (eval/<split>/<name> at the checkpoint's step), and
+  DIR/curves.png redrawn with them."""
+  board = logs.TensorBoard(workdir, enabled=True)
+  try:
+    board.scalars({"step": step, **{f"eval/{split}/{k}": v for k, v in scalars.items()}})
+  finally:
+    board.close()
+  curves.plot_curves(workdir)

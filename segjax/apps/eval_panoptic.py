@@ -18,10 +18,10 @@ import jax
 import ml_collections
 
 from segjax import experiment
+from segjax.apps import eval_instance
 from segjax.evaluation import metrics, panoptic_quality
 from segjax.evaluation import instance as instance_eval
 from segjax.evaluation import panoptic as panoptic_eval
-from segjax.training import curves, logs
 
 CSV_FIELDS = ("category_id", "name", "isthing", "pq", "sq", "rq", "tp", "fp", "fn", "iou")
 
@@ -59,10 +59,5 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
           f"{metrics.format_table(result['semantic'])}")
     print(f"Wrote {out_dir / 'metrics.json'}, {out_dir / 'per_class.csv'}"
           + (f" and {len(images)} overlays under {out_dir / 'images'}" if images else ""))
-    board = logs.TensorBoard(workdir, enabled=True)
-    try:
-      board.scalars({"step": step, **{f"eval/{split}/{k}": v for k, v in evaluation.scalars.items()}})
-    finally:
-      board.close()
-    curves.plot_curves(workdir)
+    eval_instance.log_scalars(workdir, split, step, evaluation.scalars)
   return result

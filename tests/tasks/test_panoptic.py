@@ -5,8 +5,6 @@ alone; bad recipes are refused with the key to change."""
 from __future__ import annotations
 
 import json
-import signal
-import time
 
 import chex
 import jax
@@ -89,27 +87,7 @@ def test_bad_panoptic_recipes_name_the_key(panoptic_data_dir, tmp_path):
 @pytest.mark.slow
 def test_panoptic_task_survives_sigkill_resumes_bitwise_and_scores_pq(panoptic_data_dir, cli_env, tmp_path):
   config = _config(panoptic_data_dir)
-  first = cli.train_cli(RECIPE, tmp_path / "reference", panoptic_data_dir, cli_env, tmp_path / "reference.log")
-  assert first.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
-
-  workdir = tmp_path / "killed"
-  proc = cli.train_cli(RECIPE, workdir, panoptic_data_dir, cli_env, tmp_path / "first.log")
-  deadline = time.monotonic() + 300
-  while max(cli.logged_steps(workdir), default=0) < 10 and proc.poll() is None and time.monotonic() < deadline:
-    time.sleep(0.02)
-  assert proc.poll() is None, "train.py finished (or failed) before the kill: " + (tmp_path / "first.log").read_text()
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert max(cli.logged_steps(workdir)) < config.num_train_steps
-  second = cli.train_cli(RECIPE, workdir, panoptic_data_dir, cli_env, tmp_path / "second.log")
-  assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()
-  assert "Resumed from step" in (tmp_path / "second.log").read_text()
-
-  step, resumed = cli.final_state(workdir, config)
-  ref_step, reference = cli.final_state(tmp_path / "reference", config)
-  assert step == ref_step == config.num_train_steps
-  for name in ("step", "params", "opt_state", "batch_stats"):
-    jax.tree.map(np.testing.assert_array_equal, getattr(reference, name), getattr(resumed, name))
+  workdir, resumed = cli.kill_resume_and_compare(RECIPE, config, panoptic_data_dir, cli_env, tmp_path)
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records if "loss" in r] == list(range(1, config.num_train_steps + 1))
   assert all(np.isfinite(r["train_loss_sem_seg"]) for r in records if "loss" in r)
