@@ -5,8 +5,8 @@ called, not copied) with its background replaced by 2-3 "stuff" regions, so the 
 dataset's visible masks and every other pixel belongs to a stuff region. A horizon, the line y = a*x + b, splits
 the image into an upper and a lower part: the lower part is ground; the upper part is sky or wall (2 regions), or,
 in half the images, is split again by a near-vertical line x = c*y + d into sky on one side and wall on the other
-(3 regions). Each stuff class has its own texture, its colours drawn at random (at least instance_shapes' minimum contrast in RGB
-from the things' colours and from each other), so the texture, not the colour, tells the class:
+(3 regions). Each stuff class has its own texture, its colours drawn at random (at least instance_shapes' minimum
+contrast in RGB from the things' colours and from each other), so the texture, not the colour, tells the class:
   sky     a smooth vertical gradient
   ground  two-tone stripes parallel to the horizon
   wall    bricks (rows of bricks, every other row shifted by half a brick, lighter or darker mortar lines)

@@ -138,8 +138,9 @@ class MaskRCNN(nn.Module):
                                name="backbone", **kw)(images, train=train)
     semantic = None
     if self.semantic_classes:
-      semantic = SemSegFPNHead(self.semantic_classes, conv_dims=self.semantic_conv_dims, norm=self.semantic_norm,
-                               num_groups=self.semantic_num_groups, name="sem_seg_head", **kw)(features).astype(jnp.float32)
+      head = SemSegFPNHead(self.semantic_classes, conv_dims=self.semantic_conv_dims, norm=self.semantic_norm,
+                           num_groups=self.semantic_num_groups, name="sem_seg_head", **kw)
+      semantic = head(features).astype(jnp.float32)
     objectness, rpn_deltas = RPNHead(len(FPN_ASPECT_RATIOS[0]), name="rpn", **kw)([features[k] for k in LEVELS])
     feature_sizes = [features[k].shape[1:3] for k in LEVELS]
     anchors = fpn_anchors((h, w), feature_sizes, FPN_SIZES, FPN_ASPECT_RATIOS)
