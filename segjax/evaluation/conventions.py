@@ -3,7 +3,8 @@ reference script, torchmetrics, and segmentation_models_pytorch's five reduction
 
 Formulas, absent-class rules and when each equals segjax's own numbers: docs/metrics.md. Every function here is
 checked against a transcription of the other toolkit's code (or the toolkit itself) in
-tests/evaluation/test_conventions.py.
+tests/evaluation/test_conventions.py; the smp ones against segmentation_models_pytorch itself in
+tests/evaluation/test_conventions_smp.py.
 """
 
 from collections.abc import Sequence
@@ -118,16 +119,21 @@ def _smp(tp, fp, fn, tn, reduction: str, class_weights, zero_division) -> dict[s
       precision=lambda tp, fp, fn, tn: _divide(tp, tp + fp),
       recall=lambda tp, fp, fn, tn: _divide(tp, tp + fn))
   weights = np.asarray(1.0 if class_weights is None else class_weights, np.float64)
-  # smp normalises the weights to sum 1 and then takes `.mean()`, so "weighted" is scaled by 1/K.
+  # smp normalises the weights to sum 1 first; "weighted" then *sums* `score * w` (a weighted mean), whereas
+  # "macro" and "macro-imagewise" take `.mean()` (with the scalar weight 1 they are plain means).
   weights = weights / weights.sum()
   out = {}
   for name, fn_ in metric_fns.items():
     if reduction == "micro":
       # No zero_division here in smp: an empty matrix gives NaN.
       score = fn_(tp.sum(), fp.sum(), fn.sum(), tn.sum())
-    elif reduction in ("macro", "weighted"):
+    elif reduction == "macro":
       score = _smp_zero_division(fn_(tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0)), zero_division)
       score = (score * weights).mean()
+    elif reduction == "weighted":
+      score = _smp_zero_division(fn_(tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0)), zero_division)
+      # `.sum()`, not `.mean()`: a `.mean()` here scaled the result by 1/K (2.55% on CamVid, every class >17%).
+      score = (score * weights).sum()
     elif reduction == "micro-imagewise":
       score = _smp_zero_division(fn_(tp.sum(1), fp.sum(1), fn.sum(1), tn.sum(1)), zero_division)
       score = score.mean() if score.size else math.nan

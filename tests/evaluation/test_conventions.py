@@ -119,7 +119,8 @@ def smp_metric(metric_fn, tp, fp, fn, tn, reduction, class_weights=None, zero_di
     return metric_fn(tp.sum(), fp.sum(), fn.sum(), tn.sum())
   if reduction in ("macro", "weighted"):
     score = handle_zero_division(metric_fn(tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0)))
-    return (score * class_weights).mean()
+    # smp 0.6.0: "weighted" sums the normalised-weight products, "macro" averages them (its weight is 1).
+    return (score * class_weights).sum() if reduction == "weighted" else (score * class_weights).mean()
   if reduction == "micro-imagewise":
     return handle_zero_division(metric_fn(tp.sum(1), fp.sum(1), fn.sum(1), tn.sum(1))).mean()
   assert reduction == "macro-imagewise"
