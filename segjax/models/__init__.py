@@ -27,10 +27,12 @@ import ml_collections
 from segjax.models.context import ContextNet
 from segjax.models.deconvnet import DeconvNet
 from segjax.models.deeplab import DeepLabLargeFOV
+from segjax.models.deeplabv3 import DeepLabV3, DeepLabV3Plus
 from segjax.models.fcn import FCN8s, FCN16s, FCN32s
 from segjax.models.patch_classifier import PatchClassifier
 from segjax.models.pspnet import PSPNet
 from segjax.models.segnet import SegNet, SegNetBasic
+from segjax.models.smp import SmpFPN, SmpUnet
 from segjax.models.small_fcn import FCNNearest, FCNSkipConcat, FCNTransposedSkip
 from segjax.models.tied import TiedConvDeconv
 from segjax.models.unet import UNet, UNetValid
@@ -53,7 +55,11 @@ MODELS: dict[str, type[nn.Module]] = {
     "deeplab_largefov": DeepLabLargeFOV,
     "dilated_context": ContextNet,
     "pspnet": PSPNet,
+    "deeplabv3": DeepLabV3,
+    "deeplabv3plus": DeepLabV3Plus,
     "tied_conv_deconv": TiedConvDeconv,
+    "smp_unet": SmpUnet,
+    "smp_fpn": SmpFPN,
 }
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

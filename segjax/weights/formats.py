@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 FORMATS = ("auto", "keras_h5", "torch")
-ARCHITECTURES = ("auto", "vgg16", "vgg16_bn", "resnet50", "resnet101")
+ARCHITECTURES = ("auto", "vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "resnet101")
 _EXTENSIONS = {".h5": "keras_h5", ".hdf5": "keras_h5", ".pth": "torch", ".pt": "torch", ".bin": "torch",
                ".safetensors": "torch"}
 

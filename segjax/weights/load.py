@@ -92,9 +92,10 @@ def _graft(tree: Mapping[str, Any], path: Path, sub: dict[str, Any]) -> dict[str
 
 
 def model_architecture(backbone_params: Mapping[str, Any]) -> str | None:
-  """"vgg16", "vgg16_bn", "resnet50/101/152" from a backbone's parameter names, or None."""
+  """"vgg16", "vgg16_bn", "resnet18/34/50/101/152" from a backbone's parameter names, or None."""
   if "layer1_0" in backbone_params:
-    return resnet_architecture(sum(1 for k in backbone_params if k.startswith("layer3_")))
+    return resnet_architecture(sum(1 for k in backbone_params if k.startswith("layer3_")),
+                               bottleneck="conv3" in backbone_params["layer1_0"])
   if "conv1_1" in backbone_params:
     return "vgg16_bn" if "bn1_1" in backbone_params else "vgg16"
   return None

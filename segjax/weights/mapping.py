@@ -12,7 +12,8 @@ import re
 
 import numpy as np
 
-RESNET_DEPTHS = {6: 50, 23: 101, 36: 152}  # blocks in layer3
+RESNET_DEPTHS = {6: 50, 23: 101, 36: 152}  # blocks in layer3 of the bottleneck ResNets
+BASIC_RESNET_DEPTHS = {2: 18, 6: 34}  # blocks in layer3 of the basic-block ResNets (ResNet-34 has 6, as ResNet-50)
 KERAS_RESNET_BN_EPSILON = 1.001e-5
 SEGJAX_BN_EPSILON = 1e-5
 
@@ -28,7 +29,8 @@ class FileWeights:
     batch_stats: path -> array for the `batch_stats` collection (BN mean/var).
     sources: (collection, *path) -> (the file's key, the array's shape in the file), for error messages.
     ignored: keys of the file that are not part of a backbone (classifier layers, counters).
-    architecture: "vgg16", "vgg16_bn", "resnet50", "resnet101" or "resnet152", read from the keys.
+    architecture: "vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "resnet101" or "resnet152", read from
+      the keys.
     bgr: the first convolution expects BGR input (Keras / Caffe).
     first_conv: path of the first convolution's kernel.
     extras: VGG16's fully connected fc6/fc7 as convolutions ("fc6"/"fc7" -> kernel [7, 7, 512, 4096] /
@@ -49,9 +51,11 @@ class FileWeights:
     self.sources[(collection, *path)] = (key, tuple(file_shape))
 
 
-def resnet_architecture(blocks_in_layer3: int) -> str:
-  """"resnet50", "resnet101", "resnet152" from the number of blocks in layer3 (else "resnet?(N blocks in layer3)")."""
-  return f"resnet{RESNET_DEPTHS.get(blocks_in_layer3, f'?({blocks_in_layer3} blocks in layer3)')}"
+def resnet_architecture(blocks_in_layer3: int, bottleneck: bool = True) -> str:
+  """"resnet18/34" (basic blocks) or "resnet50/101/152" (bottlenecks) from the number of blocks in layer3 (else
+  "resnet?(N blocks in layer3)"). The block type is needed: ResNet-34 and ResNet-50 both have 6."""
+  depths = RESNET_DEPTHS if bottleneck else BASIC_RESNET_DEPTHS
+  return f"resnet{depths.get(blocks_in_layer3, f'?({blocks_in_layer3} blocks in layer3)')}"
 
 
 # ---------------------------------------------------------------------------------------------- converters
@@ -122,7 +126,8 @@ def _torch_resnet(state: dict[str, np.ndarray]) -> FileWeights:
     else:
       out.ignored.append(key)
   blocks = len({k.split(".")[1] for k in state if k.startswith("layer3.")})
-  out.architecture = resnet_architecture(blocks)
+  # Bottlenecks have a third convolution per block; torchvision's BasicBlock (ResNet-18/34) has two.
+  out.architecture = resnet_architecture(blocks, bottleneck="layer1.0.conv3.weight" in state)
   out.first_conv = ("conv1", "kernel")
   return out
 

@@ -1,5 +1,10 @@
-"""ResNet-50/101/152 (He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016) as a
+"""ResNet-18/34/50/101/152 (He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016) as a
 dense-prediction backbone.
+
+ResNet-18/34 are built from basic blocks (two 3x3 convolutions, torchvision's `BasicBlock`, stride in the first),
+ResNet-50/101/152 from bottlenecks; the stage outputs have 64..512 channels with basic blocks and 256..2048 with
+bottlenecks. A dilated basic block dilates its first 3x3 convolution only, as MMSegmentation's `BasicBlock`
+(torchvision refuses dilation in basic blocks).
 
 The blocks are torchvision's bottleneck "v1.5": the stride of a downsampling block sits in its 3x3 convolution
 (the paper's Table 1 puts it in the first 1x1). For segmentation the last stages can trade their stride for
@@ -51,6 +56,11 @@ STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {
     152: (3, 8, 36, 3),
 }
 EXPANSION = 4  # a bottleneck's output has 4x the channels of its 3x3 convolution
+# Basic blocks per stage for the shallower nets (He et al. 2016, Table 1); their output has the 3x3s' channels.
+BASIC_STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+}
 
 # torchvision (and semseg, MMSeg) initialise convolutions with kaiming_normal_(mode="fan_out", relu): an
 # untruncated normal with variance 2 / (kh * kw * out_channels).
@@ -119,18 +129,59 @@ class Bottleneck(nn.Module):
     return nn.relu(y + shortcut)
 
 
+class BasicBlock(nn.Module):
+  """3x3 (stride, dilation) -> 3x3 residual block of ResNet-18/34: [B, H, W, Cin] -> [B, H/s, W/s, features].
+
+  Parameter names are torchvision's (`conv1`, `bn1`, `conv2`, `bn2`, `downsample_0`, `downsample_1`).
+
+  Attributes:
+    features: channels of both convolutions and of the output.
+    strides: stride of the first convolution and of the projection shortcut.
+    dilation: dilation (and padding) of the first convolution (MMSegmentation's BasicBlock).
+    project: 1x1 convolution + BN on the shortcut (needed when the shape changes).
+    zero_init_last_bn: start bn2's scale at 0 so the block starts as the identity (Goyal et al. 2017).
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  features: int
+  strides: int = 1
+  dilation: int = 1
+  project: bool = False
+  zero_init_last_bn: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    conv, norm = _conv_and_norm(self.dtype, self.param_dtype, train)
+    d = self.dilation
+    y = conv(self.features, (3, 3), strides=self.strides, padding=symmetric_padding(3, d), kernel_dilation=d,
+             name="conv1")(x)
+    y = norm(name="bn1", activation="relu")(y)
+    y = conv(self.features, (3, 3), padding=symmetric_padding(3), name="conv2")(y)
+    last_scale = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
+    y = norm(scale_init=last_scale, name="bn2")(y)
+    shortcut = x
+    if self.project:
+      shortcut = conv(self.features, (1, 1), strides=self.strides, padding="VALID", name="downsample_0")(x)
+      shortcut = norm(name="downsample_1")(shortcut)
+    return nn.relu(y + shortcut)
+
+
 class ResNet(nn.Module):
-  """Bottleneck ResNet returning its stage outputs; accepts any input size.
+  """ResNet (basic blocks for depth 18/34, bottlenecks for 50/101/152) returning its stage outputs; any input size.
 
   `__call__(x [B, H, W, C], train=...)` returns a dict (strides for output_stride=32; with dilation the later
   stages stop at 8 or 16; sizes are ceil(H / stride) as in PyTorch):
     "stem":   [B, H/2, W/2, stem channels] after the stem convolutions, before the max pool (stem_width channels
               for the standard stem, 2 * stem_width for the deep one);
     "layer1": [B, H/4, W/4, 4 * width];      "layer2": [B, H/8, W/8, 8 * width];
-    "layer3": [B, H/16, W/16, 16 * width];   "layer4": [B, H/32, W/32, 32 * width].
+    "layer3": [B, H/16, W/16, 16 * width];   "layer4": [B, H/32, W/32, 32 * width]
+  (a quarter of those channels, width .. 8 * width, for the basic-block ResNet-18/34).
 
   Attributes:
-    depth: 50, 101 or 152 (blocks per stage from He et al. 2016, Table 1).
+    depth: 18, 34 (basic blocks), 50, 101 or 152 (bottlenecks); blocks per stage from He et al. 2016, Table 1.
     output_stride: 8, 16 or 32; strides of layer3/layer4 become dilations below 32.
     stem: "standard" (7x7/2 convolution, torchvision) or "deep" (three 3x3 convolutions, semseg / ResNetV1c).
     stem_width: channels of the 7x7 convolution ("standard"), or of the first two deep-stem convolutions, the
@@ -140,7 +191,7 @@ class ResNet(nn.Module):
       `replace_stride_with_dilation`; MMSeg's `contract_dilation`). Off for semseg's and MMSeg's PSPNet.
     zero_init_residual: initialise every block's last BN scale to zero (torchvision's option of the same name).
     stride_in_1x1: ResNet v1 / "caffe" blocks, striding in the first 1x1 convolution (Keras and Caffe weights);
-      False is torchvision's v1.5 (stride in the 3x3).
+      False is torchvision's v1.5 (stride in the 3x3). Bottlenecks only.
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -158,8 +209,12 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
-    if self.depth not in STAGE_BLOCKS:
-      raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth}")
+    basic = self.depth in BASIC_STAGE_BLOCKS
+    if not basic and self.depth not in STAGE_BLOCKS:
+      depths = sorted({**BASIC_STAGE_BLOCKS, **STAGE_BLOCKS})
+      raise ValueError(f"ResNet depth must be one of {depths}, got {self.depth}")
+    if basic and self.stride_in_1x1:
+      raise ValueError(f"ResNet-{self.depth} has basic blocks (no 1x1 convolution); stride_in_1x1 needs depth >= 50")
     if self.stem not in ("standard", "deep"):
       raise ValueError(f"ResNet stem must be 'standard' or 'deep', got {self.stem!r}")
     check_images(x, "ResNet")
@@ -179,7 +234,9 @@ class ResNet(nn.Module):
     # PyTorch's MaxPool2d(3, 2, padding=1) pads with -inf, as reduce_window's padding does here.
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
-    for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth]):
+    table = BASIC_STAGE_BLOCKS if basic else STAGE_BLOCKS
+    expansion = 1 if basic else EXPANSION
+    for stage, num_blocks in enumerate(table[self.depth]):
       features = self.width * 2**stage
       dilation = dilations[stage]
       for i in range(num_blocks):
@@ -187,16 +244,14 @@ class ResNet(nn.Module):
         block_dilation = dilation
         if i == 0 and self.contract_dilation and dilation > 1:
           block_dilation = dilation // 2
-        x = Bottleneck(
-            features,
-            strides=stride,
-            dilation=block_dilation,
-            # torchvision's rule: project the shortcut whenever the block changes the shape.
-            project=stride != 1 or x.shape[-1] != EXPANSION * features,
-            zero_init_last_bn=self.zero_init_residual,
-            stride_in_1x1=self.stride_in_1x1,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=f"layer{stage + 1}_{i}")(x, train=train)
+        # torchvision's rule: project the shortcut whenever the block changes the shape.
+        project = stride != 1 or x.shape[-1] != expansion * features
+        common = dict(strides=stride, dilation=block_dilation, project=project,
+                      zero_init_last_bn=self.zero_init_residual, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name=f"layer{stage + 1}_{i}")
+        if basic:
+          x = BasicBlock(features, **common)(x, train=train)
+        else:
+          x = Bottleneck(features, stride_in_1x1=self.stride_in_1x1, **common)(x, train=train)
       outputs[f"layer{stage + 1}"] = x
     return outputs
