@@ -13,6 +13,7 @@ import ml_collections
 from segjax.data import augment
 from segjax.data import folder
 from segjax.evaluation import conventions
+from segjax import loss_config
 from segjax import models
 from segjax import sharding
 from segjax import tasks
@@ -127,11 +128,8 @@ def default_config() -> ml_collections.ConfigDict:
   # (segjax.tasks.panoptic_config); it also reads config.instance.
   c.panoptic = panoptic_config.config_block()
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.ce_weight = 1.0
-  c.loss.dice_weight = 0.0
-  c.loss.class_weights = ml_collections.FieldReference(None, field_type=tuple)
-  c.loss.aux_weight = 0.4  # weight of auxiliary heads' losses (PSPNet: 0.4, as in the paper)
+  # Segmentation losses summed with their weights (segjax.loss_config documents each key; docs/losses.md).
+  c.loss = loss_config.config_block()
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"  # adamw | adam | sgd
@@ -266,12 +264,7 @@ def validate(config: ml_collections.ConfigDict) -> "Settings":
       not boundaries or list(boundaries) != sorted(boundaries)
       or not all(config.optimizer.warmup_steps < b for b in boundaries)):
     fail("optimizer.boundaries", boundaries, "give increasing steps after the warm-up, e.g. (60000, 80000)")
-  if config.loss.aux_weight < 0:
-    fail("loss.aux_weight", config.loss.aux_weight, "must be >= 0")
-  if config.loss.ce_weight < 0 or config.loss.dice_weight < 0 or (
-      config.loss.ce_weight == 0 and config.loss.dice_weight == 0):
-    fail("loss", (config.loss.ce_weight, config.loss.dice_weight), "ce_weight and dice_weight must be >= 0, "
-         "not both 0")
+  loss_config.check(config.loss, fail)
   task.check_config(config, spec, fail)
   if config.on_nonfinite not in ("stop", "skip"):
     fail("on_nonfinite", config.on_nonfinite, "choose 'stop' or 'skip'")
@@ -318,13 +311,7 @@ class OptimizerSettings:
   decay_factor: float
 
 
-@dataclasses.dataclass(frozen=True)
-class LossSettings:
-  """config.loss, typed: cross-entropy and soft-Dice weights, per-class weights, auxiliary heads' weight."""
-  ce_weight: float
-  dice_weight: float
-  class_weights: tuple[float, ...] | None
-  aux_weight: float
+LossSettings = loss_config.LossSettings  # config.loss, typed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,9 +348,7 @@ def _section(cls, block):
 
 def settings(config: ml_collections.ConfigDict) -> Settings:
   """The typed sections of `config` (call `validate` first: this only copies and converts)."""
-  loss = _section(LossSettings, config.loss)
-  if loss.class_weights is not None:
-    loss = dataclasses.replace(loss, class_weights=tuple(float(w) for w in loss.class_weights))
+  loss = loss_config.settings(config.loss)
   optimizer = _section(OptimizerSettings, config.optimizer)
   optimizer = dataclasses.replace(optimizer, boundaries=tuple(int(b) for b in optimizer.boundaries))
   return Settings(loop=_section(LoopSettings, config), optimizer=optimizer,

@@ -1,4 +1,5 @@
-"""Segmentation losses: (class-weighted) cross-entropy and soft Dice.
+"""Segmentation losses: (class-weighted, optionally label-smoothed) cross-entropy and soft Dice (linear or squared
+denominator); focal, Lovász-softmax, Tversky, Jaccard and OHEM live in segjax.losses_extra.
 
 Pixels are ignored through a per-pixel `weights` array (0 = ignore, also used
 for padding), never through a magic label value. Everything is a sum over the
@@ -41,6 +42,7 @@ def cross_entropy(
     labels: jax.Array,
     weights: jax.Array,
     class_weights: jax.Array | None = None,
+    label_smoothing: float = 0.0,
 ) -> jax.Array:
   """Weighted mean softmax cross-entropy over valid pixels.
 
@@ -48,20 +50,32 @@ def cross_entropy(
   reduction='mean': sum_p m_p w[y_p] ce_p / sum_p m_p w[y_p], where m_p is the
   pixel weight (0 = ignore; other values multiply in).
 
+  With label_smoothing = e, as torch's `label_smoothing`: the target is
+  (1 - e) one_hot(y) + e / K, so ce_p becomes
+  (1 - e) w[y_p] ce_p + e / K sum_k w[k] (-log p_k), still divided by
+  sum_p m_p w[y_p] (torch weighs the smoothed term by each class's weight).
+
   Args:
     logits: [B, H, W, K], any float dtype; computed in at least float32.
     labels: [B, H, W] int in [0, K) (anything where weights == 0).
     weights: [B, H, W] float or bool pixel weights, 0 = ignore.
     class_weights: [K] or None.
+    label_smoothing: e in [0, 1].
 
   Returns:
     Scalar (float32 unless logits are float64); 0 if no pixel is valid.
   """
   logits, labels, weights = _valid_inputs(logits, labels, weights)
-  if class_weights is not None:
-    weights = weights * jnp.asarray(class_weights, logits.dtype)[labels]
+  num_classes = logits.shape[-1]
+  cw = jnp.ones((num_classes,), logits.dtype) if class_weights is None else jnp.asarray(class_weights, logits.dtype)
+  pixel_weights = weights * cw[labels]
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return _safe_ratio(jnp.sum(weights * ce), jnp.sum(weights), 0.0)
+  num = jnp.sum(pixel_weights * ce)
+  if label_smoothing:
+    # Static branch: without smoothing the log-softmax over every class is never materialised.
+    smooth = -jnp.sum(jax.nn.log_softmax(logits, axis=-1) * cw, axis=-1)
+    num = (1.0 - label_smoothing) * num + label_smoothing / num_classes * jnp.sum(weights * smooth)
+  return _safe_ratio(num, jnp.sum(pixel_weights), 0.0)
 
 
 def dice_loss(
@@ -71,10 +85,13 @@ def dice_loss(
     *,
     smooth: float = 1.0,
     class_weights: jax.Array | None = None,
+    squared: bool = False,
 ) -> jax.Array:
   """Multi-class soft Dice loss, 1 - mean_c dice_c.
 
-  dice_c = (2 sum p_c g_c + smooth) / (sum p_c + sum g_c + smooth), with
+  dice_c = (2 sum p_c g_c + smooth) / (sum p_c + sum g_c + smooth), or with
+  `squared` V-Net's (2 sum p_c g_c + smooth) / (sum p_c^2 + sum g_c^2 + smooth)
+  (Milletari et al. 2016, eq. 1), with
   p = softmax(logits), g = one_hot(labels) and the sums running over every
   valid pixel of the batch (batch-wise Dice, nnU-Net's `batch_dice`): one
   ratio per class for the whole batch rather than per image, so a class that
@@ -89,6 +106,7 @@ def dice_loss(
     weights: [B, H, W] float or bool pixel weights, 0 = ignore.
     smooth: additive smoothing of numerator and denominator.
     class_weights: [K] weights of the mean over classes, or None (plain mean).
+    squared: V-Net's squared denominator.
 
   Returns:
     Scalar in [0, 1] (for non-negative weights).
@@ -100,7 +118,10 @@ def dice_loss(
   onehot = onehot * weights[..., None]
   axes = tuple(range(logits.ndim - 1))
   intersection = jnp.sum(probs * onehot, axis=axes)
-  denominator = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
+  if squared:  # p and g already carry the pixel weight: m^2 p^2, like the intersection's m^2 p g
+    denominator = jnp.sum(probs * probs, axis=axes) + jnp.sum(onehot * onehot, axis=axes)
+  else:
+    denominator = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
   dice = _safe_ratio(2 * intersection + smooth, denominator + smooth, 1.0)
   if class_weights is None:
     mean_dice = jnp.mean(dice)

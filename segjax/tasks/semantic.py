@@ -1,8 +1,9 @@
 """Semantic segmentation: every pixel one of K classes.
 
 Batch: image uint8 [B, H, W, C], label int32 [B, H, W], weight float32 [B, H, W] (0 for the ignore label and
-padding; segjax.data.pipeline). Loss: cross-entropy and/or soft Dice with the pixel weights (segjax.losses), plus
-`loss.aux_weight` times the same loss of auxiliary heads a model sows. Evaluation: per-image confusion matrices on
+padding; segjax.data.pipeline). Loss: the weighted sum of the losses config.loss turns on (cross-entropy, soft Dice,
+focal, Lovász-softmax, Tversky, Jaccard, OHEM cross-entropy; segjax.losses_extra.total_loss, docs/losses.md) with
+the pixel weights, plus `loss.aux_weight` times the same loss of auxiliary heads a model sows. Evaluation: per-image confusion matrices on
 device, the metrics of docs/metrics.md under every toolkit's convention (segjax.evaluation.semantic).
 """
 
@@ -13,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from segjax import losses, models, sharding
+from segjax import losses_extra, models, sharding
 from segjax.data import augment as augment_lib
 from segjax.data import pipeline
 from segjax.evaluation import semantic as semantic_eval
@@ -60,8 +61,7 @@ class SemanticTask(Task):
     logits (the U-Net paper's 572 -> 388 tiles)."""
     settings = exp.settings.loss
     cw = None if self._class_weights is None else jnp.asarray(self._class_weights, jnp.float32)
-    loss_of = functools.partial(losses.segmentation_loss, ce_weight=settings.ce_weight,
-                                dice_weight=settings.dice_weight, class_weights=cw)
+    loss_of = functools.partial(losses_extra.total_loss, settings=settings, class_weights=cw)
     logits, labels, weight = outputs, batch["label"], batch["weight"]
     target, target_weight = labels, weight
     if logits.shape[1:3] != labels.shape[1:3]:
