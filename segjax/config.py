@@ -85,7 +85,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.check_labels = True
 
   # Device-side joint augmentation of image and mask (segjax.data.augment.AugmentConfig documents each op);
-  # every op is off except horizontal flips.
+  # every op is off except horizontal flips. MMSeg's PhotoMetricDistortion colour jitter: saturation=(0.5, 1.5),
+  # hue_delta=18 (OpenCV's hue units, 180 a turn), each with probability 0.5 (saturation_prob, hue_prob).
   c.augment = augment.config_block(hflip_prob=0.5)
 
   # The chosen model's constructor options (see segjax.models); a recipe for another model replaces the block
@@ -276,7 +277,9 @@ def validate(config: ml_collections.ConfigDict) -> "Settings":
     fail("metrics.convention", config.metrics.convention, f"choose one of {list(conventions.CONVENTIONS)}")
   if config.dataset.normalization not in ("mean_std", "per_image"):
     fail("dataset.normalization", config.dataset.normalization, "choose 'mean_std' or 'per_image'")
-  augment.from_config(config.augment)  # raises naming the key
+  if augment.from_config(config.augment).colour and spec.num_channels != 3:  # from_config raises naming the key
+    fail("augment", (config.augment.saturation, config.augment.hue_delta), f"saturation and hue_delta need RGB "
+         f"images; {spec.name} has {spec.num_channels} channel(s): leave them at (1.0, 1.0) and 0")
   if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
     fail("grad_accum_steps", config.grad_accum_steps,
          f"must be >= 1 and divide batch_size={config.batch_size} (each microbatch is batch_size / grad_accum_steps)")

@@ -7,8 +7,17 @@ never changes the draws of another, and the result depends only on (seed, step, 
 Geometric ops (zoom+crop, flips, rotation, affine, elastic) compose into one map from output pixel to input
 position per example, applied in a single resampling: bilinear (or nearest) for the image, nearest for label and
 weight. A pixel whose source lies outside the image gets weight 0, i.e. it is ignored: never a real class.
-Photometric ops then act on the float image in 0..255 units: brightness, contrast, gamma, Gaussian blur,
-additive Gaussian noise, pixel dropout, coarse dropout.
+Photometric ops then act on the float image in 0..255 units: brightness, contrast, saturation, hue, gamma,
+Gaussian blur, additive Gaussian noise, pixel dropout, coarse dropout.
+
+Saturation and hue follow MMSegmentation's PhotoMetricDistortion (mmseg/datasets/pipelines/transforms.py): each
+applied with probability 0.5 by default; saturation multiplies S of HSV by U(lower, upper) and clips it to its
+range; hue adds a shift to H in OpenCV's units for 8-bit images, where a full turn is 180 (so the default
+`hue_delta` 18 is +-36 degrees, a tenth of the circle) and wraps it. Differences from MMSeg, all below one grey
+level or a matter of rounding: MMSeg draws the hue shift as an integer from numpy's randint(-delta, delta), i.e.
+-delta..delta-1, and here it is uniform in [-delta, delta]; MMSeg rounds HSV to uint8 (OpenCV's 8-bit
+conversion) and truncates the saturation product to an integer, here everything stays float; MMSeg puts contrast
+either before saturation or after hue at random, here contrast is always before them (RGB images only).
 
 Coordinates are (row, column) of pixel centres, with the origin at the first pixel.
 """
@@ -19,6 +28,7 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+import dm_pix
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,6 +36,10 @@ import ml_collections
 # Op ids for fold_in: fixed forever, so a recipe's augmentation stream survives adding new ops.
 _ZOOM, _HFLIP, _VFLIP, _ROTATE, _AFFINE, _ELASTIC = 0, 1, 2, 3, 4, 5
 _BRIGHTNESS, _CONTRAST, _GAMMA, _BLUR, _NOISE, _PIXEL_DROPOUT, _COARSE_DROPOUT = 6, 7, 8, 9, 10, 11, 12
+_SATURATION, _HUE = 13, 14
+
+# OpenCV's hue units for 8-bit images (which MMSeg's hue_delta is in): a full turn is 180, 2 degrees each.
+HUE_TURN = 180.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +61,12 @@ class AugmentConfig:
     image_interpolation: "bilinear" or "nearest" sampling of the image (masks are always nearest).
     brightness: additive shift drawn from [-b, b], a fraction of 255.
     contrast: factor drawn from [1 - c, 1 + c], applied about the image mean.
+    saturation: (lower, upper) of the factor multiplying HSV saturation (clipped to [0, 1]); MMSeg's
+      saturation_range, (0.5, 1.5) there. (1, 1) is off. RGB images only.
+    saturation_prob: MMSeg's 0.5.
+    hue_delta: largest hue shift in OpenCV's 8-bit units (180 a full turn, so 18 is +-36 degrees); MMSeg's
+      hue_delta, 18 there. The shift is drawn uniformly from [-d, d]. 0 is off. RGB images only.
+    hue_prob: MMSeg's 0.5.
     gamma: (min, max) exponent drawn log-uniformly; out = 255 * (x / 255) ** gamma.
     blur_sigma: (min, max) standard deviation in pixels of a Gaussian blur.
     noise_std: (min, max) standard deviation of additive Gaussian noise, in 0..255 units.
@@ -72,6 +92,10 @@ class AugmentConfig:
   brightness_prob: float = 1.0
   contrast: float = 0.0
   contrast_prob: float = 1.0
+  saturation: tuple[float, float] = (1.0, 1.0)
+  saturation_prob: float = 0.5
+  hue_delta: float = 0.0
+  hue_prob: float = 0.5
   gamma: tuple[float, float] = (1.0, 1.0)
   gamma_prob: float = 1.0
   blur_sigma: tuple[float, float] = (0.0, 0.0)
@@ -92,7 +116,7 @@ class AugmentConfig:
       lo, hi = getattr(self, name)
       if not 0 < lo <= hi:
         fail(name, "give (min, max) with 0 < min <= max")
-    for name in ("blur_sigma", "noise_std", "coarse_dropout_size"):
+    for name in ("saturation", "blur_sigma", "noise_std", "coarse_dropout_size"):
       lo, hi = getattr(self, name)
       if not 0 <= lo <= hi:
         fail(name, "give (min, max) with 0 <= min <= max")
@@ -105,6 +129,8 @@ class AugmentConfig:
                  "contrast", "coarse_dropout_holes"):
       if getattr(self, name) < 0:
         fail(name, "must be >= 0")
+    if not 0 <= self.hue_delta <= HUE_TURN / 2:
+      fail("hue_delta", f"give 0..{HUE_TURN / 2:g} in OpenCV's hue units (a full turn is {HUE_TURN:g}; MMSeg: 18)")
     if not 0 <= self.pixel_dropout < 1:
       fail("pixel_dropout", "a fraction in [0, 1)")
     if self.elastic_grid < 2:
@@ -117,6 +143,11 @@ class AugmentConfig:
     """Whether any op other than flips moves pixels (and so needs resampling)."""
     return (self.zoom != (1.0, 1.0) or self.rotate_degrees > 0 or self.affine_scale != (1.0, 1.0)
             or self.affine_translate > 0 or self.affine_shear_degrees > 0 or self.elastic_sigma > 0)
+
+  @property
+  def colour(self) -> bool:
+    """Whether an op that needs RGB input (saturation, hue) is on."""
+    return self.saturation != (1.0, 1.0) or self.hue_delta > 0
 
   @property
   def is_identity(self) -> bool:
@@ -285,6 +316,21 @@ def _photometric(cfg: AugmentConfig, key: jax.Array, image: jax.Array) -> jax.Ar
     factor = jax.random.uniform(k_v, minval=1 - cfg.contrast, maxval=1 + cfg.contrast)
     mean = image.mean()
     image = jnp.where(_coin(k_on, cfg.contrast_prob), jnp.clip((image - mean) * factor + mean, 0, 255), image)
+  if cfg.colour and image.shape[-1] != 3:
+    raise ValueError(f"config.augment.saturation / hue_delta need RGB images; these have {image.shape[-1]} "
+                     "channel(s). Leave them at (1, 1) / 0.")
+  if cfg.saturation != (1.0, 1.0):
+    k_on, k_v = jax.random.split(jax.random.fold_in(key, _SATURATION))
+    factor = jax.random.uniform(k_v, minval=cfg.saturation[0], maxval=cfg.saturation[1])
+    # dm_pix works on [0, 1] RGB: HSV round trip with S * factor clipped to [0, 1].
+    adjusted = 255.0 * dm_pix.adjust_saturation(image / 255.0, factor)
+    image = jnp.where(_coin(k_on, cfg.saturation_prob), jnp.clip(adjusted, 0, 255), image)
+  if cfg.hue_delta > 0:
+    k_on, k_v = jax.random.split(jax.random.fold_in(key, _HUE))
+    delta = jax.random.uniform(k_v, minval=-cfg.hue_delta, maxval=cfg.hue_delta)
+    # dm_pix's hue is a fraction of a turn, wrapped modulo 1 (MMSeg's "% 180").
+    adjusted = 255.0 * dm_pix.adjust_hue(image / 255.0, delta / HUE_TURN)
+    image = jnp.where(_coin(k_on, cfg.hue_prob), jnp.clip(adjusted, 0, 255), image)
   if cfg.gamma != (1.0, 1.0):
     k_on, k_v = jax.random.split(jax.random.fold_in(key, _GAMMA))
     g = _log_uniform(k_v, *cfg.gamma)
