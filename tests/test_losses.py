@@ -316,3 +316,30 @@ def test_config_refuses_bad_values(key, value, match):
     loss_config.check(block, fail)
   loss_config.check(loss_config.config_block(), fail)
   assert loss_config.settings(loss_config.config_block()).ohem_min_kept == 100000
+
+
+def test_a_recipe_with_every_loss_trains_a_step(shapes_data_dir):
+  """experiment.build validates config.loss; the semantic task sums every term on the U-Net's logits."""
+  from segjax import experiment, sharding  # pylint: disable=import-outside-toplevel
+  from segjax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
+  from segjax.training import steps  # pylint: disable=import-outside-toplevel
+  from tests.conftest import semantic_train_dataset, tiny_config  # pylint: disable=import-outside-toplevel
+
+  config = tiny_config(shapes_data_dir, **{"optimizer.warmup_steps": 0, "batch_size": 2, "loss.dice_weight": 0.5,
+                                           "loss.dice_squared": True, "loss.label_smoothing": 0.1,
+                                           "loss.focal_weight": 1.0, "loss.lovasz_weight": 0.5,
+                                           "loss.tversky_weight": 0.5, "loss.tversky_alpha": 0.3,
+                                           "loss.tversky_beta": 0.7, "loss.jaccard_weight": 0.5,
+                                           "loss.ohem_weight": 1.0, "loss.ohem_min_kept": 64})
+  exp = experiment.build(config, jax.devices()[:1])
+  assert exp.settings.loss.ohem_min_kept == 64 and exp.settings.loss.focal_weight == 1.0
+  spec = datasets.get_spec(config.dataset.name)
+  source = datasets.data_source(spec.name, "train", data_dir=config.dataset.data_dir)
+  batch = semantic_train_dataset(source, spec=spec, batch_size=config.batch_size,
+                                 crop_size=config.dataset.crop_size, seed=0)[0]
+  state = exp.init_state()
+  before = jax.device_get(state.params)  # the step donates `state`
+  new_state, out = steps.jit_train_step(exp)(state, pipeline.to_global(batch, sharding.batch_sharding(exp.mesh)))
+  assert np.isfinite(out["loss"]) and out["loss"] > 0
+  after = jax.device_get(new_state.params)
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
