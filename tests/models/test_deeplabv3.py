@@ -253,11 +253,13 @@ def _one_step(model, devices, batch):
                                     "loss.aux_weight": 0.4, "augment": augment.config_block()})
   exp = experiment.build(config, devices, model=model)
   state = exp.init_state()
+  init = jax.device_get(state.params)  # the step donates the state's buffers
   new_state, out = steps.jit_train_step(exp)(state, pipeline.to_global(batch, sharding.batch_sharding(exp.mesh)))
-  return jax.device_get((new_state.params, new_state.batch_stats, out, state.params))
+  return jax.device_get((new_state.params, new_state.batch_stats, out)) + (init,)
 
 
-@pytest.mark.parametrize("cls", [DeepLabV3, DeepLabV3Plus])
+# DeepLabV3+ shares the backbone and ASPP; its two compilations take ~1.5 min on 2 loaded cores.
+@pytest.mark.parametrize("cls", [DeepLabV3, pytest.param(DeepLabV3Plus, marks=pytest.mark.slow)])
 def test_one_step_on_8_devices_equals_1_device(cls):
   assert jax.device_count() == 8
   # Dropout on (ASPP 0.5, aux 0.1): the per-example keys must give the same masks however the batch is split.
@@ -272,5 +274,8 @@ def test_one_step_on_8_devices_equals_1_device(cls):
   if cls is DeepLabV3:
     assert float(m1["loss"]) > float(m1["main_loss"])  # the auxiliary loss is added
   chex.assert_trees_all_close(p1, p8, rtol=1e-5, atol=1e-5)
-  chex.assert_trees_all_close(s1, s8, rtol=1e-5, atol=1e-5)  # BatchNorm statistics over the global batch
+  # BatchNorm statistics are over the global batch. Layer4 of an untrained ResNet-50 has activations of variance
+  # ~20, whose variance (E[x^2] - E[x]^2) summed in another order differs by up to 3e-5 relative (measured for
+  # DeepLabV3+'s ASPP BN); a per-device statistic would differ by far more.
+  chex.assert_trees_all_close(s1, s8, rtol=1e-4, atol=1e-5)
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(p1)))
