@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from segjax import cli
+from segjax import state as state_lib
 from segjax.data import datasets
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class Checkpointer:
     # orbax waits for the previous save inside `manager.save`; waiting here first attributes its failure to the
     # right step. It costs nothing extra: saves are checkpoint_every_steps apart.
     self.wait()
-    items = {"state": ocp.args.StandardSave(state)}
+    items = {"state": ocp.args.StandardSave(state_lib.to_saved(state))}
     if config is not None:
       items["config"] = ocp.args.JsonSave(config.to_dict())
     try:
@@ -239,9 +240,9 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: Any) -> Any:
     """Restores the state into the shardings of `abstract_state`."""
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    items = {"state": ocp.args.StandardRestore(state_lib.to_saved(abstract_state))}
     try:
-      return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+      return state_lib.from_saved(self.manager.restore(step, args=ocp.args.Composite(**items)).state)
     except Exception:
       cli.quiet_orbax_aftermath()  # orbax's abandoned reads would print thousands of lines
       raise

@@ -144,6 +144,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.decay_factor = 0.1
   c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
 
+  # Exponential moving average of the parameters, kept in the train state (and its checkpoints) and used by
+  # evaluation, prediction and export in place of the raw parameters: ema = decay * ema + (1 - decay) * params
+  # after every update, starting at the initial parameters. 0 is off (no EMA in the state). warmup: decay
+  # min(decay, (1 + t) / (10 + t)) at update t, TensorFlow's ExponentialMovingAverage(num_updates).
+  c.ema = ml_collections.ConfigDict()
+  c.ema.decay = 0.0  # e.g. 0.999 or 0.9999 (timm's ModelEma)
+  c.ema.warmup = False
+
   # Gradient accumulation: each step splits its global batch into this many microbatches, run one after another
   # (activations of one microbatch in memory at a time) and averages their gradients; batch_size stays the
   # global batch of one optimiser step.
@@ -280,6 +288,8 @@ def validate(config: ml_collections.ConfigDict) -> "Settings":
   if augment.from_config(config.augment).colour and spec.num_channels != 3:  # from_config raises naming the key
     fail("augment", (config.augment.saturation, config.augment.hue_delta), f"saturation and hue_delta need RGB "
          f"images; {spec.name} has {spec.num_channels} channel(s): leave them at (1.0, 1.0) and 0")
+  if not 0 <= config.ema.decay < 1:
+    fail("ema.decay", config.ema.decay, "give a decay in [0, 1), e.g. 0.999 (0: no moving average)")
   if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
     fail("grad_accum_steps", config.grad_accum_steps,
          f"must be >= 1 and divide batch_size={config.batch_size} (each microbatch is batch_size / grad_accum_steps)")

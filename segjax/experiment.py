@@ -93,10 +93,15 @@ class Experiment:
     # Parameter shapes do not depend on the input size; the task picks a valid one.
     return self.task.init_shape(self)
 
+  @property
+  def ema(self) -> bool:
+    """Whether the state keeps a moving average of the parameters (`config.ema.decay` > 0)."""
+    return state_lib.ema_decay(self.config)[0] > 0
+
   @functools.cached_property
   def _state_shapes(self) -> state_lib.TrainState:
     return jax.eval_shape(functools.partial(state_lib.create_train_state, self.model, self.tx,
-                                            input_shape=self.init_shape()), jax.random.key(0))
+                                            input_shape=self.init_shape(), ema=self.ema), jax.random.key(0))
 
   @functools.cached_property
   def state_sharding(self) -> state_lib.TrainState:
@@ -113,7 +118,8 @@ class Experiment:
                                                       self.config.init_from, self.model)
       loaded = (params, batch_stats)
     key = jax.random.key(self.config.seed)
-    init = functools.partial(state_lib.create_train_state, self.model, self.tx, input_shape=self.init_shape())
+    init = functools.partial(state_lib.create_train_state, self.model, self.tx, input_shape=self.init_shape(),
+                             ema=self.ema)
     state = jax.jit(init, out_shardings=self.state_sharding)(key)
     if loaded is None:
       return state
@@ -123,9 +129,13 @@ class Experiment:
     # the parameters are, so opt_state stays as initialised.
     def merge(new, old, sharding):
       return old if isinstance(new, jax.ShapeDtypeStruct) else jax.device_put(new, sharding)
-    return state.replace(
+    state = state.replace(
         params=jax.tree.map(merge, loaded[0], state.params, self.state_sharding.params),
         batch_stats=jax.tree.map(merge, loaded[1], state.batch_stats, self.state_sharding.batch_stats))
+    if state.ema_params is None:
+      return state
+    # The average starts at the parameters training starts from: the loaded ones (placed again, own buffers).
+    return state.replace(ema_params=jax.tree.map(merge, loaded[0], state.ema_params, self.state_sharding.params))
 
   def abstract_state(self) -> state_lib.TrainState:
     """Shapes, dtypes and target shardings of the state, for restoring a checkpoint onto this mesh (of any size:
@@ -173,7 +183,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, chec
 
 def member(exp: Experiment, state: state_lib.TrainState) -> inference.Member:
   """The ensemble Member (segjax.evaluation.inference) of a train state of `exp`."""
-  return inference.Member(model=exp.model, variables=forward_lib.variables(state.params, state.batch_stats),
+  return inference.Member(model=exp.model, variables=forward_lib.variables(state.eval_params, state.batch_stats),
                           mean=tuple(exp.mean), std=tuple(exp.std), normalization=exp.normalization)
 
 

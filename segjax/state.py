@@ -18,7 +18,9 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-  """step, params, opt_state and the BatchNorm statistics (an empty dict for models without BatchNorm).
+  """step, params, opt_state, the BatchNorm statistics (an empty dict for models without BatchNorm) and, with
+  `config.ema.decay` > 0, the exponential moving average of the parameters (None without: no leaves, so the
+  state and its checkpoints are exactly those of a run before EMA existed).
 
   The field names are those of flax's TrainState, so checkpoints saved with it restore unchanged.
   """
@@ -26,13 +28,23 @@ class TrainState:
   params: Any
   opt_state: Any
   batch_stats: Any = dataclasses.field(default_factory=dict)
+  ema_params: Any = None
 
   @classmethod
-  def create(cls, *, params: Any, tx: optax.GradientTransformation, batch_stats: Any = None) -> "TrainState":
+  def create(cls, *, params: Any, tx: optax.GradientTransformation, batch_stats: Any = None,
+             ema: bool = False) -> "TrainState":
     # A strongly typed step: a restored checkpoint's step is int32 (not weak), and a weak one here would make a
     # fresh run and a resumed run compile the train step twice.
     return cls(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
-               batch_stats={} if batch_stats is None else batch_stats)
+               batch_stats={} if batch_stats is None else batch_stats,
+               # A copy, not the same arrays: the train step donates the state, and one buffer cannot be donated
+               # twice.
+               ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+
+  @property
+  def eval_params(self) -> Any:
+    """The parameters to evaluate, predict with and export: the moving average when the run keeps one."""
+    return self.params if self.ema_params is None else self.ema_params
 
   def apply_gradients(self, tx: optax.GradientTransformation, grads: Any, **changes) -> "TrainState":
     """One optimiser update with `tx` (the transformation the state was created with); `changes` replace other
@@ -40,6 +52,56 @@ class TrainState:
     updates, opt_state = tx.update(grads, self.opt_state, self.params)
     return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state,
                         **changes)
+
+
+@flax.struct.dataclass
+class _StateWithoutEma:
+  """TrainState as it was before `ema_params`: the tree a checkpoint holds when EMA is off. A None field would add
+  an `ema_params` entry to orbax's metadata, and checkpoints written before it existed would no longer restore."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  batch_stats: Any
+
+
+def to_saved(state: Any) -> Any:
+  """The tree to write (or to restore into) for `state`: without the EMA field when there is no average."""
+  if isinstance(state, TrainState) and state.ema_params is None:
+    return _StateWithoutEma(step=state.step, params=state.params, opt_state=state.opt_state,
+                            batch_stats=state.batch_stats)
+  return state
+
+
+def from_saved(tree: Any) -> Any:
+  """`to_saved` undone: a TrainState (EMA None) from the tree written without the field."""
+  if isinstance(tree, _StateWithoutEma):
+    return TrainState(step=tree.step, params=tree.params, opt_state=tree.opt_state, batch_stats=tree.batch_stats)
+  return tree
+
+
+def ema_decay(config) -> tuple[float, bool]:
+  """(decay, warmup) of `config.ema` (a recipe saved before EMA existed has no block: (0, False), off)."""
+  block = config.get("ema") if hasattr(config, "get") else None
+  if block is None:
+    return 0.0, False
+  return float(block.decay), bool(block.warmup)
+
+
+def ema_rate(decay: float, warmup: bool, count: jax.Array) -> jax.Array:
+  """The decay of update number `count` (1 for the first update): `decay`, or with `warmup`
+  min(decay, (1 + count) / (10 + count)), TensorFlow's ExponentialMovingAverage(num_updates=count), so the early
+  average is not dominated by the random initialisation."""
+  d = jnp.asarray(decay, jnp.float32)
+  if not warmup:
+    return d
+  count = jnp.asarray(count, jnp.float32)
+  return jnp.minimum(d, (1.0 + count) / (10.0 + count))
+
+
+def update_ema(ema_params: Any, params: Any, rate: jax.Array) -> Any:
+  """rate * ema + (1 - rate) * params per leaf: optax.ema's moment update (without its debiasing: the average
+  starts at the initial parameters, as timm's ModelEma, not at zero)."""
+  return jax.tree.map(lambda e, p: (rate * e + (1.0 - rate) * p).astype(e.dtype), ema_params, params)
 
 
 def make_schedule(opt, num_steps: int) -> optax.Schedule:
@@ -95,8 +157,9 @@ def _optimizer(opt, schedule: optax.Schedule) -> optax.GradientTransformation:
 
 
 def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation, key: jax.Array,
-                       input_shape: tuple[int, ...]) -> TrainState:
-  """Initialises parameters for inputs of `input_shape` ([B, H, W, C]); pure, so it can run under jit.
+                       input_shape: tuple[int, ...], ema: bool = False) -> TrainState:
+  """Initialises parameters for inputs of `input_shape` ([B, H, W, C]); pure, so it can run under jit. `ema`: keep
+  a moving average of the parameters (`TrainState.ema_params`), starting at the initial ones.
 
   Parameters are drawn with the non-partitionable threefry formulation: XLA:CPU compiles it about 5x faster
   (one threefry program per parameter shape: 25 s -> 5 s for a small FCN, ~70 s for PSPNet-50), and the
@@ -106,4 +169,4 @@ def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformatio
   with jax.threefry_partitionable(False):
     variables = model.init({"params": params_key, "dropout": dropout_key}, jnp.zeros(input_shape, jnp.float32),
                            train=False)
-  return TrainState.create(params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats", {}))
+  return TrainState.create(params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats", {}), ema=ema)

@@ -81,7 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: str, output: st
   config = ml_collections.ConfigDict(config.to_dict())  # inference on one device of this process
   config.mesh.data, config.mesh.spatial, config.mesh.model = -1, 1, 1
   exp, state, _ = experiment.restore(config, workdir, checkpoint_step, "predict with", jax.local_devices()[:1])
-  variables = forward_lib.variables(state.params, state.batch_stats)
+  variables = forward_lib.variables(state.eval_params, state.batch_stats)
   names = exp.task.object_class_names(exp.spec)
   category_ids = instance_eval._category_ids(exp.spec)  # pylint: disable=protected-access
   threshold = float(config.instance.score_threshold)

@@ -85,7 +85,7 @@ class Evaluator:
     source = task.data_source(split)
     fit = bool(config.instance.eval_resize)
     example, padding = eval_functions(task.eval_size(exp), config.instance.max_instances, exp.spec.name, fit=fit)
-    variables = forward_lib.variables(state.params, state.batch_stats)
+    variables = forward_lib.variables(state.eval_params, state.batch_stats)
     names = task.object_class_names(exp.spec)
     evaluator = coco.CocoEvaluator(names, category_ids=_category_ids(exp.spec),
                                    iou_types=("bbox", "segm") if exp.model.mask_head else ("bbox",))

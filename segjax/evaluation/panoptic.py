@@ -130,7 +130,7 @@ class Evaluator:
     source = task.data_source(split)
     fit = bool(config.instance.eval_resize)
     example, padding = pan_pipeline.eval_functions(spec, task.eval_size(exp), fit=fit)
-    variables = forward_lib.variables(state.params, state.batch_stats)
+    variables = forward_lib.variables(state.eval_params, state.batch_stats)
     fusion = fusion_config(config)
     pq = panoptic_quality.PanopticEvaluator(spec.categories_by_id)
     semantic_counts = SemanticCounts(spec)

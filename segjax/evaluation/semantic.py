@@ -130,7 +130,7 @@ class Evaluator:
 
   def _prepare(self, state) -> inference.Segmenter:
     exp = self.exp
-    variables = forward_lib.variables(state.params, state.batch_stats)
+    variables = forward_lib.variables(state.eval_params, state.batch_stats)
     if self.segmenter is not None:
       self.segmenter.set_variables([variables, *(m.variables for m in self.extra)])
       return self.segmenter

@@ -217,7 +217,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     (the Experiment, host variables {"params", "batch_stats"}, the step).
   """
   exp, state, step = experiment.restore(config, workdir, step, purpose="export")
-  variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
+  variables = {"params": jax.device_get(state.eval_params), "batch_stats": jax.device_get(state.batch_stats)}
   return exp, variables, step
 
 

@@ -55,7 +55,7 @@ def export_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.
   size = (int(height or default[0]), int(width or default[1]))
   if any(s <= 0 or s % 32 for s in size):
     raise ValueError(f"--height/--width {size}: give positive multiples of 32 (the FPN's coarsest stride).")
-  variables = jax.device_get(forward_lib.variables(state.params, state.batch_stats))
+  variables = jax.device_get(forward_lib.variables(state.eval_params, state.batch_stats))
   b = batch if isinstance(batch, int) else (int(batch) if str(batch).isdigit() else jax.export.symbolic_shape(batch)[0])
   args = (jax.ShapeDtypeStruct((b, *size, 3), jnp.uint8), jax.ShapeDtypeStruct((b, 2), jnp.int32))
   try:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from segjax import forward as forward_lib
 from segjax import sharding
+from segjax import state as state_lib
 from segjax.ops import conv as conv_lib
 from segjax.state import TrainState
 
@@ -89,6 +90,11 @@ def _train_step(state, batch, exp):
   # stops or carries on as config.on_nonfinite says.
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updated = state.apply_gradients(exp.tx, grads, batch_stats=batch_stats)
+  if state.ema_params is not None:
+    # The average of the parameters after each update (`config.ema`); a skipped (non-finite) step keeps it too.
+    decay, warmup = state_lib.ema_decay(exp.config)
+    updated = updated.replace(ema_params=state_lib.update_ema(
+        state.ema_params, updated.params, state_lib.ema_rate(decay, warmup, updated.step)))
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
                            state.replace(step=updated.step))
   return new_state, {"loss": loss, **task.train_metrics(stats, k), "grad_norm": grad_norm, "finite": finite}
