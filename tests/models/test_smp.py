@@ -104,7 +104,8 @@ def _one_step(model, devices, batch):
   # Plain SGD: the update is linear in the gradient, so float32 reassociation across devices stays at rounding
   # level (Adam's first step is lr * sign(g) and turns rounding in a near-zero gradient into a full step).
   config = tiny_config("unused", **{"dataset.crop_size": batch["image"].shape[1:3], "optimizer.name": "sgd",
-                                    "optimizer.learning_rate": 0.1, "optimizer.momentum": 0.0, "optimizer.schedule": "constant",
+                                    "optimizer.learning_rate": 0.1, "optimizer.momentum": 0.0,
+                                    "optimizer.schedule": "constant",
                                     "optimizer.warmup_steps": 0, "optimizer.weight_decay": 0.0,
                                     "loss.ce_weight": 1.0, "loss.dice_weight": 0.0, "seed": 0,
                                     "augment": augment.config_block()})
