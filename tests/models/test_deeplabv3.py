@@ -21,7 +21,7 @@ from segjax.models.deeplabv3 import DeepLabV3, DeepLabV3Plus
 from segjax.training import steps
 from segjax.weights.load import load_into
 from tests.conftest import import_torchvision, tiny_config
-from tests.models.common import abstract_variables, count_params
+from tests.models.common import abstract_variables, assert_config_fields_and_float32, count_params
 
 RESNET50_NO_FC = 23_508_032  # torchvision resnet50() without its 1000-way fc (25,557,032 - 2048 * 1000 - 1000)
 
@@ -101,6 +101,14 @@ def test_shapes_over_input_sizes_and_aux_in_training_only(cls):
     shapes.append(jax.tree.map(lambda a: (a.shape, a.dtype), variables))
   assert shapes[0] == shapes[1]
   assert models.build_model(cls.__name__.lower(), 5) == cls(5)
+
+
+@pytest.mark.parametrize("cls", [DeepLabV3, DeepLabV3Plus])
+def test_config_fields_and_float32_parameters(cls):
+  assert_config_fields_and_float32(cls, (1, 32, 32, 3))
+  block = models.model_config(cls.__name__.lower(), width=4, stem_width=4, atrous_rates=(3, 6, 9))
+  assert models.build_model(block.name, 5, **models.model_kwargs(block)) == cls(5, width=4, stem_width=4,
+                                                                                atrous_rates=(3, 6, 9))
 
 
 def test_bad_options_are_errors():
