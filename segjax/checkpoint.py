@@ -298,7 +298,8 @@ def check_compatible(ckpt: Checkpointer, step: int, config: ml_collections.Confi
   """Refuses to restore a checkpoint whose model or classes differ from `config`'s, saying what differs.
 
   Compared: every `config.model` key (architecture, widths, param_dtype: what the parameters' shapes and meaning
-  depend on) except `model.dtype`, the class names and the image channels. Everything else (schedule, data
+  depend on) except `model.dtype`, the class names, the image channels and whether `config.ema` keeps a moving
+  average (`ema.decay` > 0: the state then holds one more copy of the parameters). Everything else (schedule, data
   paths, even another dataset with the same classes) may change between runs. `model.dtype` is the compute
   dtype: parameters are stored in param_dtype whatever it is, so a float32 run may be resumed or evaluated in
   bfloat16 and back.
@@ -329,6 +330,12 @@ def check_compatible(ckpt: Checkpointer, step: int, config: ml_collections.Confi
                  f"({now['dataset']['name']})")
   if old_channels is not None and new_channels is not None and old_channels != new_channels:
     diffs.append(f"image channels: {old_channels} in the checkpoint, {new_channels} now")
+  # A moving average of the weights is part of the state (segjax.state.TrainState.ema_params): a checkpoint with
+  # one does not restore into a state without, nor the reverse. Said here, so that it is never taken for damage.
+  old_ema, new_ema = (float((recipe.get("ema") or {}).get("decay", 0.0)) for recipe in (saved, now))
+  if (old_ema > 0) != (new_ema > 0):
+    diffs.append(f"ema.decay: {old_ema!r} in the checkpoint, {new_ema!r} now (a moving average of the weights is "
+                 "kept in the state only when ema.decay > 0)")
   if diffs:
     raise ValueError(
         f"Cannot {action} {ckpt.directory} at step {step}: it was trained with another model or classes. "

@@ -162,3 +162,16 @@ def test_checkpoint_without_ema_restores_with_ema_off(shapes_data_dir, tmp_path)
   assert restored.ema_params is None and int(restored.step) == 3
   chex.assert_trees_all_equal(jax.device_get(restored.params), state.params)
   assert restored.eval_params is restored.params
+
+
+def test_ema_switched_between_runs_is_refused_not_taken_for_damage(shapes_data_dir, tmp_path):
+  from tests.conftest import random_checkpoint  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "run"
+  random_checkpoint(_config(shapes_data_dir, decay=0.0), workdir)
+  for purpose, set_aside in (("evaluate", False), ("resume", True)):
+    ckpt = checkpoint.Checkpointer(workdir)
+    exp = experiment.build(_config(shapes_data_dir), jax.devices()[:1])
+    with pytest.raises(ValueError, match=r"ema\.decay: 0\.0 in the checkpoint, 0\.8 now"):
+      ckpt.restore_newest(exp.abstract_state(), exp.config, purpose, set_aside_damaged=set_aside)
+    assert ckpt.all_steps() == [3]  # nothing moved aside
+    ckpt.close()
