@@ -66,8 +66,8 @@ def test_matches_colorsys_with_the_drawn_parameters(op):
 
 def test_hue_units_are_opencv_half_degrees():
   # Pure red shifted by 18 OpenCV units (36 degrees) is (255, 153, 0): H = 36/360 = 0.1 of the turn.
-  red = np.zeros((1, 1, 1, 3), np.uint8)
-  red[..., 0] = 255
+  # Beside it black, white and grey: no hue to shift, and no NaN from the HSV conversion's divisions.
+  red = np.array([[[[255, 0, 0], [0, 0, 0], [255, 255, 255], [128, 128, 128]]]], np.uint8)
   cfg = A.AugmentConfig(hue_delta=18.0, hue_prob=1.0)
   # Find a key whose draw is near +18 to check the scale end to end.
   for seed in range(200):
@@ -75,10 +75,11 @@ def test_hue_units_are_opencv_half_degrees():
     _, shift = drawn(key, 0, A._HUE, -18.0, 18.0, 1.0)
     if shift > 17.5:
       break
-  out = run(cfg, key, red, np.zeros((1, 1, 1), np.int32), np.ones((1, 1, 1), np.float32))[0][0, 0, 0]
+  out = run(cfg, key, red, np.zeros((1, 1, 4), np.int32), np.ones((1, 1, 4), np.float32))[0][0, 0]
   expected = np.array(colorsys.hsv_to_rgb(shift / 180.0, 1.0, 1.0)) * 255.0
-  np.testing.assert_allclose(out, expected, atol=0.05)
-  assert 150 < out[1] < 155 and out[2] == 0
+  np.testing.assert_allclose(out[0], expected, atol=0.05)
+  assert 150 < out[0, 1] < 155 and out[0, 2] == 0
+  np.testing.assert_allclose(out[1:], red[0, 0, 1:], atol=1e-3)
 
 
 def test_probabilities_respected():
