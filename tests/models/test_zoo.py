@@ -41,6 +41,10 @@ SMALL: dict[str, dict] = {
     "dilated_context": dict(stages=NARROW_VGG, fc_features=16, context="large"),
     "pspnet": dict(width=4, stem_width=4),
     "tied_conv_deconv": dict(spec="C8k5s2-C8k5s2"),
+    "deeplabv3": dict(width=4, stem_width=4),
+    "deeplabv3plus": dict(width=4, stem_width=4),
+    "smp_unet": dict(encoder="resnet18", encoder_width=8, decoder_channels=(16, 8, 8, 8, 8)),
+    "smp_fpn": dict(encoder="resnet18", encoder_width=8, pyramid_channels=16, segmentation_channels=8, gn_groups=4),
 }
 # Input sizes (height, width) checked for every model; valid-conv nets map each to their next valid input.
 SIZES = [(32, 32), (64, 96)]

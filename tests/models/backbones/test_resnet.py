@@ -166,7 +166,7 @@ def test_resnet_param_names_follow_torchvision():
 
 
 def test_resnet_rejects_bad_options():
-  for kwargs, match in ((dict(output_stride=4), "output_stride"), (dict(depth=34), "depth"),
+  for kwargs, match in ((dict(output_stride=4), "output_stride"), (dict(depth=35), "depth"),
                         (dict(stem="tiny"), "stem")):
     with pytest.raises(ValueError, match=match):
       abstract_variables(resnet_lib.ResNet(**kwargs), X64)
