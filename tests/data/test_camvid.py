@@ -35,7 +35,12 @@ def _listed_stems(list_file: pathlib.Path) -> list[str]:
 def test_camvid_real_counts_and_examples(camvid_real):
   source, data_dir = camvid_real
   builder = datasets.get_builder("camvid", data_dir=data_dir)
-  assert set(builder.info.splits) == {"train", "validation"}
+  assert set(builder.info.splits) == {"train", "validation", "seq_0001TP", "seq_0006R0", "seq_0016E5"}
+  # Each sequence split holds every frame of its drive, train and val alike (val is all 0016E5).
+  for seq, count in (("0001TP", 62), ("0006R0", 101), ("0016E5", 204 + 101)):
+    ds = datasets.data_source("camvid", f"seq_{seq}", data_dir=data_dir)
+    assert len(ds) == count
+    assert {_as_str(ds[i]["filename"]).split("_")[0] for i in (0, count // 2, count - 1)} == {seq}
   for split, folder, count in [("train", "train", 367),
                                ("validation", "val", 101)]:
     ds = datasets.data_source("camvid", split, data_dir=data_dir)
@@ -89,7 +94,10 @@ def test_camvid_tiny(tmp_path):
       "/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/a.png\n")
   data_dir = tmp_path / "data"
   builder = datasets.get_builder("camvid", data_dir=data_dir, manual_dir=root)
-  assert set(builder.info.splits) == {"train", "validation"}
+  # One sequence split per frame-name prefix ("a" of a.png: these tiny names are their own sequences).
+  assert set(builder.info.splits) == {"train", "validation", "seq_a", "seq_b", "seq_c"}
+  seq_c = datasets.data_source("camvid", "seq_c", data_dir=data_dir)
+  assert len(seq_c) == 1 and _as_str(seq_c[0]["filename"]) == "c"
   train = datasets.data_source("camvid", "train", data_dir=data_dir)
   val = datasets.data_source("camvid", "validation", data_dir=data_dir)
   assert len(train) == 2 and len(val) == 1
