@@ -98,7 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.init_from = ml_collections.ConfigDict()
   c.init_from.path = ml_collections.FieldReference(None, field_type=str)
   c.init_from.format = "auto"  # auto (from the file) | keras_h5 | torch
-  c.init_from.architecture = "auto"  # auto (from the model) | vgg16 | vgg16_bn | resnet50 | resnet101
+  c.init_from.architecture = "auto"  # auto | vgg16 | vgg16_bn | resnet18 | resnet34 | resnet50 | resnet101
   c.init_from.target = "auto"  # parameter path of the backbone in the model, e.g. "backbone"; auto finds it
   # True: dataset.mean/std are replaced by the weights' own input convention (Caffe/Keras BGR mean subtraction
   # or torchvision's ImageNet mean/std), which the backbone was trained with.
