@@ -132,6 +132,8 @@ class MaskRCNN(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool, targets: dict[str, jax.Array] | None = None,
                image_sizes: jax.Array | None = None) -> dict[str, Any]:
     self._check(images)
+    if train and self.semantic_classes and (targets is None or "sem_seg" not in targets):
+      raise ValueError("Panoptic FPN (semantic_classes > 0) trains on targets['sem_seg'] [B, H, W] labels")
     b, h, w, _ = images.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     features = BackboneWithFPN(self.backbone, self.frozen_bn, self.fpn_channels, self.small_widths,
@@ -225,8 +227,6 @@ class MaskRCNN(nn.Module):
           targets["masks"], samples["matched_gt"][:, :p], mask_rois)
       out["loss_mask"] = losses.mask_loss(mask_logits, samples["labels"][:, :p], mask_t, positive)
     if semantic is not None:
-      if "sem_seg" not in targets:
-        raise ValueError("Panoptic FPN (semantic_classes > 0) trains on targets['sem_seg'] [B, H, W] labels")
       out["loss_sem_seg"] = semantic_loss(semantic, jnp.asarray(targets["sem_seg"], jnp.int32), self.semantic_ignore)
     out["stats"] = stats
     return out
