@@ -96,9 +96,10 @@ def cases() -> list[Case]:
       # 829 GFLOP per image and step (the padded VGG16 at 560x680 inside), ~1 GB float32 per image.
       Case("FCN-8s", ("fcn8s",), twins["fcn8s"], "fcn8s", 16,
            smoke={"stages": VGG_TINY, "fc_features": 16}),
-      # Not in segjax yet: measured once registered under one of these names (segjax-only until a twin exists).
-      Case("DeepLabV3+", ("deeplabv3plus", "deeplabv3_plus", "deeplab_v3plus"), {}, None, 16),
-      Case("Mask R-CNN", ("mask_rcnn", "maskrcnn"), {}, None, 8),
+      # SMP's DeepLabV3+ on ResNet-50 (output stride 16: 352x480); segjax-only: the device machine has no
+      # segmentation_models_pytorch, and bench/torch_models.py no twin yet (bench/smp_models.py compares on a CPU).
+      Case("DeepLabV3+", ("deeplabv3plus",), {}, None, 16, (352, 480), smoke={"width": 4, "stem_width": 4}),
+      # Mask R-CNN is measured by bench/maskrcnn.py (below), not as a semantic registry model.
   ]
 
 
