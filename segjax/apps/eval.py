@@ -15,6 +15,7 @@ import jax
 import ml_collections
 
 from segjax import experiment, viz
+from segjax import state as state_lib
 from segjax.data import datasets
 from segjax.evaluation import conventions, inference, metrics, report, semantic
 from segjax.training import curves, logs
@@ -29,7 +30,8 @@ def _check_split_not_empty(config: ml_collections.ConfigDict, split: str, spec: 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = None,
              checkpoint_step: int | None = None,
-             members: Sequence[tuple[ml_collections.ConfigDict, str, int | None]] = ()) -> dict[str, Any]:
+             members: Sequence[tuple[ml_collections.ConfigDict, str, int | None]] = (),
+             raw_params: bool = False) -> dict[str, Any]:
   """What eval.py does: restore a checkpoint of `workdir`, evaluate `split`, write DIR/eval/<split>/.
 
   Args:
@@ -39,6 +41,8 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
     checkpoint_step: step to restore (default: the latest).
     members: further ensemble members as (recipe, workdir, step or None); their averaged probabilities are
       scored together with this one.
+    raw_params: evaluate the trained weights themselves, not their moving average (`config.ema`; the average is
+      what a run with EMA evaluates by default); the report goes to DIR/eval/<split>_raw/. For semantic recipes.
 
   Raises:
     FileNotFoundError: `workdir` holds no complete checkpoint (missing, empty, or only an unfinished save),
@@ -46,6 +50,9 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
     ValueError: a bad recipe, a checkpoint of another model or classes, an unknown checkpoint step, a split
       without examples, or ensemble members with another class list.
   """
+  if raw_params and config.task != "semantic":
+    raise ValueError(f"--raw_params is for semantic recipes; this one is config.task={config.task!r}, whose "
+                     "evaluation uses the moving average when config.ema.decay > 0. Drop --raw_params.")
   if config.task == "instance":  # COCO AP of detections (segjax.apps.eval_instance)
     if members:
       raise ValueError("--member: ensembles average semantic probabilities; instance recipes evaluate one "
@@ -62,7 +69,12 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
   if config.metrics.convention == "smp_weighted" and config.loss.class_weights is None:
     raise ValueError("config.metrics.convention='smp_weighted' needs class weights (smp's weighted reduction), "
                      "taken from config.loss.class_weights, which is unset: set them or choose another convention.")
+  if raw_params and not state_lib.ema_decay(config)[0]:
+    raise ValueError("--raw_params evaluates the raw weights of a run trained with a moving average, but the "
+                     "recipe has config.ema.decay=0: its evaluation already uses the raw weights. Drop --raw_params.")
   exp, state, step = experiment.restore(config, workdir, checkpoint_step)
+  if raw_params:
+    state = state.replace(ema_params=None)  # TrainState.eval_params then gives the trained weights
   split = split or config.eval_split
   _check_split_not_empty(config, split, exp.spec)
   extra = []
@@ -78,9 +90,10 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
                                                       class_weights=class_weights)
   result.update(split=split, checkpoint_step=step, dataset=exp.spec.name, num_images=int(len(result_eval.scores)),
                 inference=dataclasses.asdict(params),
-                ensemble=[workdir, *[m[1] for m in members]] if members else None)
+                ensemble=[workdir, *[m[1] for m in members]] if members else None, raw_params=raw_params)
   if jax.process_index() == 0:
-    out_dir = pathlib.Path(workdir) / "eval" / split
+    name = f"{split}_raw" if raw_params else split  # the raw weights' report beside the average's
+    out_dir = pathlib.Path(workdir) / "eval" / name
     written = report.write_report(out_dir, result, result_eval.cm, exp.spec, samples=result_eval.samples,
                                   ranking=result_eval.ranking)
     print(f"\n{exp.spec.name} / {split}, checkpoint step {step}, inference {params.mode}\n"
@@ -91,7 +104,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, split: str | No
     images = written.pop("images", [])
     print(f"Wrote {', '.join(str(p) for p in written.values())}"
           + (f" and {len(images)} images under {out_dir / 'images'}" if images else ""))
-    _log_to_workdir(workdir, split, step, result, result_eval.samples, exp.spec.palette)
+    _log_to_workdir(workdir, name, step, result, result_eval.samples, exp.spec.palette)
   return result
 
 def _log_to_workdir(workdir, split, step, result, samples, palette) -> None:

@@ -1,6 +1,6 @@
 """segjax-eval (and eval.py in a clone): evaluates a checkpoint.
 
-segjax-eval --config=quickstart --workdir=DIR [--split=test] [--checkpoint_step=N] [--member=RECIPE:DIR[:STEP]]
+segjax-eval --config=quickstart --workdir=DIR [--split=test] [--checkpoint_step=N] [--member=RECIPE:DIR[:STEP]] [--raw_params]
 
 Inference mode and test-time augmentation come from the recipe's `inference` block
 (`--config.inference.mode=slide --config.inference.hflip=True ...`); `--member` adds ensemble members. --config
@@ -25,6 +25,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to restore (default: the latest).")
   flags.DEFINE_multi_string("member", [], "Another network to ensemble with, RECIPE:WORKDIR[:STEP] (repeatable); "
                             "the members' softmax probabilities are averaged.")
+  flags.DEFINE_boolean("raw_params", False, "For a run trained with config.ema: evaluate the trained weights "
+                       "instead of their moving average (written to DIR/eval/<split>_raw/).")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,7 +38,7 @@ def main(argv: list[str]) -> None:
   platform.configure_xla_cpu()  # XLA reads its flags when the backend starts: before any JAX computation
   sharding.initialize_distributed(FLAGS.config.distributed)
   eval_app.run_eval(FLAGS.config, FLAGS.workdir, split=FLAGS.split, checkpoint_step=FLAGS.checkpoint_step,
-                    members=members)
+                    members=members, raw_params=FLAGS.raw_params)
 
 
 def run() -> None:

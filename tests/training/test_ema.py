@@ -175,3 +175,31 @@ def test_ema_switched_between_runs_is_refused_not_taken_for_damage(shapes_data_d
       ckpt.restore_newest(exp.abstract_state(), exp.config, purpose, set_aside_damaged=set_aside)
     assert ckpt.all_steps() == [3]  # nothing moved aside
     ckpt.close()
+
+
+def test_eval_raw_params_scores_the_trained_weights_and_is_refused_without_ema(shapes_data_dir, tmp_path):
+  """eval.py --raw_params on an EMA checkpoint scores exactly what an EMA-off checkpoint holding those weights
+  scores; the default scores the average the same way; each report in its own folder."""
+  from segjax.apps import eval as eval_app  # pylint: disable=import-outside-toplevel
+  from tests.conftest import random_checkpoint  # pylint: disable=import-outside-toplevel
+  config = tiny_config(shapes_data_dir, **{"ema.decay": DECAY, "mesh.data": 1, "num_visualizations": 0})
+  plain = tiny_config(shapes_data_dir, **{"ema.decay": 0.0, "mesh.data": 1, "num_visualizations": 0})
+  _, state = random_checkpoint(config, tmp_path / "ema")
+  assert state.ema_params is not None  # drawn apart from params by random_state
+  for name, params in (("raw", state.params), ("average", state.ema_params)):
+    ckpt = checkpoint.Checkpointer(tmp_path / name)
+    ckpt.save(int(state.step), state.replace(params=params, ema_params=None), plain)
+    ckpt.close()
+  split = "test"
+  average = eval_app.run_eval(config, str(tmp_path / "ema"), split=split)
+  raw = eval_app.run_eval(config, str(tmp_path / "ema"), split=split, raw_params=True)
+  want_raw = eval_app.run_eval(plain, str(tmp_path / "raw"), split=split)
+  want_average = eval_app.run_eval(plain, str(tmp_path / "average"), split=split)
+  iou = lambda r: [row["iou"] for row in r["per_class"]]  # noqa: E731
+  assert iou(raw) == iou(want_raw) and iou(average) == iou(want_average)
+  assert iou(raw) != iou(average)
+  assert raw["raw_params"] and not average["raw_params"]
+  assert (tmp_path / "ema" / "eval" / f"{split}_raw" / "metrics.json").is_file()
+  assert (tmp_path / "ema" / "eval" / split / "metrics.json").is_file()
+  with pytest.raises(ValueError, match="ema.decay=0.*Drop --raw_params"):
+    eval_app.run_eval(plain, str(tmp_path / "raw"), split=split, raw_params=True)
