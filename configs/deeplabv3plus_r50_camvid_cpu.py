@@ -13,23 +13,10 @@ Not yet measured on the 2-core CPU.
 
 from segjax import config as config_lib
 from segjax import models
-from segjax.data import camvid
 
 
 def get_config():
-  c = config_lib.use_dataset(config_lib.default_config(), "camvid")
+  # configs/unet_camvid_cpu.py's data, class weights and schedule; only the network differs.
+  c = config_lib.load_recipe(config_lib.resolve_recipe("unet_camvid_cpu"))
   c.model = models.model_config("deeplabv3plus", depth=50, output_stride=16, width=16, stem_width=16)
-  c.dataset.train_scale = (0.4, 0.6)
-  c.dataset.crop_size = (160, 224)
-  c.dataset.eval_size = (368, 480)
-  c.inference.scales = (0.5,)
-  c.loss.class_weights = camvid.MEDIAN_FREQUENCY_WEIGHTS
-  c.num_train_steps = 4000
-  c.eval_batch_size = 8
-  c.keep_checkpoints = 4
-  c.eval_every_steps = 0
-  c.optimizer.name = "adamw"
-  c.optimizer.learning_rate = 2e-3
-  c.optimizer.warmup_steps = 100
-  c.optimizer.weight_decay = 1e-4
   return config_lib.finalize(c)

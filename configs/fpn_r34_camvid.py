@@ -16,16 +16,7 @@ from segjax import models
 
 
 def get_config():
-  c = config_lib.use_dataset(config_lib.default_config(), "camvid")
+  # configs/unet_r34_camvid.py's data, schedule and weights; only the network differs.
+  c = config_lib.load_recipe(config_lib.resolve_recipe("unet_r34_camvid"))
   c.model = models.model_config("smp_fpn", encoder="resnet34")
-  c.dataset.crop_size = (352, 480)
-  c.dataset.eval_size = (384, 480)
-  c.eval_batch_size = 8
-  c.log_every_steps = 100
-  c.optimizer.name = "adamw"
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.warmup_steps = 500
-  c.optimizer.weight_decay = 1e-4
-  # ImageNet ResNet-34 from torchvision: https://download.pytorch.org/models/resnet34-b627a593.pth
-  # c.init_from.path = "../shared/weights/resnet34-b627a593.pth"
   return config_lib.finalize(c)

@@ -184,7 +184,8 @@ def _dotted(node) -> str | None:
 def explicit_keys(path) -> set[str]:
   """The config keys a recipe file sets itself: `c.a.b = ...` (also in tuple targets and augmented assignments),
   `c.a = ...` (the whole block) and `c.a.update(dict(k=...))` / `c.a.update({"k": ...})` (a.k; the whole block
-  for any other update argument)."""
+  for any other update argument); a recipe built on another (`load_recipe(resolve_recipe("name"))`) also sets
+  the keys that one sets."""
   keys = set()
   for node in ast.walk(ast.parse(path.read_text())):
     if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
@@ -200,6 +201,10 @@ def explicit_keys(path) -> set[str]:
         keys.update(f"{block}.{k.value}" for k in arg.keys)
       else:
         keys.add(block)
+    elif (isinstance(node, ast.Call) and "resolve_recipe" in (getattr(node.func, "attr", None),
+                                                              getattr(node.func, "id", None))
+          and isinstance(node.args[0], ast.Constant)):
+      keys |= explicit_keys(REPO / "configs" / f"{node.args[0].value.removesuffix('.py')}.py")
   keys.discard(None)
   return keys
 
@@ -217,6 +222,10 @@ def test_the_recipe_key_scanner_sees_every_form_of_override(tmp_path):
                     "  c.augment.update(dict(x=1, y=2))\n  c.h.update({'z': 1})\n  c.i.update(other)\n  return c\n")
   assert explicit_keys(recipe) == {"a.b", "d", "e.f", "g", "model", "augment.x", "augment.y", "h.z", "i"}
   assert overridden("model.depth", {"model"}) and not overridden("model_x", {"model"})
+  derived = tmp_path / "derived.py"
+  derived.write_text("def get_config():\n  c = load_recipe(resolve_recipe('unet_camvid_cpu'))\n  c.model = m()\n"
+                     "  return c\n")
+  assert explicit_keys(derived) == explicit_keys(REPO / "configs" / "unet_camvid_cpu.py") | {"model"}
   # use_dataset's keys include those it sets to the default's value (camvid's log_every_steps is 50 either way).
   assert {"log_every_steps", "dataset.train_split", "dataset.crop_size"} <= preset_keys("camvid")
   assert {"augment.vflip_prob", "augment.elastic_sigma"} <= preset_keys("isbi2012")
@@ -245,7 +254,7 @@ def test_recipe_does_not_restate_the_preset(path):
   config = flat_items(load(path).to_dict())
   name = config["dataset.name"]
   ours, keys = flat_items(preset(name).to_dict()), preset_keys(name)
-  restated = sorted(k for k in explicit_keys(path) if k in ours and config[k] == ours[k]
+  restated = sorted(k for k in explicit_keys(path) if k in ours and k in config and config[k] == ours[k]
                     and (k in keys or k.startswith(("dataset.", "augment."))))
   assert not restated, f"{path.name} sets these keys to use_dataset({name!r})'s own values: {restated}"
 
