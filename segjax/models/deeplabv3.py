@@ -143,7 +143,37 @@ def _classifier(num_classes: int, dtype: Dtype, param_dtype: Dtype, name: str) -
               name=name)
 
 
-class DeepLabV3(nn.Module):
+class _DeepLab(nn.Module):
+  """What DeepLabV3 and DeepLabV3+ share: their options (documented on each) and the encoder, a dilated ResNet
+  (`backbone`) with an ASPP (`aspp`) on its layer4, built in the subclasses' compact `__call__` so the parameter
+  paths stay `backbone/...` and `aspp/...`."""
+
+  num_classes: int
+  depth: int = 50
+  output_stride: int = 16
+  atrous_rates: tuple[int, ...] = ()
+  dropout_rate: float = 0.5
+  width: int = 64
+  stem_width: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def _encoder(self, x: jax.Array, *, train: bool, contract_dilation: bool,
+               separable: bool) -> tuple[dict[str, jax.Array], jax.Array, int]:
+    """(the backbone's features, the ASPP's output, the heads' channel count) of images `x`."""
+    model = type(self).__name__
+    check_images(x, model)
+    rates = _rates(self.output_stride, self.atrous_rates, model)
+    features = ResNet(depth=self.depth, output_stride=self.output_stride, stem="standard",
+                      stem_width=self.stem_width, width=self.width, contract_dilation=contract_dilation,
+                      dtype=self.dtype, param_dtype=self.param_dtype, name="backbone")(x, train=train)
+    channels = 256 * self.width // 64
+    y = ASPP(rates, channels, separable=separable, dropout_rate=self.dropout_rate, dtype=self.dtype,
+             param_dtype=self.param_dtype, name="aspp")(features["layer4"], train=train)
+    return features, y, channels
+
+
+class DeepLabV3(_DeepLab):
   """DeepLabV3 (torchvision's) on a dilated ResNet: [B, H, W, C] (any size) -> float32 logits [B, H, W, K].
 
   With `train=True` and `aux_head`, the auxiliary FCN logits on layer3 (resized to H, W, float32) are sown as
@@ -163,32 +193,16 @@ class DeepLabV3(nn.Module):
     param_dtype: parameter dtype.
   """
 
-  num_classes: int
-  depth: int = 50
   output_stride: int = 8
-  atrous_rates: tuple[int, ...] = ()
-  dropout_rate: float = 0.5
   aux_head: bool = True
   aux_dropout_rate: float = 0.1
-  width: int = 64
-  stem_width: int = 64
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    check_images(x, "DeepLabV3")
-    rates = _rates(self.output_stride, self.atrous_rates, "DeepLabV3")
     size = x.shape[1:3]
     # torchvision's replace_stride_with_dilation: a dilated stage's first block keeps the previous dilation.
-    features = ResNet(depth=self.depth, output_stride=self.output_stride, stem="standard",
-                      stem_width=self.stem_width, width=self.width, contract_dilation=True, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="backbone")(x, train=train)
+    features, y, channels = self._encoder(x, train=train, contract_dilation=True, separable=False)
     conv, norm = _layers(self.dtype, self.param_dtype, train)
-    channels = 256 * self.width // 64
-
-    y = ASPP(rates, channels, separable=False, dropout_rate=self.dropout_rate, dtype=self.dtype,
-             param_dtype=self.param_dtype, name="aspp")(features["layer4"], train=train)
     y = conv(channels, (3, 3), padding=symmetric_padding(3), name="head_conv")(y)
     y = norm(activation="relu", name="head_bn")(y)
     logits = _classifier(self.num_classes, self.dtype, self.param_dtype, "classifier")(y)
@@ -208,7 +222,7 @@ class DeepLabV3(nn.Module):
     return logits
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(_DeepLab):
   """DeepLabV3+ (SMP's) on a dilated ResNet: [B, H, W, C] (any size) -> float32 logits [B, H, W, K].
 
   For inputs whose sides are multiples of `output_stride` (SMP requires that) this is SMP's function; other sizes
@@ -227,31 +241,15 @@ class DeepLabV3Plus(nn.Module):
     param_dtype: parameter dtype.
   """
 
-  num_classes: int
-  depth: int = 50
   output_stride: int = 16
-  atrous_rates: tuple[int, ...] = ()
-  dropout_rate: float = 0.5
-  width: int = 64
-  stem_width: int = 64
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    check_images(x, "DeepLabV3Plus")
-    rates = _rates(self.output_stride, self.atrous_rates, "DeepLabV3Plus")
     size = x.shape[1:3]
     # SMP dilates every convolution of a stride-free stage alike (no contracted first block).
-    features = ResNet(depth=self.depth, output_stride=self.output_stride, stem="standard",
-                      stem_width=self.stem_width, width=self.width, contract_dilation=False, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="backbone")(x, train=train)
+    features, y, channels = self._encoder(x, train=train, contract_dilation=False, separable=True)
     conv, norm = _layers(self.dtype, self.param_dtype, train)
     separable = functools.partial(SeparableConv, dtype=self.dtype, param_dtype=self.param_dtype)
-    channels = 256 * self.width // 64
-
-    y = ASPP(rates, channels, separable=True, dropout_rate=self.dropout_rate, dtype=self.dtype,
-             param_dtype=self.param_dtype, name="aspp")(features["layer4"], train=train)
     y = separable(channels, name="aspp_conv")(y)
     y = norm(activation="relu", name="aspp_bn")(y)
 
