@@ -2,15 +2,34 @@
 
 The builders (camvid, isbi2012, lfw_parts, voc2012, ade20k) keep their own
 layout checks and label decoding; what lives here is the stored example format
-and the checks that read the same for every dataset.
+and the checks that read the same for every dataset, and `raise_problems`, the
+one error that lists every problem a preparation found (the COCO instance and
+panoptic builders and the Cityscapes one call it).
 `title` is the dataset's name as error messages give it ("CamVid"), `fix` the
 sentence that says how to pass the files.
 """
 
 import os
 import pathlib
+from typing import Sequence
 
 import tensorflow_datasets as tfds
+
+MAX_LISTED = 20  # problems listed by one preparation error (all are counted)
+
+
+def raise_problems(errors: Sequence[str], what: str) -> None:
+  """One ValueError listing every problem (up to MAX_LISTED), or nothing when there is none.
+
+  `what` names the data in the message ("COCO data").
+  """
+  if len(errors) == 1:
+    raise ValueError(f"{errors[0]} (Nothing was prepared.)")
+  if errors:
+    listed = "\n".join(f"  {i}. {e}" for i, e in enumerate(errors[:MAX_LISTED], 1))
+    more = f"\n  ... and {len(errors) - MAX_LISTED} more" if len(errors) > MAX_LISTED else ""
+    raise ValueError(f"{what}: {len(errors)} problems, nothing was prepared; fix them all, then run again:\n"
+                     f"{listed}{more}")
 
 
 def segmentation_features(

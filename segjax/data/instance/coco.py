@@ -15,8 +15,8 @@ Every split must list the same categories.
 
 Everything the issue lists as bad input (a polygon with fewer than 3 points, an annotation naming a missing
 image, an image file that does not exist, a box outside its image, a mask without pixels, an unknown category)
-is checked for every split before tfds writes anything; one error lists every problem (up to MAX_LISTED), each
-naming the JSON file, the annotation id and the fix.
+is checked for every split before tfds writes anything; one error lists every problem (up to
+segjax.data.builder.MAX_LISTED), each naming the JSON file, the annotation id and the fix.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import pycocotools.mask as mask_utils
 import tensorflow_datasets as tfds
 
 from segjax.data import png
+from segjax.data.builder import raise_problems
 from segjax.data.instance import features
 
-MAX_LISTED = 20
 BOX_TOLERANCE = 1.0  # pixels a box may reach past the image edge (rounding in exported boxes)
 _COCO2017 = {"train": ("train2017", "annotations/instances_train2017.json"),
              "validation": ("val2017", "annotations/instances_val2017.json")}
@@ -175,13 +175,7 @@ def check_splits(sources: tuple[CocoSplit, ...]) -> list[_Parsed]:
       errors.append(f"{p.source.annotations} and {first.source.annotations} list different categories "
                     f"({sorted(p.categories.items())} vs {sorted(first.categories.items())}): every split must "
                     "list the same categories, so class ids mean the same in all of them.")
-  if len(errors) == 1:
-    raise ValueError(f"{errors[0]} (Nothing was prepared.)")
-  if errors:
-    listed = "\n".join(f"  {i}. {e}" for i, e in enumerate(errors[:MAX_LISTED], 1))
-    more = f"\n  ... and {len(errors) - MAX_LISTED} more" if len(errors) > MAX_LISTED else ""
-    raise ValueError(f"COCO data: {len(errors)} problems, nothing was prepared; fix them all, then run again:\n"
-                     f"{listed}{more}")
+  raise_problems(errors, "COCO data")
   return parsed
 
 

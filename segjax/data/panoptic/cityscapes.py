@@ -21,7 +21,7 @@ example's index in the split (stems sorted); filename the stem ("aachen_000000_0
 Everything that would make a wrong example (an image without its id map or a map without its image, a stem twice,
 a map whose size differs from its image, a label id the table does not hold, a v >= 1000 whose label v // 1000 has
 no instances) is checked for every split, maps read, before tfds writes anything; one error lists every problem
-(up to coco.MAX_LISTED), each naming the file, the value and the fix.
+(up to segjax.data.builder.MAX_LISTED), each naming the file, the value and the fix.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segjax.data import png
+from segjax.data.builder import raise_problems
 from segjax.data.panoptic import coco
 from segjax.data.panoptic import features
 
@@ -220,7 +221,7 @@ def check_splits(sources: tuple[CityscapesSplit, ...]) -> tuple[dict[str, list],
     for problems, _ in results:
       errors.extend(problems)
     max_objects[s.split] = max((n for _, n in results), default=0)
-  coco.raise_problems(errors, "Cityscapes data")
+  raise_problems(errors, "Cityscapes data")
   return pairs, max_objects
 
 

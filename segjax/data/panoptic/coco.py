@@ -16,8 +16,8 @@ segments (crowd included) of one image. Every split must list the same categorie
 Everything that would make a wrong example (a missing image or PNG, an annotation naming a missing image, an image
 without an annotation, a PNG whose size differs from its image, ids in a PNG that segments_info does not list or
 listed ids without pixels, an unknown category, crowd on a stuff category) is checked for every split, PNGs read,
-before tfds writes anything; one error lists every problem (up to MAX_LISTED), each naming the file, the id, the
-value and the fix.
+before tfds writes anything; one error lists every problem (up to segjax.data.builder.MAX_LISTED), each naming
+the file, the id, the value and the fix.
 """
 
 from __future__ import annotations
@@ -36,25 +36,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from segjax.data import png
+from segjax.data.builder import raise_problems
 from segjax.data.panoptic import features
 
-MAX_LISTED = 20
 # PNG decoding releases the GIL, so a few threads read the maps of a large split (COCO: 118k PNGs) much faster.
 _THREADS = min(16, os.cpu_count() or 1)
 _COCO2017 = {"train": ("train2017", "annotations/panoptic_train2017.json", "annotations/panoptic_train2017"),
              "validation": ("val2017", "annotations/panoptic_val2017.json", "annotations/panoptic_val2017")}
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
-
-
-def raise_problems(errors: Sequence[str], what: str) -> None:
-  """One ValueError listing every problem (up to MAX_LISTED), or nothing when there is none."""
-  if len(errors) == 1:
-    raise ValueError(f"{errors[0]} (Nothing was prepared.)")
-  if errors:
-    listed = "\n".join(f"  {i}. {e}" for i, e in enumerate(errors[:MAX_LISTED], 1))
-    more = f"\n  ... and {len(errors) - MAX_LISTED} more" if len(errors) > MAX_LISTED else ""
-    raise ValueError(f"{what}: {len(errors)} problems, nothing was prepared; fix them all, then run again:\n"
-                     f"{listed}{more}")
 
 
 def image_size(path: pathlib.Path) -> tuple[int, int]:
