@@ -36,7 +36,9 @@ from segjax.evaluation import instance as instance_eval
 RUN_FILES = ("detections.json", "instances.json")
 
 
-def _padded(n: int) -> int:
+def padded_size(n: int) -> int:
+  """The side an image side of `n` pixels is zero-padded to: a multiple of 32 (the FPN's coarsest level needs
+  them), at least 64."""
   return max(64, -(-n // 32) * 32)
 
 
@@ -97,7 +99,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: str, output: st
       failed.append((path, str(e)))
       continue
     h, w = image.shape[:2]
-    padded = np.zeros((_padded(h), _padded(w), 3), np.uint8)
+    padded = np.zeros((padded_size(h), padded_size(w), 3), np.uint8)
     padded[:h, :w] = image
     dets = jax.tree.map(lambda a: np.asarray(a)[0],
                         detect(variables, jnp.asarray(padded[None]), jnp.asarray([[h, w]], jnp.int32)))

@@ -37,16 +37,12 @@ from PIL import Image
 
 from segjax import experiment
 from segjax import forward as forward_lib
-from segjax.apps import predict
+from segjax.apps import predict, predict_instance
 from segjax.evaluation import panoptic as panoptic_eval
 from segjax.evaluation import instance as instance_eval
 from segjax.evaluation import panoptic_io, panoptic_viz
 
 PANOPTIC_DIR, OVERLAY_DIR, JSON_NAME = "panoptic", "overlays", "predictions.json"
-
-
-def _padded(n: int) -> int:
-  return max(64, -(-n // 32) * 32)  # as predict_instance: the FPN's coarsest level needs multiples of 32
 
 
 def plan_outputs(files: Sequence[pathlib.Path], out_dir: pathlib.Path, *,
@@ -143,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: str, output: st
       failed.append((path, str(e)))
       continue
     h, w = image.shape[:2]
-    padded = np.zeros((_padded(h), _padded(w), 3), np.uint8)
+    padded = np.zeros((predict_instance.padded_size(h), predict_instance.padded_size(w), 3), np.uint8)
     padded[:h, :w] = image
     dets, semantic = jax.tree.map(lambda a: np.asarray(a)[0],
                                   infer(variables, jnp.asarray(padded[None]), jnp.asarray([[h, w]], jnp.int32)))

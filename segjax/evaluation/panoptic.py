@@ -34,7 +34,8 @@ from segjax.evaluation import coco, metrics, panoptic_fusion, panoptic_quality, 
 from segjax.evaluation import instance as instance_eval
 from segjax.evaluation import loop as loop_lib
 
-SPECS_KEYS = ("image", "image_size", "scale", "image_id", "example_index")
+# The eval batch's fields: the step reads "image" and hands the others back to `collect`.
+EVAL_KEYS = ("image", "image_size", "scale", "image_id", "example_index")
 
 
 def fusion_config(config) -> panoptic_fusion.FusionConfig:
@@ -117,7 +118,7 @@ class Evaluator:
     def panoptic_eval_step(variables, batch):
       out = instance_eval.detect(exp, variables, batch["image"], batch["image_size"])
       semantic = jnp.argmax(out.pop("sem_seg"), axis=-1).astype(jnp.int32)
-      return out, semantic, {k: batch[k] for k in SPECS_KEYS if k != "image"}
+      return out, semantic, {k: batch[k] for k in EVAL_KEYS if k != "image"}
 
     self.step = jax.jit(panoptic_eval_step, out_shardings=sharding.replicated(exp.mesh))
 
@@ -149,7 +150,7 @@ class Evaluator:
           kept.append((truth, pan, segments))
 
     specs = {k: task.batch_specs(exp)["image"] if k == "image" else jax.sharding.PartitionSpec(sharding.DATA_AXIS)
-             for k in SPECS_KEYS}
+             for k in EVAL_KEYS}
     loop_lib.run_batches(exp, source, example=example, padding=padding, batch_size=config.eval_batch_size,
                          step=lambda batch: self.step(variables, batch), collect=collect, specs=specs,
                          desc=f"eval {split}", progress=progress)
