@@ -1,4 +1,6 @@
-"""What the tasks' kill-and-resume tests share: train.py as a subprocess, the steps it logged, its final state."""
+"""What the tasks' tests share: a recipe with overrides, the first training batch and one jitted step on some
+devices (the 8-vs-1-device tests), and for kill-and-resume train.py as a subprocess, the steps it logged, its
+final state."""
 
 from __future__ import annotations
 
@@ -12,8 +14,42 @@ import jax
 import numpy as np
 
 from segjax import checkpoint as checkpoint_lib
+from segjax import config as config_lib
 from segjax import experiment
+from segjax.data import pipeline
+from segjax.training import steps
 from tests.conftest import REPO
+
+
+def recipe_config(recipe, data_dir, **overrides):
+  """The recipe file `recipe` reading data from `data_dir`, with `overrides` as {"dotted.key": value}."""
+  config = config_lib.load_recipe(str(recipe))
+  config.dataset.data_dir = data_dir
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    target = config
+    for part in path:
+      target = target[part]
+    target[leaf] = value
+  return config
+
+
+def first_batch(exp):
+  """The first training batch of `exp` (seed 0), as host numpy arrays."""
+  source = exp.task.data_source("train")
+  ds = pipeline.train_dataset(source, exp.task.train_transform(exp), batch_size=exp.config.batch_size, seed=0)
+  return next(iter(ds))
+
+
+def one_step(config, devices, batch):
+  """One jitted training step of `config` on `devices` from its initial state: (initial params, params after the
+  step, the step's metrics), on the host."""
+  exp = experiment.build(config, devices)
+  state = exp.init_state()
+  init = jax.device_get(state.params)  # before the step donates the state
+  glob = pipeline.to_global(batch, exp.mesh, exp.config.batch_size, exp.task.batch_specs(exp))
+  new_state, out = steps.jit_train_step(exp)(state, glob)
+  return init, jax.device_get(new_state.params), jax.device_get(out)
 
 
 def train_cli(recipe, workdir, data_dir, env, log):

@@ -11,12 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import config as config_lib
 from segjax import experiment, forward
-from segjax.data import pipeline
 from segjax.evaluation import coco
 from segjax.evaluation import instance as instance_eval
-from segjax.training import loop, steps
+from segjax.training import loop
 from tests.conftest import REPO
 from tests.tasks import cli
 
@@ -24,31 +22,7 @@ RECIPE = REPO / "tests" / "tasks" / "instance_recipe.py"
 
 
 def _config(data_dir, **overrides):
-  config = config_lib.load_recipe(str(RECIPE))
-  config.dataset.data_dir = data_dir
-  for key, value in overrides.items():
-    node, *path = key.split(".")
-    target = config
-    for part in [node, *path][:-1]:
-      target = target[part]
-    target[[node, *path][-1]] = value
-  return config
-
-
-def _first_batch(exp):
-  source = exp.task.data_source("train")
-  ds = pipeline.train_dataset(source, exp.task.train_transform(exp), batch_size=exp.config.batch_size, seed=0)
-  return next(iter(ds))
-
-
-def _one_step(config, devices, batch):
-  exp = experiment.build(config, devices)
-  state = exp.init_state()
-  init = jax.device_get(state.params)  # before the step donates the state
-  specs = exp.task.batch_specs(exp)
-  glob = pipeline.to_global(batch, exp.mesh, exp.config.batch_size, specs)
-  new_state, out = steps.jit_train_step(exp)(state, glob)
-  return init, jax.device_get(new_state.params), jax.device_get(out)
+  return cli.recipe_config(RECIPE, data_dir, **overrides)
 
 
 def test_one_step_on_8_devices_equals_1_device(instance_data_dir):
@@ -57,10 +31,10 @@ def test_one_step_on_8_devices_equals_1_device(instance_data_dir):
   # gradients. Adam's first update is lr * g / |g|, which turns a gradient of 1e-9 (rounding noise around 0 that
   # differs with the reduction order over devices) into a full step of either sign.
   config = _config(instance_data_dir, **{"optimizer.name": "sgd", "optimizer.learning_rate": 0.02})
-  batch = _first_batch(experiment.build(config, jax.devices()[:1]))
+  batch = cli.first_batch(experiment.build(config, jax.devices()[:1]))
   assert batch["valid"].sum() > 0 and batch["masks"].shape == (8, 8, 64, 64)
-  init, p1, m1 = _one_step(config, jax.devices()[:1], batch)
-  _, p8, m8 = _one_step(config, jax.devices(), batch)
+  init, p1, m1 = cli.one_step(config, jax.devices()[:1], batch)
+  _, p8, m8 = cli.one_step(config, jax.devices(), batch)
   for key in ("loss", "loss_objectness", "loss_classifier", "loss_box_reg", "loss_mask"):
     np.testing.assert_allclose(m1[key], m8[key], rtol=1e-5, atol=1e-6, err_msg=key)
   assert np.isfinite(m1["loss"]) and m1["num_positive_rois"] > 0

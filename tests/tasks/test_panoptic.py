@@ -11,15 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import config as config_lib
 from segjax import experiment, forward
 from segjax.apps import eval as eval_app
-from segjax.data import pipeline
 from segjax.data.panoptic import features
 from segjax.evaluation import instance as instance_eval
 from segjax.evaluation import panoptic as panoptic_eval
 from segjax.evaluation import panoptic_quality
-from segjax.training import loop, steps
+from segjax.training import loop
 from tests.conftest import REPO
 from tests.tasks import cli
 
@@ -27,38 +25,18 @@ RECIPE = REPO / "tests" / "tasks" / "panoptic_recipe.py"
 
 
 def _config(data_dir, **overrides):
-  config = config_lib.load_recipe(str(RECIPE))
-  config.dataset.data_dir = data_dir
-  for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    target = config
-    for part in path:
-      target = target[part]
-    target[leaf] = value
-  return config
-
-
-def _one_step(config, devices, batch):
-  exp = experiment.build(config, devices)
-  state = exp.init_state()
-  init = jax.device_get(state.params)  # before the step donates the state
-  glob = pipeline.to_global(batch, exp.mesh, exp.config.batch_size, exp.task.batch_specs(exp))
-  new_state, out = steps.jit_train_step(exp)(state, glob)
-  return init, jax.device_get(new_state.params), jax.device_get(out)
+  return cli.recipe_config(RECIPE, data_dir, **overrides)
 
 
 def test_one_step_on_8_devices_equals_1_device(panoptic_data_dir):
   assert jax.device_count() == 8
   # SGD: its update is proportional to the gradient, so the parameters compare the gradients (see test_instance).
   config = _config(panoptic_data_dir, **{"optimizer.name": "sgd", "optimizer.learning_rate": 0.02})
-  exp = experiment.build(config, jax.devices()[:1])
-  source = exp.task.data_source("train")
-  ds = pipeline.train_dataset(source, exp.task.train_transform(exp), batch_size=config.batch_size, seed=0)
-  batch = next(iter(ds))
+  batch = cli.first_batch(experiment.build(config, jax.devices()[:1]))
   assert batch["sem_seg"].shape == (8, 64, 64) and batch["valid"].sum() > 0
   assert set(np.unique(batch["sem_seg"])) <= {0, 1, 2, 3, 255}
-  init, p1, m1 = _one_step(config, jax.devices()[:1], batch)
-  _, p8, m8 = _one_step(config, jax.devices(), batch)
+  init, p1, m1 = cli.one_step(config, jax.devices()[:1], batch)
+  _, p8, m8 = cli.one_step(config, jax.devices(), batch)
   for key in ("loss", "loss_sem_seg", "loss_classifier", "loss_mask"):
     np.testing.assert_allclose(m1[key], m8[key], rtol=1e-5, atol=1e-6, err_msg=key)
   # The joint loss: the instance terms (weights 1) plus 0.5 x the semantic one.
