@@ -14,8 +14,8 @@ by a hash of the stem (stable when files are added) for "validation", the rest "
 
 Every check (unpaired files, RGB masks, masks not the image's size, an id without a class, a class table naming
 an unknown class or missing for an image) runs on every file before tfds writes anything; one error lists every
-problem (up to MAX_LISTED), naming the file and the fix. The tfds config name is `<name>-<hash8>` over the options
-and the source files' sizes and times, so changed files prepare afresh.
+problem (up to segjax.data.builder.MAX_LISTED), naming the file and the fix. The tfds config name is
+`<name>-<hash8>` over the options and the source files' sizes and times, so changed files prepare afresh.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segjax.data import png
+from segjax.data.builder import raise_problems
 from segjax.data.instance import features
 
-MAX_LISTED = 20
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _MASK_SUFFIX = "_mask"
 _PENN_FUDAN = ("PNGImages", "PedMasks")
@@ -50,16 +50,6 @@ class IdMaskParams:
   classes_dir: str | None = None
   validation_fraction: float = 0.1
   split_files: tuple[tuple[str, str], ...] | None = None
-
-
-def _problems(errors: list[str], title: str = "Instance folder") -> None:
-  if len(errors) == 1:
-    raise ValueError(f"{errors[0]} (Nothing was prepared.)")
-  if errors:
-    listed = "\n".join(f"  {i}. {e}" for i, e in enumerate(errors[:MAX_LISTED], 1))
-    more = f"\n  ... and {len(errors) - MAX_LISTED} more" if len(errors) > MAX_LISTED else ""
-    raise ValueError(f"{title} data: {len(errors)} problems, nothing was prepared; fix them all, then run again:"
-                     f"\n{listed}{more}")
 
 
 def _files(folder: pathlib.Path, extensions: Sequence[str]) -> dict[str, pathlib.Path]:
@@ -82,7 +72,7 @@ def pair_files(p: IdMaskParams) -> dict[str, tuple[pathlib.Path, pathlib.Path]]:
             "mask or move the image out of the folder." for s in sorted(set(images) - set(masks))]
   errors += [f"Instance folder: mask {masks[s]} has no image {p.images_dir}/{s}.<png|jpg|...>: add the image or "
              "move the mask out of the folder." for s in sorted(set(masks) - set(images))]
-  _problems(errors)
+  raise_problems(errors, "Instance folder data")
   if not images:
     raise ValueError(f"Instance folder: {p.images_dir} holds no image ({', '.join(IMAGE_EXTENSIONS)}): pass the "
                      "folder of images as images_dir.")
@@ -213,7 +203,7 @@ class SegjaxInstanceFolder(tfds.core.GeneratorBasedBuilder):
     for stem, (image, mask) in pairs.items():  # every check before anything is written
       read = read_instances(p, stem, image, mask, errors)
       counts[stem] = len(read[1]) if read else 0
-    _problems(errors)
+    raise_problems(errors, "Instance folder data")
     self.info.metadata.update(class_names=["background", *p.class_names],
                               max_objects={s: max((counts[t] for t in stems), default=0)
                                            for s, stems in splits.items()})
@@ -226,7 +216,7 @@ class SegjaxInstanceFolder(tfds.core.GeneratorBasedBuilder):
       errors: list[str] = []
       read = read_instances(p, stem, image_path, mask_path, errors)
       if read is None:  # changed since the checks ran
-        _problems(errors)
+        raise_problems(errors, "Instance folder data")
       ids, classes, _ = read
       present = [int(i) for i in np.unique(ids) if i != 0]
       image, _ = png.read_jpeg(image_path)
