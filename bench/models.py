@@ -7,7 +7,8 @@ For each model: parameters, the XLA cost-analysis FLOPs of one training step, th
 inference forward pass and of a full training step's gradient (forward + backward, BatchNorm in training mode,
 dropout on), images per second, and the achieved GFLOP/s, which shows where XLA's lowering of an op (not the
 amount of arithmetic) is the bottleneck. The last column is the training-step time relative to U-Net's, the
-reference network of the zoo.
+reference network of the zoo. The same step of DeepLabV3/V3+ and the SMP U-Net/FPN against torchvision's and
+segmentation_models_pytorch's networks, side by side with a ratio: bench/smp_models.py.
 """
 
 from __future__ import annotations
