@@ -10,10 +10,12 @@ As configs/unet_camvid_cpu.py: frames are resized to half size on the host (0.4.
 full-resolution pixel, so the metrics compare with the full-resolution recipe (configs/unet_r34_camvid.py).
 
 Where it departs from unet_camvid_cpu besides the network: no median-frequency class weights (they paint thin rare
-classes far beyond their objects) but cross-entropy + Lovász-softmax (which optimises each class's IoU, rare ones
-as much as common ones); MMSegmentation's PhotoMetricDistortion (brightness, contrast, saturation, hue, each with
-probability 0.5); an exponential moving average of the weights (decay 0.999) for evaluation. BENCHMARKS.md
-("Choosing a CPU recipe by held-out drives") measures it against unet_camvid_cpu on val and on a held-out drive.
+classes far beyond their objects) but cross-entropy + soft Dice (nnU-Net's pair: Dice averages over classes, so a
+rare class counts as much as a common one, without a per-pixel weight; Lovász-softmax would do the same but its
+per-class sort of every pixel made a training step about 3x slower on the 2 cores); MMSegmentation's
+PhotoMetricDistortion (brightness, contrast, saturation, hue, each with probability 0.5); an exponential moving
+average of the weights (decay 0.999) for evaluation. BENCHMARKS.md ("Choosing a CPU recipe by held-out drives")
+measures it against unet_camvid_cpu on val and on a held-out drive.
 Half width means torchvision's ImageNet ResNet-34 does not load here; the full-width recipe takes it.
 """
 
@@ -30,7 +32,7 @@ def get_config():
   c.dataset.eval_size = (384, 480)
   c.inference.scales = (0.5,)
   c.loss.ce_weight = 1.0
-  c.loss.lovasz_weight = 1.0
+  c.loss.dice_weight = 1.0
   # MMSegmentation's PhotoMetricDistortion: brightness +-32 grey levels, contrast and saturation x0.5..1.5, hue
   # +-18 (OpenCV units), each with probability 0.5.
   c.augment.brightness = 32 / 255
