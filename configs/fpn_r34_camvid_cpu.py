@@ -6,7 +6,7 @@ python train.py --config=configs/fpn_r34_camvid_cpu.py --workdir=runs/fpn_r34_ca
 python eval.py --config=configs/fpn_r34_camvid_cpu.py --workdir=runs/fpn_r34_camvid_cpu --split=validation
 
 Same data (half-size frames, 160x224 crops, whole frames at half scale for evaluation, scored at full resolution),
-cross-entropy + Lovász, PhotoMetricDistortion, EMA and 5000 steps as unet_r34_camvid_cpu; a training step is
+cross-entropy + Dice, PhotoMetricDistortion, EMA and 4200 steps as unet_r34_camvid_cpu; a training step is
 about 25% quicker than the U-Net's on the 2 cores. Not yet trained on the CPU (BENCHMARKS.md's held-out-drive
 comparison trained the U-Net variant). The full-width recipe is configs/fpn_r34_camvid.py.
 """

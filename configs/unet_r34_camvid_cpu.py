@@ -1,5 +1,5 @@
 """SMP's Unet layout with a ResNet-34 encoder on CamVid, reduced for a 2-core CPU: half resolution, half the
-encoder width and decoder channels (6.1 M parameters), 5000 steps: about the wall time of configs/unet_camvid_cpu.py.
+encoder width and decoder channels (6.1 M parameters), 4200 steps: the wall time of configs/unet_camvid_cpu.py.
 
 python train.py --config=configs/unet_r34_camvid_cpu.py --workdir=runs/unet_r34_camvid_cpu
 python eval.py --config=configs/unet_r34_camvid_cpu.py --workdir=runs/unet_r34_camvid_cpu --split=validation
@@ -43,7 +43,7 @@ def get_config():
   c.augment.hue_delta = 18.0
   c.ema.decay = 0.999
   c.ema.warmup = True
-  c.num_train_steps = 5000
+  c.num_train_steps = 4200
   c.eval_batch_size = 8
   c.keep_checkpoints = 4
   c.eval_every_steps = 0
