@@ -1,6 +1,7 @@
 """segjax-eval (and eval.py in a clone): evaluates a checkpoint.
 
-segjax-eval --config=quickstart --workdir=DIR [--split=test] [--checkpoint_step=N] [--member=RECIPE:DIR[:STEP]] [--raw_params]
+segjax-eval --config=quickstart --workdir=DIR [--split=test] [--checkpoint_step=N] [--member=RECIPE:DIR[:STEP]]
+            [--raw_params]
 
 Inference mode and test-time augmentation come from the recipe's `inference` block
 (`--config.inference.mode=slide --config.inference.hflip=True ...`); `--member` adds ensemble members. --config
