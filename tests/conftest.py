@@ -122,6 +122,18 @@ def random_checkpoint(config, workdir, seed: int = 0, step: int = 3):
   return exp, state
 
 
+def set_dotted(config, overrides):
+  """`config` with each {"dotted.key": value} of `overrides` set in place (ml_collections' own
+  update_from_flattened_dict would skip a misspelt key silently; this raises, or adds it to an unlocked block)."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
 def tiny_config(data_dir: str, **overrides):
   """The quickstart recipe shrunk to a U-Net that trains a step in milliseconds."""
   import importlib.util  # pylint: disable=import-outside-toplevel
@@ -139,13 +151,7 @@ def tiny_config(data_dir: str, **overrides):
   config.num_train_steps = 4
   config.log_every_steps = 2
   config.checkpoint_every_steps = 2
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return set_dotted(config, overrides)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from segjax import experiment, sharding
 from segjax.data import augment, datasets, pipeline
 from segjax.evaluation import semantic as evaluate
 from segjax.training import loop, steps
-from tests.conftest import semantic_train_dataset, tiny_config
+from tests.conftest import semantic_train_dataset, set_dotted, tiny_config
 
 
 def test_rules_give_specs_by_path_and_keep_indivisible_dims_whole():
@@ -132,14 +132,7 @@ def _batch(config):
 
 def _with(config, **overrides):
   """A copy of `config` with dotted-key overrides."""
-  config = copy.deepcopy(config)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return set_dotted(copy.deepcopy(config), overrides)
 
 
 # The step these tests measure: plain cross-entropy, no augmentation unless a test turns it on.

@@ -18,20 +18,14 @@ from segjax import config as config_lib
 from segjax import experiment
 from segjax.data import pipeline
 from segjax.training import steps
-from tests.conftest import REPO
+from tests.conftest import REPO, set_dotted
 
 
 def recipe_config(recipe, data_dir, **overrides):
   """The recipe file `recipe` reading data from `data_dir`, with `overrides` as {"dotted.key": value}."""
   config = config_lib.load_recipe(str(recipe))
   config.dataset.data_dir = data_dir
-  for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    target = config
-    for part in path:
-      target = target[part]
-    target[leaf] = value
-  return config
+  return set_dotted(config, overrides)
 
 
 def first_batch(exp):
