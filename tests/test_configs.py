@@ -2,6 +2,7 @@
 
 import ast
 import importlib.util
+import pathlib
 
 import jax
 import ml_collections
@@ -204,7 +205,7 @@ def explicit_keys(path) -> set[str]:
     elif (isinstance(node, ast.Call) and "resolve_recipe" in (getattr(node.func, "attr", None),
                                                               getattr(node.func, "id", None))
           and isinstance(node.args[0], ast.Constant)):
-      keys |= explicit_keys(REPO / "configs" / f"{node.args[0].value.removesuffix('.py')}.py")
+      keys |= explicit_keys(pathlib.Path(config_lib.resolve_recipe(node.args[0].value)))
   keys.discard(None)
   return keys
 
